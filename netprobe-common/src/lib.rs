@@ -1,0 +1,345 @@
+//! Everything that crosses the kernel/user boundary, defined once.
+//!
+//! The kernel programs (netprobe-ebpf) and the loader (netprobe) both use
+//! these `#[repr(C)]` types, map names and hop ids. Sizes are asserted at
+//! compile time so a layout change breaks the build instead of the data.
+#![no_std]
+
+pub mod hist;
+
+/// Hop ids as the kernel programs know them. The meaning of each hop (its
+/// tracepoint, path, direction) lives in the loader's catalog; the kernel
+/// only needs the number and the per-hop flags the loader sends it.
+pub mod hop {
+    pub const NET_DEV_QUEUE: u8 = 1;
+    pub const NET_DEV_START_XMIT: u8 = 2;
+    pub const NETIF_RX: u8 = 3;
+    pub const NETIF_RECEIVE_SKB: u8 = 4;
+    pub const NAPI_GRO_RECEIVE_ENTRY: u8 = 5;
+    pub const SKB_COPY_DATAGRAM_IOVEC: u8 = 6;
+    pub const CONSUME_SKB: u8 = 7;
+    pub const KFREE_SKB: u8 = 8;
+}
+
+/// A kernel tracepoint a hop program attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointHop {
+    pub hop: u8,
+    /// tracefs category (`net`, `skb`).
+    pub category: &'static str,
+    /// Tracepoint name; the programs are named `<backend prefix>_<name>`.
+    pub name: &'static str,
+}
+
+/// The tracepoint hops the BPF object has programs for, one program per
+/// backend in [`Backend::ALL`]. The loader's catalog says what they mean.
+pub const TRACEPOINT_HOPS: [TracepointHop; 8] = [
+    TracepointHop { hop: hop::NET_DEV_QUEUE, category: "net", name: "net_dev_queue" },
+    TracepointHop { hop: hop::NET_DEV_START_XMIT, category: "net", name: "net_dev_start_xmit" },
+    TracepointHop { hop: hop::NETIF_RX, category: "net", name: "netif_rx" },
+    TracepointHop { hop: hop::NETIF_RECEIVE_SKB, category: "net", name: "netif_receive_skb" },
+    TracepointHop { hop: hop::NAPI_GRO_RECEIVE_ENTRY, category: "net", name: "napi_gro_receive_entry" },
+    TracepointHop { hop: hop::SKB_COPY_DATAGRAM_IOVEC, category: "skb", name: "skb_copy_datagram_iovec" },
+    TracepointHop { hop: hop::CONSUME_SKB, category: "skb", name: "consume_skb" },
+    TracepointHop { hop: hop::KFREE_SKB, category: "skb", name: "kfree_skb" },
+];
+
+/// Upper bound (exclusive) on hop ids; sizes the per-hop tables in [`Config`].
+pub const MAX_HOPS: usize = 64;
+
+/// Per-hop behaviour flags, set by the loader from its catalog.
+pub mod hop_flags {
+    /// The hop is attached; unset entries are ignored by the kernel side.
+    pub const ENABLED: u16 = 1 << 0;
+    /// The packet's journey ends here (its tracking state is removed).
+    pub const TERMINAL: u16 = 1 << 1;
+    /// The hop is a drop: aggregate it by drop reason too.
+    pub const DROP: u16 = 1 << 2;
+    /// Read the device from `skb->dev` at this hop.
+    pub const SKB_DEV: u16 = 1 << 3;
+    /// The device is the tracepoint's second argument (`net_dev_start_xmit`).
+    pub const DEV_ARG1: u16 = 1 << 4;
+    /// A packet not yet tracked may start being tracked here.
+    pub const START: u16 = 1 << 5;
+    /// A receive hop (netif_rx, netif_receive_skb, GRO).
+    pub const RX: u16 = 1 << 6;
+    /// A transmit hop (queueing, driver transmit).
+    pub const TX: u16 = 1 << 7;
+    /// Delivery to user memory: after it only delivery or terminal hops
+    /// can follow for the same packet.
+    pub const DELIVER: u16 = 1 << 8;
+}
+
+/// Names of the maps and globals in the BPF object.
+pub mod names {
+    pub const CONFIG: &str = "NP_CONFIG";
+    pub const TRACK: &str = "NP_TRACK";
+    pub const HOPS: &str = "NP_HOPS";
+    pub const DROPS: &str = "NP_DROPS";
+    pub const DEVS: &str = "NP_DEVS";
+    pub const FILTER: &str = "NP_FILTER";
+    pub const COUNTERS: &str = "NP_COUNTERS";
+    pub const ZERO: &str = "NP_ZERO";
+    pub const ALL_MAPS: [&str; 7] = [TRACK, HOPS, DROPS, DEVS, FILTER, COUNTERS, ZERO];
+}
+
+/// How a kernel program is attached; also the prefix of its program name.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Backend {
+    TpBtf = 1,
+    RawTp = 2,
+    Tracepoint = 3,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 3] = [Backend::TpBtf, Backend::RawTp, Backend::Tracepoint];
+
+    /// Prefix of the program names for this backend: `<prefix>_<tracepoint>`.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Backend::TpBtf => "btf",
+            Backend::RawTp => "raw",
+            Backend::Tracepoint => "tp",
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Backend::TpBtf => "tp_btf",
+            Backend::RawTp => "raw_tp",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Offsets of the kernel struct fields the programs read, taken by the
+/// loader from the running kernel's BTF. Zero means "unknown": the program
+/// then skips that read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct sk_buff`, member `dev`.
+    pub skb_dev: u32,
+    /// `struct net_device`, member `name`.
+    pub dev_name: u32,
+    /// `struct net_device`, member `ifindex`.
+    pub dev_ifindex: u32,
+    /// `struct net_device`, member `nd_net` (its `net` pointer).
+    pub dev_nd_net: u32,
+    /// `struct net` member `ns` plus `struct ns_common` member `inum`.
+    pub net_ns_inum: u32,
+    /// `struct net_device`, member `rtnl_link_ops`.
+    pub dev_link_ops: u32,
+    /// `struct rtnl_link_ops`, member `kind`.
+    pub link_ops_kind: u32,
+    /// `struct sk_buff`, member `head`: with the skb address, the packet's
+    /// identity (a reused sk_buff gets a new data buffer).
+    pub skb_head: u32,
+    /// Nonzero when the offsets above are valid.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+/// Where a classic (tracefs) tracepoint keeps the fields netprobe reads,
+/// from the tracepoint's `format` file. Zero means "absent".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassicFields {
+    pub skbaddr: u16,
+    /// Offset of the `__data_loc char[] name` field.
+    pub name_loc: u16,
+    pub reason: u16,
+    pub reason_size: u16,
+}
+
+/// The load-time configuration, written by the loader into the global
+/// `NP_CONFIG` before the programs are loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub off: Offsets,
+    /// Gap after which a tracked packet is considered stale (ns).
+    pub max_gap_ns: u64,
+    /// Nonzero: only packets first seen on a device in `NP_FILTER` are tracked.
+    pub filter_enabled: u32,
+    pub _pad: u32,
+    pub hop_flags: [u16; MAX_HOPS],
+    pub classic: [ClassicFields; MAX_HOPS],
+}
+
+impl Config {
+    pub const fn zeroed() -> Self {
+        Config {
+            off: Offsets {
+                skb_dev: 0,
+                dev_name: 0,
+                dev_ifindex: 0,
+                dev_nd_net: 0,
+                net_ns_inum: 0,
+                dev_link_ops: 0,
+                link_ops_kind: 0,
+                skb_head: 0,
+                valid: 0,
+                _pad: 0,
+            },
+            max_gap_ns: 0,
+            filter_enabled: 0,
+            _pad: 0,
+            hop_flags: [0; MAX_HOPS],
+            classic: [ClassicFields {
+                skbaddr: 0,
+                name_loc: 0,
+                reason: 0,
+                reason_size: 0,
+            }; MAX_HOPS],
+        }
+    }
+}
+
+/// Tracking state of one packet, keyed by its skb address in `NP_TRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackState {
+    /// Time of the last hop (ns, CLOCK_MONOTONIC).
+    pub ts: u64,
+    /// Device key of the last hop that had a device.
+    pub dev: u64,
+    /// Device key where tracking started.
+    pub origin: u64,
+    /// `skb->head` when tracking started (0 where it cannot be read).
+    pub head: u64,
+    /// Network namespace (`struct net *`) of the last hop's device, 0 if unknown.
+    pub net: u64,
+    pub hop: u8,
+    pub origin_hop: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Key of the per-hop-pair latency aggregates in `NP_HOPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    /// Device key where the packet was first seen (decides its direction).
+    pub origin: u64,
+    pub from_dev: u64,
+    /// Zero when the hop has no device of its own (consume, drop).
+    pub to_dev: u64,
+    pub from_hop: u8,
+    pub to_hop: u8,
+    pub origin_hop: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Key of the drop aggregates in `NP_DROPS`; the value is a per-CPU count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    pub origin: u64,
+    /// Device of the last hop before the drop.
+    pub last_dev: u64,
+    /// `enum skb_drop_reason` value.
+    pub reason: u32,
+    pub last_hop: u8,
+    pub origin_hop: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What the kernel side learnt about a device key, in `NP_DEVS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevInfo {
+    pub name: [u8; 16],
+    /// `rtnl_link_ops->kind` ("macvtap", "veth", "tun", ...), empty for none.
+    pub kind: [u8; 16],
+    pub ifindex: u32,
+    /// Inode number of the device's network namespace.
+    pub netns: u32,
+}
+
+/// Indices into the per-CPU `NP_COUNTERS` array: every packet netprobe
+/// stops following, and why, is counted here.
+pub mod counter {
+    /// Packets whose tracking started.
+    pub const TRACK_STARTED: u32 = 0;
+    /// Packets whose journey ended at a terminal hop.
+    pub const TRACK_ENDED: u32 = 1;
+    /// Tracking state found older than `max_gap_ns` and restarted.
+    pub const TRACK_STALE: u32 = 2;
+    /// Tracking state could not be inserted (map full).
+    pub const TRACK_INSERT_FAILED: u32 = 3;
+    /// A hop-pair aggregate could not be created (map full): sample lost.
+    pub const PAIR_LOST: u32 = 4;
+    /// A drop aggregate could not be created (map full): drop not counted by reason.
+    pub const DROP_LOST: u32 = 5;
+    /// Hop events seen in total (tracked or not).
+    pub const HOP_EVENTS: u32 = 6;
+    /// Reading a kernel field failed.
+    pub const READ_FAILED: u32 = 7;
+    /// Hop-pair samples aggregated.
+    pub const PAIR_SAMPLES: u32 = 8;
+    /// A tracked skb address reappeared as another packet (another data
+    /// buffer, a transmit in another namespace after a receive, any hop
+    /// after delivery): a recycled sk_buff whose free no hop saw. The old
+    /// journey ends unmeasured instead of being joined to the new one.
+    pub const TRACK_REUSED: u32 = 9;
+    pub const COUNT: u32 = 10;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "track_started",
+        "track_ended",
+        "track_stale",
+        "track_insert_failed",
+        "pair_lost",
+        "drop_lost",
+        "hop_events",
+        "read_failed",
+        "pair_samples",
+        "track_reused",
+    ];
+}
+
+/// Bit set in classic-tracepoint device keys (a hash of the device name),
+/// so they can never equal a kernel `struct net_device` address.
+pub const NAME_KEY_BIT: u64 = 1;
+
+/// FNV-1a over a NUL-padded 16-byte device name, with [`NAME_KEY_BIT`] set:
+/// the device key classic tracepoints use, where no `net_device` pointer is
+/// available.
+#[inline(always)]
+pub fn name_key(name: &[u8; 16]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < 16 {
+        let b = name[i];
+        if b == 0 {
+            break;
+        }
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h | NAME_KEY_BIT
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Offsets>() == 40);
+    assert!(core::mem::size_of::<ClassicFields>() == 8);
+    assert!(core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS);
+    assert!(core::mem::size_of::<TrackState>() == 48);
+    assert!(core::mem::size_of::<PairKey>() == 32);
+    assert!(core::mem::size_of::<DropKey>() == 24);
+    assert!(core::mem::size_of::<DevInfo>() == 40);
+    assert!(core::mem::size_of::<hist::Hist>() == 32 + 8 * hist::BUCKETS);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], Copy, contain only integers and
+    // arrays of integers, and have no implicit padding (sizes asserted above).
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::TrackState {}
+    unsafe impl aya::Pod for super::PairKey {}
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DevInfo {}
+    unsafe impl aya::Pod for super::hist::Hist {}
+}

@@ -1,0 +1,420 @@
+//! netprobe's kernel programs.
+//!
+//! Every hop program, whatever its attach backend, ends in [`track`]: the
+//! packet is identified by its skb address; the time since its previous hop
+//! is added to the histogram of that (previous hop, hop, devices) pair in a
+//! per-CPU map, so the always-on mode sends nothing per packet to userspace.
+//! Struct offsets, per-hop flags and tracefs field offsets come from the
+//! loader at load time (`NP_CONFIG`); nothing about the kernel's layout is
+//! compiled in.
+#![cfg_attr(not(test), no_std)]
+
+pub mod programs;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use netprobe_common::{
+    counter,
+    hist::{bucket_of, Hist, BUCKETS},
+    hop_flags, name_key, Config, DevInfo, DropKey, PairKey, TrackState, MAX_HOPS,
+};
+
+/// Load-time configuration, written by the loader before loading.
+#[unsafe(no_mangle)]
+static NP_CONFIG: Config = Config::zeroed();
+
+#[map(name = "NP_TRACK")]
+static NP_TRACK: LruHashMap<u64, TrackState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map(name = "NP_HOPS")]
+static NP_HOPS: PerCpuHashMap<PairKey, Hist> = PerCpuHashMap::with_max_entries(2048, 0);
+
+#[map(name = "NP_DROPS")]
+static NP_DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(2048, 0);
+
+#[map(name = "NP_DEVS")]
+static NP_DEVS: HashMap<u64, DevInfo> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "NP_FILTER")]
+static NP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
+
+#[map(name = "NP_COUNTERS")]
+static NP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// One all-zero histogram, the initial value of a new hop-pair aggregate
+/// (too large for the BPF stack). Never written.
+#[map(name = "NP_ZERO")]
+static NP_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn cfg() -> &'static Config {
+    // The loader rewrites NP_CONFIG in the object before loading; read it
+    // through a volatile pointer so the compiler cannot fold the zeroes in.
+    unsafe { &*core::ptr::read_volatile(&&raw const NP_CONFIG) }
+}
+
+#[inline(always)]
+fn flags_of(hop: u8) -> u16 {
+    let i = hop as usize;
+    if i < MAX_HOPS {
+        unsafe { core::ptr::read_volatile(&cfg().hop_flags[i]) }
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(c) = NP_COUNTERS.get_ptr_mut(idx) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> u64 {
+    if addr < 4096 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> u32 {
+    if addr < 4096 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel(addr as *const u32) }.unwrap_or(0)
+}
+
+/// Where a hop's device comes from, decides how the device key is formed
+/// and how the device is described.
+#[derive(Clone, Copy)]
+enum Dev<'a> {
+    /// A `struct net_device *` (BTF-typed and raw tracepoints).
+    Ptr(u64),
+    /// A device name from a classic tracepoint record; the key is its hash.
+    Name(&'a [u8; 16]),
+    None,
+}
+
+impl Dev<'_> {
+    #[inline(always)]
+    fn key(&self) -> u64 {
+        match self {
+            Dev::Ptr(p) => *p,
+            Dev::Name(n) => name_key(n),
+            Dev::None => 0,
+        }
+    }
+}
+
+/// Key used in `NP_FILTER`: (netns inode << 32 | ifindex) for device
+/// pointers, the name key for classic tracepoints.
+#[inline(always)]
+fn filter_key(dev: Dev<'_>) -> u64 {
+    match dev {
+        Dev::Ptr(p) => {
+            let off = &cfg().off;
+            let ifindex = read_u32(p + unsafe { core::ptr::read_volatile(&off.dev_ifindex) } as u64);
+            let net = read_u64(p + unsafe { core::ptr::read_volatile(&off.dev_nd_net) } as u64);
+            let inum = read_u32(net + unsafe { core::ptr::read_volatile(&off.net_ns_inum) } as u64);
+            ((inum as u64) << 32) | ifindex as u64
+        }
+        other => other.key(),
+    }
+}
+
+/// Whether a packet first seen on `dev` is to be followed.
+#[inline(always)]
+fn passes_filter(dev: Dev<'_>) -> bool {
+    let enabled = unsafe { core::ptr::read_volatile(&cfg().filter_enabled) };
+    enabled == 0 || NP_FILTER.get_ptr(&filter_key(dev)).is_some()
+}
+
+/// Records what a `struct net_device *` is (name, ifindex, namespace,
+/// link kind), the first time it appears in an aggregate (slow path only).
+#[inline(never)]
+fn note_dev_ptr(p: u64) {
+    if p == 0 || NP_DEVS.get_ptr(&p).is_some() {
+        return;
+    }
+    let off = &cfg().off;
+    let (name_off, ifx, ndnet, inum, ops_off, kind_off) = unsafe {
+        (
+            core::ptr::read_volatile(&off.dev_name) as u64,
+            core::ptr::read_volatile(&off.dev_ifindex) as u64,
+            core::ptr::read_volatile(&off.dev_nd_net) as u64,
+            core::ptr::read_volatile(&off.net_ns_inum) as u64,
+            core::ptr::read_volatile(&off.dev_link_ops) as u64,
+            core::ptr::read_volatile(&off.link_ops_kind) as u64,
+        )
+    };
+    let mut info = DevInfo::default();
+    if let Ok(n) = unsafe { bpf_probe_read_kernel((p + name_off) as *const [u8; 16]) } {
+        info.name = n;
+    } else {
+        bump(counter::READ_FAILED);
+    }
+    info.ifindex = read_u32(p + ifx);
+    info.netns = read_u32(read_u64(p + ndnet) + inum);
+    if ops_off != 0 {
+        let ops = read_u64(p + ops_off);
+        let kind = read_u64(ops + kind_off);
+        if kind >= 4096 {
+            // The raw helper: aya's slice-returning wrapper has a panic path.
+            unsafe { bpf_probe_read_kernel_str(info.kind.as_mut_ptr().cast(), 16, kind as *const _) };
+        }
+    }
+    let _ = NP_DEVS.insert(&p, &info, BPF_NOEXIST as u64);
+}
+
+/// Records a classic tracepoint's device name under its name key.
+#[inline(never)]
+fn note_dev_name(name: &[u8; 16]) {
+    let key = name_key(name);
+    if NP_DEVS.get_ptr(&key).is_some() {
+        return;
+    }
+    let info = DevInfo {
+        name: *name,
+        ..DevInfo::default()
+    };
+    let _ = NP_DEVS.insert(&key, &info, BPF_NOEXIST as u64);
+}
+
+#[inline(always)]
+fn aggregate(key: &PairKey, gap: u64, dev: Dev<'_>) {
+    let h = match NP_HOPS.get_ptr_mut(key) {
+        Some(h) => h,
+        None => {
+            let h = new_pair(key, dev);
+            if h.is_null() {
+                bump(counter::PAIR_LOST);
+                return;
+            }
+            h
+        }
+    };
+    let h = unsafe { &mut *h };
+    h.count += 1;
+    h.sum_ns += gap;
+    if gap > h.max_ns {
+        h.max_ns = gap;
+    }
+    if h.min_ns == 0 || gap < h.min_ns {
+        h.min_ns = gap;
+    }
+    let b = bucket_of(gap);
+    if b < BUCKETS {
+        h.buckets[b] += 1;
+    }
+    bump(counter::PAIR_SAMPLES);
+}
+
+/// Slow path of [`aggregate`]: the first sample of a hop pair on this CPU.
+/// Returns null when the map is full. (Kept out of line: it is cold.)
+#[inline(always)]
+fn new_pair(key: &PairKey, dev: Dev<'_>) -> *mut Hist {
+    let Some(zero) = NP_ZERO.get_ptr(0) else {
+        return core::ptr::null_mut();
+    };
+    let _ = NP_HOPS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
+    match dev {
+        Dev::Ptr(p) => note_dev_ptr(p),
+        Dev::Name(n) => note_dev_name(n),
+        Dev::None => {}
+    }
+    if key.from_dev & netprobe_common::NAME_KEY_BIT == 0 {
+        note_dev_ptr(key.from_dev);
+    }
+    if key.origin & netprobe_common::NAME_KEY_BIT == 0 {
+        note_dev_ptr(key.origin);
+    }
+    NP_HOPS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut())
+}
+
+#[inline(never)]
+fn count_drop(key: &DropKey) {
+    if let Some(c) = NP_DROPS.get_ptr_mut(key) {
+        unsafe { *c += 1 };
+        return;
+    }
+    if NP_DROPS.insert(key, 1u64, BPF_NOEXIST as u64).is_err() {
+        // Lost a race with another insert of the same key, or the map is full.
+        match NP_DROPS.get_ptr_mut(key) {
+            Some(c) => unsafe { *c += 1 },
+            None => bump(counter::DROP_LOST),
+        }
+    }
+}
+
+/// The heart of netprobe's kernel side: one hop of one packet.
+#[inline(always)]
+fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reason: u32) {
+    if skb == 0 {
+        return;
+    }
+    bump(counter::HOP_EVENTS);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let devkey = dev.key();
+    if let Some(st) = NP_TRACK.get_ptr_mut(&skb) {
+        let st = unsafe { &mut *st };
+        let gap = now.wrapping_sub(st.ts);
+        let prev = flags_of(st.hop);
+        // Signs that this skb address now carries another packet.
+        let reused = head != st.head
+            || (prev & hop_flags::DELIVER != 0 && flags & (hop_flags::DELIVER | hop_flags::TERMINAL) == 0)
+            || (prev & hop_flags::RX != 0 && flags & hop_flags::TX != 0 && net != 0 && st.net != 0 && net != st.net);
+        if reused || gap > unsafe { core::ptr::read_volatile(&cfg().max_gap_ns) } {
+            // The skb address now holds another packet (a new data buffer),
+            // or the packet sat longer than max_gap: restart, never join.
+            bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
+            if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev) {
+                *st = TrackState {
+                    ts: now,
+                    dev: devkey,
+                    origin: devkey,
+                    head,
+                    net,
+                    hop,
+                    origin_hop: hop,
+                    _pad: [0; 6],
+                };
+                bump(counter::TRACK_STARTED);
+            } else {
+                let _ = NP_TRACK.remove(&skb);
+            }
+            return;
+        }
+        let key = PairKey {
+            origin: st.origin,
+            from_dev: st.dev,
+            to_dev: devkey,
+            from_hop: st.hop,
+            to_hop: hop,
+            origin_hop: st.origin_hop,
+            _pad: [0; 5],
+        };
+        aggregate(&key, gap, dev);
+        if flags & hop_flags::DROP != 0 {
+            count_drop(&DropKey {
+                origin: st.origin,
+                last_dev: st.dev,
+                reason,
+                last_hop: st.hop,
+                origin_hop: st.origin_hop,
+                _pad: [0; 2],
+            });
+        }
+        if flags & hop_flags::TERMINAL != 0 {
+            let _ = NP_TRACK.remove(&skb);
+            bump(counter::TRACK_ENDED);
+        } else {
+            st.ts = now;
+            st.hop = hop;
+            if devkey != 0 {
+                st.dev = devkey;
+                st.net = net;
+            }
+        }
+        return;
+    }
+    if flags & hop_flags::START == 0 || devkey == 0 {
+        return;
+    }
+    if !passes_filter(dev) {
+        return;
+    }
+    let st = TrackState {
+        ts: now,
+        dev: devkey,
+        origin: devkey,
+        head,
+        net,
+        hop,
+        origin_hop: hop,
+        _pad: [0; 6],
+    };
+    if NP_TRACK.insert(&skb, &st, 0).is_err() {
+        bump(counter::TRACK_INSERT_FAILED);
+    } else {
+        bump(counter::TRACK_STARTED);
+    }
+}
+
+/// Entry for BTF-typed and raw tracepoints: the tracepoint's arguments are
+/// the traced function's (skb first; the device second for
+/// `net_dev_start_xmit`; the drop reason third for `kfree_skb`).
+#[inline(always)]
+fn ptr_hop(hop: u8, skb: u64, arg1: u64, arg2: u64) {
+    let flags = flags_of(hop);
+    if flags & hop_flags::ENABLED == 0 {
+        return;
+    }
+    let dev = if flags & hop_flags::DEV_ARG1 != 0 {
+        arg1
+    } else if flags & hop_flags::SKB_DEV != 0 {
+        let off = unsafe { core::ptr::read_volatile(&cfg().off.skb_dev) } as u64;
+        if off == 0 {
+            0
+        } else {
+            read_u64(skb + off)
+        }
+    } else {
+        0
+    };
+    let dev = if dev == 0 { Dev::None } else { Dev::Ptr(dev) };
+    let reason = if flags & hop_flags::DROP != 0 { arg2 as u32 } else { 0 };
+    let head_off = unsafe { core::ptr::read_volatile(&cfg().off.skb_head) } as u64;
+    let head = if head_off == 0 { 0 } else { read_u64(skb + head_off) };
+    let net = match dev {
+        Dev::Ptr(p) => read_u64(p + unsafe { core::ptr::read_volatile(&cfg().off.dev_nd_net) } as u64),
+        _ => 0,
+    };
+    track(hop, flags, skb, head, net, dev, reason);
+}
+
+/// Entry for classic tracefs tracepoints: fields at the offsets the loader
+/// read from each tracepoint's `format` file; devices identified by name.
+#[inline(always)]
+fn classic_hop(ctx: &aya_ebpf::programs::TracePointContext, hop: u8) {
+    let flags = flags_of(hop);
+    if flags & hop_flags::ENABLED == 0 {
+        return;
+    }
+    let f = unsafe { core::ptr::read_volatile(&cfg().classic[(hop as usize) & (MAX_HOPS - 1)]) };
+    let skb: u64 = match unsafe { ctx.read_at::<u64>(f.skbaddr as usize) } {
+        Ok(v) => v,
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            return;
+        }
+    };
+    let mut name = [0u8; 16];
+    if f.name_loc != 0 {
+        if let Ok(loc) = unsafe { ctx.read_at::<u32>(f.name_loc as usize) } {
+            let off = (loc & 0xffff) as usize;
+            if let Ok(n) = unsafe { ctx.read_at::<[u8; 16]>(off) } {
+                name = n;
+            }
+        }
+    }
+    let reason = if f.reason != 0 {
+        unsafe { ctx.read_at::<u32>(f.reason as usize) }.unwrap_or(0)
+    } else {
+        0
+    };
+    let dev = if name[0] == 0 { Dev::None } else { Dev::Name(&name) };
+    // No BTF, no offset of skb->head: identity is the address (and max_gap).
+    track(hop, flags, skb, 0, 0, dev, reason);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,52 @@
+//! Reads the kernel-side aggregates (hop-pair histograms, drops, device
+//! descriptions, loss counters) out of the BPF maps into a [`Snapshot`],
+//! summing the per-CPU values. The only module that reads the maps.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    Ebpf,
+};
+use netprobe_common::{counter, hist::Hist, names, DevInfo, DropKey, PairKey};
+
+/// The kernel's aggregates at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub pairs: BTreeMap<PairKey, Hist>,
+    pub drops: BTreeMap<DropKey, u64>,
+    pub devs: BTreeMap<u64, DevInfo>,
+    pub counters: [u64; counter::COUNT as usize],
+}
+
+pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
+    let mut s = Snapshot::default();
+    let pairs: PerCpuHashMap<_, PairKey, Hist> =
+        PerCpuHashMap::try_from(ebpf.map(names::HOPS).context("map NP_HOPS missing")?)?;
+    for item in pairs.iter() {
+        let (k, per_cpu) = item.context("reading NP_HOPS")?;
+        let acc = s.pairs.entry(k).or_insert_with(Hist::zeroed);
+        for h in per_cpu.iter() {
+            acc.merge(h);
+        }
+    }
+    s.pairs.retain(|_, h| h.count > 0);
+    let drops: PerCpuHashMap<_, DropKey, u64> =
+        PerCpuHashMap::try_from(ebpf.map(names::DROPS).context("map NP_DROPS missing")?)?;
+    for item in drops.iter() {
+        let (k, per_cpu) = item.context("reading NP_DROPS")?;
+        *s.drops.entry(k).or_default() += per_cpu.iter().sum::<u64>();
+    }
+    let devs: HashMap<_, u64, DevInfo> = HashMap::try_from(ebpf.map(names::DEVS).context("map NP_DEVS missing")?)?;
+    for item in devs.iter() {
+        let (k, v) = item.context("reading NP_DEVS")?;
+        s.devs.insert(k, v);
+    }
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(names::COUNTERS).context("map NP_COUNTERS missing")?)?;
+    for i in 0..counter::COUNT {
+        s.counters[i as usize] = counters.get(&i, 0)?.iter().sum();
+    }
+    Ok(s)
+}

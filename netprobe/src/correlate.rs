@@ -1,0 +1,286 @@
+//! Turns the kernel's aggregates into per-hop numbers: hop-pair histograms
+//! become HdrHistograms and percentiles, device keys become names, each
+//! packet's origin decides its direction, and pairs are put in path order.
+//! The only module that gives the raw aggregates a meaning.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use hdrhistogram::Histogram;
+use netprobe_common::{
+    counter,
+    hist::{bucket_bounds, Hist},
+    DevInfo,
+};
+
+use crate::{
+    attach::Coverage,
+    catalog,
+    collect::Snapshot,
+    report::{CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, PairReport, Report},
+};
+
+/// What the report needs besides the snapshot.
+pub struct Context<'a> {
+    pub coverage: &'a [Coverage],
+    pub drop_reasons: &'a BTreeMap<u32, String>,
+    pub duration_s: f64,
+    pub interrupted: bool,
+}
+
+fn cstr(b: &[u8; 16]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn dev_name(devs: &BTreeMap<u64, DevInfo>, key: u64) -> String {
+    if key == 0 {
+        return String::new();
+    }
+    match devs.get(&key) {
+        Some(d) if d.name[0] != 0 => cstr(&d.name),
+        _ => format!("dev:{key:x}"),
+    }
+}
+
+/// Guest-facing devices are where a guest's packets enter the host: the
+/// macvtap or tap device QEMU/vhost writes into.
+fn is_guest_facing(devs: &BTreeMap<u64, DevInfo>, key: u64) -> bool {
+    let Some(d) = devs.get(&key) else { return false };
+    let kind = cstr(&d.kind);
+    if !kind.is_empty() {
+        return kind == "macvtap" || kind == "tun";
+    }
+    // Classic tracepoints carry names only: ask sysfs (this namespace).
+    let name = cstr(&d.name);
+    let sys = std::path::Path::new("/sys/class/net").join(&name);
+    sys.join("tun_flags").exists() || sys.join("macvtap").exists()
+}
+
+/// HdrHistogram of a kernel histogram (each bucket at its midpoint) and
+/// the percentiles reported, clamped to the exact min/max.
+fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
+    let mut hd = Histogram::<u64>::new_with_bounds(1, 1 << 42, 3).expect("valid bounds");
+    for (i, &c) in h.buckets.iter().enumerate() {
+        if c > 0 {
+            let (lo, hi) = bucket_bounds(i);
+            let mid = lo + (hi - lo) / 2;
+            hd.saturating_record_n(mid.max(1), c);
+        }
+    }
+    let q = |x: f64| hd.value_at_quantile(x).clamp(h.min_ns, h.max_ns);
+    (q(0.5), q(0.9), q(0.99), q(0.999))
+}
+
+pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
+    let direction = |origin: u64| {
+        if is_guest_facing(&s.devs, origin) {
+            Direction::ToWire
+        } else {
+            Direction::ToGuest
+        }
+    };
+
+    // Rows: hop pairs by direction; packets of different origins that
+    // share a pair are one row.
+    type Node = (u8, u64);
+    let mut rows: BTreeMap<(Direction, Node, Node), Hist> = BTreeMap::new();
+    let mut origins: BTreeMap<Direction, Vec<Node>> = BTreeMap::new();
+    for (k, h) in &s.pairs {
+        let dir = direction(k.origin);
+        rows.entry((dir, (k.from_hop, k.from_dev), (k.to_hop, k.to_dev)))
+            .or_insert_with(Hist::zeroed)
+            .merge(h);
+        origins.entry(dir).or_default().push((k.origin_hop, k.origin));
+    }
+
+    let directions = [Direction::ToWire, Direction::ToGuest]
+        .into_iter()
+        .map(|dir| {
+            // Path order: breadth-first from this direction's origins over
+            // (hop, device) nodes; a hop without a device stays on the
+            // device of the hop before it.
+            let mut next: HashMap<Node, Vec<Node>> = HashMap::new();
+            for (d, from, to) in rows.keys() {
+                if *d == dir {
+                    let to = if to.1 == 0 { (to.0, from.1) } else { *to };
+                    next.entry(*from).or_default().push(to);
+                }
+            }
+            let mut depth: HashMap<Node, usize> = HashMap::new();
+            let mut queue = VecDeque::new();
+            for o in origins.get(&dir).map(Vec::as_slice).unwrap_or_default() {
+                if depth.insert(*o, 0).is_none() {
+                    queue.push_back(*o);
+                }
+            }
+            while let Some(n) = queue.pop_front() {
+                let d = depth[&n];
+                for &m in next.get(&n).map(Vec::as_slice).unwrap_or_default() {
+                    if let std::collections::hash_map::Entry::Vacant(e) = depth.entry(m) {
+                        e.insert(d + 1);
+                        queue.push_back(m);
+                    }
+                }
+            }
+            let mut v: Vec<(usize, PairReport)> = rows
+                .iter()
+                .filter(|((d, _, _), _)| *d == dir)
+                .map(|((_, from, to), h)| {
+                    let (p50, p90, p99, p999) = percentiles(h);
+                    let pr = PairReport {
+                        from_hop: catalog::label(from.0),
+                        from_dev: dev_name(&s.devs, from.1),
+                        to_hop: catalog::label(to.0),
+                        to_dev: dev_name(&s.devs, to.1),
+                        packets: h.count,
+                        min_ns: h.min_ns,
+                        mean_ns: h.sum_ns / h.count.max(1),
+                        p50_ns: p50,
+                        p90_ns: p90,
+                        p99_ns: p99,
+                        p999_ns: p999,
+                        max_ns: h.max_ns,
+                    };
+                    (depth.get(from).copied().unwrap_or(usize::MAX), pr)
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.packets.cmp(&a.1.packets)));
+            DirectionReport {
+                direction: dir,
+                pairs: v.into_iter().map(|(_, p)| p).collect(),
+            }
+        })
+        .collect();
+
+    // Drops: one row per (reason, direction, last hop, last device).
+    let mut drop_rows: BTreeMap<(u32, Direction, u8, u64), u64> = BTreeMap::new();
+    for (k, &n) in &s.drops {
+        *drop_rows.entry((k.reason, direction(k.origin), k.last_hop, k.last_dev)).or_default() += n;
+    }
+    let mut drops: Vec<DropReport> = drop_rows
+        .into_iter()
+        .map(|((reason, dir, last_hop, last_dev), n)| DropReport {
+            reason: cx
+                .drop_reasons
+                .get(&reason)
+                .cloned()
+                .unwrap_or_else(|| format!("reason {reason}")),
+            reason_code: reason,
+            packets: n,
+            direction: dir,
+            last_hop: catalog::label(last_hop),
+            last_dev: dev_name(&s.devs, last_dev),
+        })
+        .collect();
+    drops.sort_by(|a, b| b.packets.cmp(&a.packets));
+
+    let devices = s
+        .devs
+        .values()
+        .map(|d| DeviceReport {
+            name: cstr(&d.name),
+            kind: cstr(&d.kind),
+            ifindex: d.ifindex,
+            netns: d.netns,
+        })
+        .collect();
+    let tracking = counter::NAMES
+        .iter()
+        .zip(s.counters.iter())
+        .map(|(n, v)| ((*n).to_owned(), *v))
+        .collect();
+
+    Report {
+        netprobe_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: kernel_release(),
+        duration_s: cx.duration_s,
+        interrupted: cx.interrupted,
+        coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
+        directions,
+        drops,
+        devices,
+        tracking,
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use netprobe_common::{hist::bucket_of, hop, PairKey};
+
+    use super::*;
+
+    fn hist(values: &[u64]) -> Hist {
+        let mut h = Hist::zeroed();
+        for &v in values {
+            h.count += 1;
+            h.sum_ns += v;
+            h.max_ns = h.max_ns.max(v);
+            h.min_ns = if h.min_ns == 0 { v } else { h.min_ns.min(v) };
+            h.buckets[bucket_of(v)] += 1;
+        }
+        h
+    }
+
+    fn dev(name: &str, kind: &str) -> DevInfo {
+        let mut d = DevInfo::default();
+        d.name[..name.len()].copy_from_slice(name.as_bytes());
+        d.kind[..kind.len()].copy_from_slice(kind.as_bytes());
+        d
+    }
+
+    #[test]
+    fn percentiles_are_within_bucket_precision() {
+        let values: Vec<u64> = (1..=1000).map(|i| i * 1000).collect(); // 1us..1ms
+        let (p50, p90, p99, p999) = percentiles(&hist(&values));
+        for (got, want) in [(p50, 500_000.0), (p90, 900_000.0), (p99, 990_000.0), (p999, 999_000.0)] {
+            let err = (got as f64 - want).abs() / want;
+            assert!(err < 0.04, "got {got}, want ~{want}");
+        }
+    }
+
+    #[test]
+    fn direction_and_path_order_follow_the_origin() {
+        let mut s = Snapshot::default();
+        s.devs.insert(0x10, dev("macvtap0", "macvtap"));
+        s.devs.insert(0x20, dev("eth0", "veth"));
+        let k = |origin, from_hop, from_dev, to_hop, to_dev| PairKey {
+            origin,
+            from_dev,
+            to_dev,
+            from_hop,
+            to_hop,
+            origin_hop: if origin == 0x10 { hop::NET_DEV_QUEUE } else { hop::NETIF_RECEIVE_SKB },
+            _pad: [0; 5],
+        };
+        // guest -> wire: queue@macvtap0 -> xmit@macvtap0 -> queue@eth0
+        s.pairs.insert(k(0x10, hop::NET_DEV_START_XMIT, 0x10, hop::NET_DEV_QUEUE, 0x20), hist(&[2000]));
+        s.pairs.insert(k(0x10, hop::NET_DEV_QUEUE, 0x10, hop::NET_DEV_START_XMIT, 0x10), hist(&[1000, 1000]));
+        // wire -> guest: receive@eth0 -> copy_out@macvtap0 -> consumed
+        s.pairs.insert(k(0x20, hop::NETIF_RECEIVE_SKB, 0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10), hist(&[5000]));
+        s.pairs.insert(k(0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10, hop::CONSUME_SKB, 0), hist(&[300]));
+        let r = build(
+            &s,
+            &Context {
+                coverage: &[],
+                drop_reasons: &BTreeMap::new(),
+                duration_s: 1.0,
+                interrupted: false,
+            },
+        );
+        let wire = &r.directions[0];
+        assert_eq!(wire.direction, Direction::ToWire);
+        let order: Vec<String> = wire.pairs.iter().map(|p| format!("{} -> {}", p.from_label(), p.to_label())).collect();
+        assert_eq!(order, ["queue@macvtap0 -> xmit@macvtap0", "xmit@macvtap0 -> queue@eth0"]);
+        assert_eq!(wire.pairs[0].packets, 2);
+        let guest = &r.directions[1];
+        assert_eq!(guest.direction, Direction::ToGuest);
+        assert_eq!(guest.pairs[0].to_label(), "copy_out@macvtap0");
+        assert_eq!(guest.pairs[1].to_label(), "consumed");
+    }
+}

@@ -1,0 +1,16 @@
+//! netprobe: an eBPF datapath profiler for KVM hosts.
+//!
+//! Data flows one way: `catalog` (which hops exist) -> `attach` (how each
+//! is attached here) -> kernel aggregates -> `collect` (read the maps) ->
+//! `correlate` (per-hop numbers) -> `report` (one module per format).
+//! `record` drives a session; `demo` builds the demo topology.
+
+pub mod attach;
+pub mod catalog;
+pub mod collect;
+pub mod correlate;
+pub mod demo;
+pub mod kernel;
+pub mod netns;
+pub mod record;
+pub mod report;

@@ -1,0 +1,161 @@
+//! The netprobe command line: argument parsing and output selection only.
+
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use netprobe::{
+    demo::{self, Topology},
+    record::{self, parse_duration, RecordOptions, Recorder},
+    report::{self, Report},
+};
+use netprobe_common::Backend;
+
+#[derive(Parser)]
+#[command(version, about = "Per-hop latency of each packet's way through a KVM host's datapath")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    TpBtf,
+    RawTp,
+    Tracepoint,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::TpBtf => Backend::TpBtf,
+            BackendArg::RawTp => Backend::RawTp,
+            BackendArg::Tracepoint => Backend::Tracepoint,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// External BTF file for kernels without /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    btf: Option<PathBuf>,
+    /// Use only this attach backend (default: the best one each hop allows).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// A packet unseen for this long is considered gone (its next sighting starts anew).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_gap: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Record per-hop latencies until the duration ends or Ctrl-C.
+    Record {
+        /// How long to record (e.g. 10s, 2m); default: until Ctrl-C or SIGTERM.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Only follow packets first seen on these interfaces (NAME or NETNS/NAME; repeatable).
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
+    /// Build the demo MacVTap topology in network namespaces, send real
+    /// traffic through it while recording, print the breakdown, clean up.
+    Demo {
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netprobe: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
+    RecordOptions {
+        ifaces,
+        btf_file: p.btf.clone(),
+        backend: p.backend.map(Backend::from),
+        max_gap: p.max_gap,
+    }
+}
+
+fn print(report: &Report, format: Format) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let res = match format {
+        Format::Table => report::table::write(report, &mut out),
+        Format::Json => report::json::write(report, &mut out),
+    };
+    match res.and_then(|()| out.flush().map_err(Into::into)) {
+        // A closed pipe (`| head`) is a normal end, not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => Ok(()),
+        r => r,
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Record { duration, ifaces, probe } => {
+            let rec = Recorder::start(&options(&probe, ifaces))?;
+            eprintln!(
+                "netprobe: recording {}; Ctrl-C to stop early",
+                duration.map_or("until Ctrl-C".to_owned(), |d| format!("for {:.1} s", d.as_secs_f64()))
+            );
+            let interrupted = record::wait(duration)?;
+            print(&rec.report(interrupted)?, probe.format)
+        }
+        Cmd::Demo { probe } => run_demo(&probe),
+    }
+}
+
+fn run_demo(probe: &ProbeArgs) -> Result<()> {
+    eprintln!("netprobe demo: building the MacVTap topology in network namespaces");
+    let topo = Topology::create()?;
+    let rec = Recorder::start(&options(probe, topo.ifaces()))?;
+    eprintln!(
+        "netprobe demo: guest {} <-> macvtap {} on {} <-> peer {}; sending ICMP, TCP, UDP",
+        demo::GUEST_ADDR,
+        topo.macvtap,
+        topo.uplink,
+        demo::PEER_ADDR
+    );
+    let replies = topo.ping(20, "0.05").context("ping")?;
+    eprintln!("  ping: {replies}/20 replies");
+    let tcp = topo.iperf3(2, false).context("iperf3 TCP")?;
+    eprintln!("  iperf3 TCP: {}", last_summary(&tcp));
+    let udp = topo.iperf3(2, true).context("iperf3 UDP")?;
+    eprintln!("  iperf3 UDP: {}", last_summary(&udp));
+    topo.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(2))?;
+    eprintln!("  50 UDP datagrams to {} (blackholed in the peer)", demo::BLACKHOLE_ADDR);
+    std::thread::sleep(Duration::from_millis(200));
+    let report = rec.report(false)?;
+    drop(rec);
+    drop(topo);
+    print(&report, probe.format)
+}
+
+fn last_summary(iperf: &str) -> String {
+    iperf
+        .lines()
+        .rev()
+        .find(|l| l.contains("receiver") || l.contains("sender"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

@@ -1,0 +1,175 @@
+//! A recording session: attach the hops, restrict them to the chosen
+//! interfaces, wait for the duration, Ctrl-C or SIGTERM, then read the
+//! aggregates once and build the report. Whatever ends the wait, the full
+//! result is produced.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::HashMap;
+use netprobe_common::{name_key, names, Backend};
+
+use crate::{
+    attach::{self, AttachOptions, Attached},
+    collect, correlate, netns,
+    report::Report,
+};
+
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    /// Interfaces as `NAME` (this namespace) or `NETNS/NAME` (`ip netns` name).
+    pub ifaces: Vec<String>,
+    pub btf_file: Option<PathBuf>,
+    pub backend: Option<Backend>,
+    /// A packet unseen for this long is considered gone.
+    pub max_gap: Duration,
+}
+
+impl Default for RecordOptions {
+    fn default() -> Self {
+        RecordOptions {
+            ifaces: Vec::new(),
+            btf_file: None,
+            backend: None,
+            max_gap: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Recorder {
+    attached: Attached,
+    started: Instant,
+}
+
+/// Parses `NETNS/NAME` or `NAME`.
+fn split_iface(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, spec),
+    }
+}
+
+impl Recorder {
+    pub fn start(opts: &RecordOptions) -> Result<Recorder> {
+        // Resolve interfaces before touching the kernel: a typo fails fast.
+        let mut resolved = Vec::new();
+        for spec in &opts.ifaces {
+            let (ns, name) = split_iface(spec);
+            if name.is_empty() || name.len() > 15 {
+                bail!("--iface {spec:?}: interface names are 1 to 15 characters");
+            }
+            let ifindex = netns::ifindex(ns, name)?;
+            let inum = netns::inode(ns)?;
+            resolved.push((name.to_owned(), inum, ifindex));
+        }
+        let mut attached = attach::attach(&AttachOptions {
+            btf_file: opts.btf_file.clone(),
+            backend: opts.backend,
+            max_gap_ns: opts.max_gap.as_nanos() as u64,
+            filter_enabled: !resolved.is_empty(),
+        })?;
+        let classic = attached.classic_only;
+        let mut filter: HashMap<_, u64, u8> =
+            HashMap::try_from(attached.ebpf.map_mut(names::FILTER).context("map NP_FILTER missing")?)?;
+        for (name, inum, ifindex) in resolved {
+            let key = if classic {
+                let mut n = [0u8; 16];
+                n[..name.len()].copy_from_slice(name.as_bytes());
+                name_key(&n)
+            } else {
+                ((inum as u64) << 32) | ifindex as u64
+            };
+            filter.insert(key, 1, 0)?;
+        }
+        Ok(Recorder {
+            attached,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn coverage(&self) -> &[attach::Coverage] {
+        &self.attached.coverage
+    }
+
+    /// Reads the aggregates and builds the report (the programs stay
+    /// attached until the recorder is dropped).
+    pub fn report(&self, interrupted: bool) -> Result<Report> {
+        let snap = collect::snapshot(&self.attached.ebpf)?;
+        Ok(correlate::build(
+            &snap,
+            &correlate::Context {
+                coverage: &self.attached.coverage,
+                drop_reasons: &self.attached.drop_reasons,
+                duration_s: self.started.elapsed().as_secs_f64(),
+                interrupted,
+            },
+        ))
+    }
+}
+
+/// Waits for `duration` (forever if None), Ctrl-C or SIGTERM; returns true
+/// when a signal ended the wait.
+pub fn wait(duration: Option<Duration>) -> Result<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let sleep = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => Ok(false),
+            r = tokio::signal::ctrl_c() => r.map(|()| true).context("waiting for Ctrl-C"),
+            _ = term.recv() => Ok(true),
+        }
+    })
+}
+
+/// Parses durations like `10s`, `500ms`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 10s, 500ms, 2m"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" => v / 1e6,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("{s:?}: duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn iface_specs() {
+        assert_eq!(split_iface("eth0"), (None, "eth0"));
+        assert_eq!(split_iface("ns1/macvtap0"), (Some("ns1"), "macvtap0"));
+    }
+}

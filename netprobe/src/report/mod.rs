@@ -1,0 +1,150 @@
+//! The report model every output format renders, and the formats. The
+//! model is plain data (serde), built by `correlate` from what the kernel
+//! recorded; each format is one module that only reads it.
+
+pub mod json;
+pub mod table;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::attach::Coverage;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub netprobe_version: String,
+    pub kernel: String,
+    pub duration_s: f64,
+    /// True when Ctrl-C or SIGTERM ended the recording before its duration.
+    pub interrupted: bool,
+    pub coverage: Vec<CoverageEntry>,
+    pub directions: Vec<DirectionReport>,
+    pub drops: Vec<DropReport>,
+    pub devices: Vec<DeviceReport>,
+    /// Kernel-side accounting: packets followed, and every loss.
+    pub tracking: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CoverageEntry {
+    pub hop: String,
+    pub tracepoint: String,
+    pub backend: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl From<&Coverage> for CoverageEntry {
+    fn from(c: &Coverage) -> Self {
+        CoverageEntry {
+            hop: c.hop.to_owned(),
+            tracepoint: c.tracepoint.clone(),
+            backend: c.backend.map(str::to_owned),
+            notes: c.notes.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// First seen on a guest-facing device (macvtap, tap): guest to wire.
+    ToWire,
+    /// First seen anywhere else (uplink, peer): toward the guest.
+    ToGuest,
+}
+
+impl Direction {
+    pub fn title(self) -> &'static str {
+        match self {
+            Direction::ToWire => "toward the wire (guest -> host -> uplink)",
+            Direction::ToGuest => "toward the guest (uplink -> host -> guest)",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectionReport {
+    pub direction: Direction,
+    pub pairs: Vec<PairReport>,
+}
+
+/// One hop pair: the time from `from` to `to` for the same packet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairReport {
+    pub from_hop: String,
+    pub from_dev: String,
+    pub to_hop: String,
+    /// Empty when the hop has no device of its own (consume, drop).
+    pub to_dev: String,
+    pub packets: u64,
+    pub min_ns: u64,
+    pub mean_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+impl PairReport {
+    pub fn from_label(&self) -> String {
+        at(&self.from_hop, &self.from_dev)
+    }
+    pub fn to_label(&self) -> String {
+        at(&self.to_hop, &self.to_dev)
+    }
+}
+
+fn at(hop: &str, dev: &str) -> String {
+    if dev.is_empty() {
+        hop.to_owned()
+    } else {
+        format!("{hop}@{dev}")
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropReport {
+    pub reason: String,
+    pub reason_code: u32,
+    pub packets: u64,
+    pub direction: Direction,
+    pub last_hop: String,
+    pub last_dev: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub name: String,
+    pub kind: String,
+    pub ifindex: u32,
+    pub netns: u32,
+}
+
+/// Nanoseconds as a short human figure: 850ns, 12.3us, 4.56ms, 1.20s.
+pub fn fmt_ns(ns: u64) -> String {
+    let f = ns as f64;
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1}us", f / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2}ms", f / 1e6)
+    } else {
+        format!("{:.2}s", f / 1e9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_ns;
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(fmt_ns(850), "850ns");
+        assert_eq!(fmt_ns(12_345), "12.3us");
+        assert_eq!(fmt_ns(4_560_000), "4.56ms");
+        assert_eq!(fmt_ns(1_200_000_000), "1.20s");
+    }
+}

@@ -1,0 +1,93 @@
+//! The terminal table: per direction, each hop pair in path order with its
+//! packet count and latency percentiles; then drops by reason, coverage and
+//! the kernel side's loss accounting.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::{fmt_ns, Report};
+
+pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "netprobe {} on Linux {}: {:.1} s recorded{}",
+        r.netprobe_version,
+        r.kernel,
+        r.duration_s,
+        if r.interrupted { " (interrupted)" } else { "" }
+    )?;
+    let attached: Vec<String> = r
+        .coverage
+        .iter()
+        .filter_map(|c| c.backend.as_ref().map(|b| format!("{} ({b})", c.hop)))
+        .collect();
+    writeln!(out, "hops attached: {}", attached.join(", "))?;
+    for c in r.coverage.iter().filter(|c| c.backend.is_none()) {
+        writeln!(out, "hop NOT attached: {} [{}]: {}", c.hop, c.tracepoint, c.notes.join("; "))?;
+    }
+    if r.directions.iter().all(|d| d.pairs.is_empty()) {
+        writeln!(out, "\nno packet was followed across two hops")?;
+    }
+    for d in &r.directions {
+        if d.pairs.is_empty() {
+            continue;
+        }
+        writeln!(out, "\n{}", d.direction.title())?;
+        let w = d
+            .pairs
+            .iter()
+            .map(|p| p.from_label().len() + p.to_label().len() + 4)
+            .max()
+            .unwrap_or(0)
+            .max(8);
+        writeln!(
+            out,
+            "  {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "hop pair", "packets", "p50", "p90", "p99", "p99.9", "max"
+        )?;
+        for p in &d.pairs {
+            let pair = format!("{} -> {}", p.from_label(), p.to_label());
+            writeln!(
+                out,
+                "  {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                pair,
+                p.packets,
+                fmt_ns(p.p50_ns),
+                fmt_ns(p.p90_ns),
+                fmt_ns(p.p99_ns),
+                fmt_ns(p.p999_ns),
+                fmt_ns(p.max_ns)
+            )?;
+        }
+    }
+    writeln!(out, "\ndrops by reason")?;
+    if r.drops.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for d in &r.drops {
+        writeln!(
+            out,
+            "  {:<28} {:>9}  after {}{}",
+            d.reason,
+            d.packets,
+            d.last_hop,
+            if d.last_dev.is_empty() { String::new() } else { format!("@{}", d.last_dev) }
+        )?;
+    }
+    let t = &r.tracking;
+    let get = |k: &str| t.get(k).copied().unwrap_or(0);
+    writeln!(
+        out,
+        "\ntracking: {} packets followed, {} ended; journeys cut short: {} skb reused unseen, {} stale; \
+         lost: {} not tracked (map full), {} samples, {} drops not counted by reason",
+        get("track_started"),
+        get("track_ended"),
+        get("track_reused"),
+        get("track_stale"),
+        get("track_insert_failed"),
+        get("pair_lost"),
+        get("drop_lost"),
+    )?;
+    Ok(())
+}

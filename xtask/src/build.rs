@@ -1,0 +1,131 @@
+//! Building netprobe: the kernel programs as LLVM bitcode linked into a BPF
+//! object by bpf-linker (stable Rust, no rust-src), then the loader with
+//! that object embedded.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+use netprobe_common::{names, Backend, TRACEPOINT_HOPS};
+
+use crate::{run, tools};
+
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct BuildOpts {
+    /// Target triple of the netprobe binary (default: this machine's).
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    /// Build the loader without optimisations.
+    #[arg(long)]
+    pub(crate) debug: bool,
+}
+
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc").arg("-vV").output()?;
+    String::from_utf8(out.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .context("rustc -vV printed no host triple")
+}
+
+impl BuildOpts {
+    fn triple(&self) -> Result<String> {
+        match &self.target {
+            Some(t) => Ok(t.clone()),
+            None => host_triple(),
+        }
+    }
+}
+
+/// BPF byte order of a target: the BPF object must match the host's.
+fn bpf_target(triple: &str) -> &'static str {
+    if ["s390x", "powerpc64-", "sparc64", "mips64-", "aarch64_be"].iter().any(|p| triple.starts_with(p)) {
+        "bpfeb"
+    } else {
+        "bpfel"
+    }
+}
+
+/// The symbols the BPF object must keep: every program, map and global.
+fn exports() -> Vec<String> {
+    let mut v: Vec<String> = names::ALL_MAPS.iter().map(|s| s.to_string()).collect();
+    v.push(names::CONFIG.to_owned());
+    for tp in TRACEPOINT_HOPS {
+        for b in Backend::ALL {
+            v.push(format!("{}_{}", b.prefix(), tp.name));
+        }
+    }
+    v
+}
+
+fn object_path(triple: &str) -> PathBuf {
+    workspace_root().join("target/bpf").join(format!("netprobe-{}.bpf.o", bpf_target(triple)))
+}
+
+/// Builds the BPF object for the byte order of `triple`; returns its path.
+pub(crate) fn build_ebpf(triple: &str) -> Result<PathBuf> {
+    let linker = tools::bpf_linker()?;
+    let root = workspace_root();
+    let target_dir = root.join("target/ebpf");
+    // The eBPF crate is compiled for the (host or cross) target as bitcode
+    // (linker-plugin-lto) and re-targeted to BPF by bpf-linker. RUSTFLAGS
+    // apply only to target artifacts because --target is explicit.
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["rustc", "-p", "netprobe-ebpf", "--release", "--crate-type", "staticlib"])
+        .args(["--target", triple])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "-C linker-plugin-lto -C panic=abort -C debuginfo=2 -C codegen-units=1"))
+    .context("compiling netprobe-ebpf failed")?;
+    let lib = target_dir.join(triple).join("release/libnetprobe_ebpf.a");
+    let obj = object_path(triple);
+    std::fs::create_dir_all(obj.parent().unwrap())?;
+    run(Command::new(&linker)
+        .args(["--target", bpf_target(triple), "--btf", "-O", "3"])
+        .arg("--export")
+        .arg(exports().join(","))
+        .arg("-o")
+        .arg(&obj)
+        .arg(&lib))
+    .context("bpf-linker failed to link the BPF object")?;
+    Ok(obj)
+}
+
+/// Sets the variable that tells netprobe's build script which BPF object to
+/// embed (the object for the host, already built by [`build_all`]).
+pub(crate) fn with_bpf_object_env<'a>(cmd: &'a mut Command, opts: &BuildOpts) -> &'a mut Command {
+    let triple = opts.triple().unwrap_or_default();
+    cmd.env("NETPROBE_BPF_OBJECT", object_path(&triple))
+}
+
+/// Builds the BPF object and the netprobe binary; returns the binary's path.
+pub(crate) fn build_all(opts: &BuildOpts) -> Result<PathBuf> {
+    let triple = opts.triple()?;
+    let obj = build_ebpf(&triple)?;
+    let root = workspace_root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root).args(["build", "-p", "netprobe"]);
+    if !opts.debug {
+        cmd.arg("--release");
+    }
+    if opts.target.is_some() {
+        cmd.args(["--target", &triple]);
+    }
+    run(cmd.env("NETPROBE_BPF_OBJECT", &obj)).context("building netprobe failed")?;
+    let mut bin = root.join("target");
+    if opts.target.is_some() {
+        bin.push(&triple);
+    }
+    bin.push(if opts.debug { "debug" } else { "release" });
+    bin.push("netprobe");
+    Ok(bin)
+}

@@ -1,0 +1,99 @@
+//! `cargo xtask`: the one entry point for building, running, demoing and
+//! testing netprobe. It installs what the build needs (bpf-linker built
+//! against the active rustc's LLVM, Debian packages for the demo and tests)
+//! so a fresh machine needs nothing but stable Rust.
+
+mod build;
+mod tools;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "netprobe's build, run, demo and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the BPF object and the netprobe binary with the object embedded.
+    Build(build::BuildOpts),
+    /// Build, then run netprobe with the given arguments (as root).
+    Run {
+        #[command(flatten)]
+        build: build::BuildOpts,
+        /// Arguments for netprobe.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up the demo MacVTap topology, record real traffic through it,
+    /// print the per-hop breakdown and tear everything down.
+    Demo {
+        /// Extra arguments for `netprobe demo`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: formatting, lints, unit and privileged
+    /// integration tests.
+    Test {
+        /// Skip cargo fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Build(opts) => {
+            let bin = build::build_all(&opts)?;
+            println!("netprobe binary: {}", bin.display());
+        }
+        Cmd::Run { build, args } => {
+            let bin = build::build_all(&build)?;
+            run(Command::new(bin).args(args))?;
+        }
+        Cmd::Demo { args } => {
+            tools::ensure_debs(tools::DEMO_DEBS)?;
+            let bin = build::build_all(&build::BuildOpts::default())?;
+            run(Command::new(bin).arg("demo").args(args))?;
+        }
+        Cmd::Test { no_lint, args } => test(no_lint, &args)?,
+    }
+    Ok(())
+}
+
+fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    tools::ensure_debs(tools::TEST_DEBS)?;
+    let bin = build::build_all(&build::BuildOpts::default())?;
+    if !no_lint {
+        run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
+            .context("cargo fmt found unformatted code; run `cargo fmt --all`")?;
+        run(build::with_bpf_object_env(
+            Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            &build::BuildOpts::default(),
+        ))?;
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--workspace"]).env("NETPROBE_BIN", &bin);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    run(build::with_bpf_object_env(&mut cmd, &build::BuildOpts::default()))
+}
+
+/// Runs a command, failing with its exit status.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
