@@ -34,14 +34,46 @@ pub struct TracepointHop {
 /// The tracepoint hops the BPF object has programs for, one program per
 /// backend in [`Backend::ALL`]. The loader's catalog says what they mean.
 pub const TRACEPOINT_HOPS: [TracepointHop; 8] = [
-    TracepointHop { hop: hop::NET_DEV_QUEUE, category: "net", name: "net_dev_queue" },
-    TracepointHop { hop: hop::NET_DEV_START_XMIT, category: "net", name: "net_dev_start_xmit" },
-    TracepointHop { hop: hop::NETIF_RX, category: "net", name: "netif_rx" },
-    TracepointHop { hop: hop::NETIF_RECEIVE_SKB, category: "net", name: "netif_receive_skb" },
-    TracepointHop { hop: hop::NAPI_GRO_RECEIVE_ENTRY, category: "net", name: "napi_gro_receive_entry" },
-    TracepointHop { hop: hop::SKB_COPY_DATAGRAM_IOVEC, category: "skb", name: "skb_copy_datagram_iovec" },
-    TracepointHop { hop: hop::CONSUME_SKB, category: "skb", name: "consume_skb" },
-    TracepointHop { hop: hop::KFREE_SKB, category: "skb", name: "kfree_skb" },
+    TracepointHop {
+        hop: hop::NET_DEV_QUEUE,
+        category: "net",
+        name: "net_dev_queue",
+    },
+    TracepointHop {
+        hop: hop::NET_DEV_START_XMIT,
+        category: "net",
+        name: "net_dev_start_xmit",
+    },
+    TracepointHop {
+        hop: hop::NETIF_RX,
+        category: "net",
+        name: "netif_rx",
+    },
+    TracepointHop {
+        hop: hop::NETIF_RECEIVE_SKB,
+        category: "net",
+        name: "netif_receive_skb",
+    },
+    TracepointHop {
+        hop: hop::NAPI_GRO_RECEIVE_ENTRY,
+        category: "net",
+        name: "napi_gro_receive_entry",
+    },
+    TracepointHop {
+        hop: hop::SKB_COPY_DATAGRAM_IOVEC,
+        category: "skb",
+        name: "skb_copy_datagram_iovec",
+    },
+    TracepointHop {
+        hop: hop::CONSUME_SKB,
+        category: "skb",
+        name: "consume_skb",
+    },
+    TracepointHop {
+        hop: hop::KFREE_SKB,
+        category: "skb",
+        name: "kfree_skb",
+    },
 ];
 
 /// Upper bound (exclusive) on hop ids; sizes the per-hop tables in [`Config`].

@@ -7,7 +7,15 @@
 //! Struct offsets, per-hop flags and tracefs field offsets come from the
 //! loader at load time (`NP_CONFIG`); nothing about the kernel's layout is
 //! compiled in.
-#![cfg_attr(not(test), no_std)]
+//!
+//! `cargo xtask build` compiles this crate with `--cfg netprobe_bpf`: only
+//! then is it `no_std` with its own panic handler. Without it (cargo
+//! check, clippy, test) it is an ordinary library, so workspace-wide
+//! feature unification cannot bring std in twice.
+#![cfg_attr(netprobe_bpf, no_std)]
+// Map keys and values are passed by reference on purpose: by value they
+// would be copied onto the 512-byte BPF stack (a histogram is 4.7 KiB).
+#![allow(clippy::needless_borrows_for_generic_args, reason = "see above")]
 
 pub mod programs;
 
@@ -119,7 +127,8 @@ fn filter_key(dev: Dev<'_>) -> u64 {
     match dev {
         Dev::Ptr(p) => {
             let off = &cfg().off;
-            let ifindex = read_u32(p + unsafe { core::ptr::read_volatile(&off.dev_ifindex) } as u64);
+            let ifindex =
+                read_u32(p + unsafe { core::ptr::read_volatile(&off.dev_ifindex) } as u64);
             let net = read_u64(p + unsafe { core::ptr::read_volatile(&off.dev_nd_net) } as u64);
             let inum = read_u32(net + unsafe { core::ptr::read_volatile(&off.net_ns_inum) } as u64);
             ((inum as u64) << 32) | ifindex as u64
@@ -166,7 +175,9 @@ fn note_dev_ptr(p: u64) {
         let kind = read_u64(ops + kind_off);
         if kind >= 4096 {
             // The raw helper: aya's slice-returning wrapper has a panic path.
-            unsafe { bpf_probe_read_kernel_str(info.kind.as_mut_ptr().cast(), 16, kind as *const _) };
+            unsafe {
+                bpf_probe_read_kernel_str(info.kind.as_mut_ptr().cast(), 16, kind as *const _)
+            };
         }
     }
     let _ = NP_DEVS.insert(&p, &info, BPF_NOEXIST as u64);
@@ -267,12 +278,21 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
         let prev = flags_of(st.hop);
         // Signs that this skb address now carries another packet.
         let reused = head != st.head
-            || (prev & hop_flags::DELIVER != 0 && flags & (hop_flags::DELIVER | hop_flags::TERMINAL) == 0)
-            || (prev & hop_flags::RX != 0 && flags & hop_flags::TX != 0 && net != 0 && st.net != 0 && net != st.net);
+            || (prev & hop_flags::DELIVER != 0
+                && flags & (hop_flags::DELIVER | hop_flags::TERMINAL) == 0)
+            || (prev & hop_flags::RX != 0
+                && flags & hop_flags::TX != 0
+                && net != 0
+                && st.net != 0
+                && net != st.net);
         if reused || gap > unsafe { core::ptr::read_volatile(&cfg().max_gap_ns) } {
             // The skb address now holds another packet (a new data buffer),
             // or the packet sat longer than max_gap: restart, never join.
-            bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
+            bump(if reused {
+                counter::TRACK_REUSED
+            } else {
+                counter::TRACK_STALE
+            });
             if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev) {
                 *st = TrackState {
                     ts: now,
@@ -368,11 +388,21 @@ fn ptr_hop(hop: u8, skb: u64, arg1: u64, arg2: u64) {
         0
     };
     let dev = if dev == 0 { Dev::None } else { Dev::Ptr(dev) };
-    let reason = if flags & hop_flags::DROP != 0 { arg2 as u32 } else { 0 };
+    let reason = if flags & hop_flags::DROP != 0 {
+        arg2 as u32
+    } else {
+        0
+    };
     let head_off = unsafe { core::ptr::read_volatile(&cfg().off.skb_head) } as u64;
-    let head = if head_off == 0 { 0 } else { read_u64(skb + head_off) };
+    let head = if head_off == 0 {
+        0
+    } else {
+        read_u64(skb + head_off)
+    };
     let net = match dev {
-        Dev::Ptr(p) => read_u64(p + unsafe { core::ptr::read_volatile(&cfg().off.dev_nd_net) } as u64),
+        Dev::Ptr(p) => {
+            read_u64(p + unsafe { core::ptr::read_volatile(&cfg().off.dev_nd_net) } as u64)
+        }
         _ => 0,
     };
     track(hop, flags, skb, head, net, dev, reason);
@@ -408,12 +438,16 @@ fn classic_hop(ctx: &aya_ebpf::programs::TracePointContext, hop: u8) {
     } else {
         0
     };
-    let dev = if name[0] == 0 { Dev::None } else { Dev::Name(&name) };
+    let dev = if name[0] == 0 {
+        Dev::None
+    } else {
+        Dev::Name(&name)
+    };
     // No BTF, no offset of skb->head: identity is the address (and max_gap).
     track(hop, flags, skb, 0, 0, dev, reason);
 }
 
-#[cfg(not(test))]
+#[cfg(netprobe_bpf)]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

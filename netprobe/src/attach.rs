@@ -84,7 +84,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         drop_reasons = kernel::drop_reasons_from_btf(btf);
     }
     let aya_btf = match &opts.btf_file {
-        Some(p) => Some(Btf::parse_file(p, aya::Endianness::default()).with_context(|| format!("parsing {}", p.display()))?),
+        Some(p) => Some(
+            Btf::parse_file(p, aya::Endianness::default())
+                .with_context(|| format!("parsing {}", p.display()))?,
+        ),
         None => Btf::from_sys_fs().ok(),
     };
 
@@ -125,10 +128,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             }
             let prog = format!("{}_{}", backend.prefix(), tp.name);
             let res: Result<()> = (|| {
-                let p = ebpf.program_mut(&prog).with_context(|| format!("program {prog} missing from the object"))?;
+                let p = ebpf
+                    .program_mut(&prog)
+                    .with_context(|| format!("program {prog} missing from the object"))?;
                 match backend {
                     Backend::TpBtf => {
-                        let btf = aya_btf.as_ref().context("the kernel has no BTF (pass --btf FILE)")?;
+                        let btf = aya_btf
+                            .as_ref()
+                            .context("the kernel has no BTF (pass --btf FILE)")?;
                         if config.off.valid == 0 {
                             bail!("struct offsets unknown (no usable BTF)");
                         }
@@ -163,7 +170,11 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
                     chosen = Some(backend);
                     break;
                 }
-                Err(e) => notes.push(format!("{}: {}", backend.label(), first_line(&format!("{e:#}")))),
+                Err(e) => notes.push(format!(
+                    "{}: {}",
+                    backend.label(),
+                    first_line(&format!("{e:#}"))
+                )),
             }
         }
         match chosen {
@@ -188,7 +199,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     }
     if coverage.iter().all(|c| c.backend.is_none()) {
         let why: Vec<String> = coverage.iter().flat_map(|c| c.notes.clone()).collect();
-        bail!("no hop could be attached on this kernel: {}", why.join("; "));
+        bail!(
+            "no hop could be attached on this kernel: {}",
+            why.join("; ")
+        );
     }
     Ok(Attached {
         ebpf,

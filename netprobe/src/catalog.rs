@@ -88,7 +88,8 @@ pub const HOPS: &[Hop] = &[
         path: Path::Delivery,
         tracepoint: tp(hop::SKB_COPY_DATAGRAM_IOVEC),
         flags: SKB_DEV | DELIVER,
-        what: "the packet is copied to user memory: QEMU/vhost reading a tap queue, or a socket read",
+        what:
+            "the packet is copied to user memory: QEMU/vhost reading a tap queue, or a socket read",
     },
     Hop {
         id: hop::CONSUME_SKB,
@@ -124,12 +125,19 @@ mod tests {
     #[test]
     fn every_tracepoint_program_has_a_catalog_entry_and_ids_are_unique() {
         for tp in TRACEPOINT_HOPS {
-            assert_eq!(HOPS.iter().filter(|h| h.id == tp.hop).count(), 1, "{}", tp.name);
+            assert_eq!(
+                HOPS.iter().filter(|h| h.id == tp.hop).count(),
+                1,
+                "{}",
+                tp.name
+            );
         }
         let mut labels: Vec<_> = HOPS.iter().map(|h| h.label).collect();
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), HOPS.len());
-        assert!(HOPS.iter().all(|h| (h.id as usize) < netprobe_common::MAX_HOPS));
+        assert!(HOPS
+            .iter()
+            .all(|h| (h.id as usize) < netprobe_common::MAX_HOPS));
     }
 }

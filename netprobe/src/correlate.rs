@@ -16,7 +16,9 @@ use crate::{
     attach::Coverage,
     catalog,
     collect::Snapshot,
-    report::{CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, PairReport, Report},
+    report::{
+        CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, PairReport, Report,
+    },
 };
 
 /// What the report needs besides the snapshot.
@@ -45,7 +47,9 @@ fn dev_name(devs: &BTreeMap<u64, DevInfo>, key: u64) -> String {
 /// Guest-facing devices are where a guest's packets enter the host: the
 /// macvtap or tap device QEMU/vhost writes into.
 fn is_guest_facing(devs: &BTreeMap<u64, DevInfo>, key: u64) -> bool {
-    let Some(d) = devs.get(&key) else { return false };
+    let Some(d) = devs.get(&key) else {
+        return false;
+    };
     let kind = cstr(&d.kind);
     if !kind.is_empty() {
         return kind == "macvtap" || kind == "tun";
@@ -90,7 +94,10 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         rows.entry((dir, (k.from_hop, k.from_dev), (k.to_hop, k.to_dev)))
             .or_insert_with(Hist::zeroed)
             .merge(h);
-        origins.entry(dir).or_default().push((k.origin_hop, k.origin));
+        origins
+            .entry(dir)
+            .or_default()
+            .push((k.origin_hop, k.origin));
     }
 
     let directions = [Direction::ToWire, Direction::ToGuest]
@@ -155,7 +162,9 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
     // Drops: one row per (reason, direction, last hop, last device).
     let mut drop_rows: BTreeMap<(u32, Direction, u8, u64), u64> = BTreeMap::new();
     for (k, &n) in &s.drops {
-        *drop_rows.entry((k.reason, direction(k.origin), k.last_hop, k.last_dev)).or_default() += n;
+        *drop_rows
+            .entry((k.reason, direction(k.origin), k.last_hop, k.last_dev))
+            .or_default() += n;
     }
     let mut drops: Vec<DropReport> = drop_rows
         .into_iter()
@@ -172,7 +181,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
             last_dev: dev_name(&s.devs, last_dev),
         })
         .collect();
-    drops.sort_by(|a, b| b.packets.cmp(&a.packets));
+    drops.sort_by_key(|d| std::cmp::Reverse(d.packets));
 
     let devices = s
         .devs
@@ -238,7 +247,12 @@ mod tests {
     fn percentiles_are_within_bucket_precision() {
         let values: Vec<u64> = (1..=1000).map(|i| i * 1000).collect(); // 1us..1ms
         let (p50, p90, p99, p999) = percentiles(&hist(&values));
-        for (got, want) in [(p50, 500_000.0), (p90, 900_000.0), (p99, 990_000.0), (p999, 999_000.0)] {
+        for (got, want) in [
+            (p50, 500_000.0),
+            (p90, 900_000.0),
+            (p99, 990_000.0),
+            (p999, 999_000.0),
+        ] {
             let err = (got as f64 - want).abs() / want;
             assert!(err < 0.04, "got {got}, want ~{want}");
         }
@@ -255,15 +269,55 @@ mod tests {
             to_dev,
             from_hop,
             to_hop,
-            origin_hop: if origin == 0x10 { hop::NET_DEV_QUEUE } else { hop::NETIF_RECEIVE_SKB },
+            origin_hop: if origin == 0x10 {
+                hop::NET_DEV_QUEUE
+            } else {
+                hop::NETIF_RECEIVE_SKB
+            },
             _pad: [0; 5],
         };
         // guest -> wire: queue@macvtap0 -> xmit@macvtap0 -> queue@eth0
-        s.pairs.insert(k(0x10, hop::NET_DEV_START_XMIT, 0x10, hop::NET_DEV_QUEUE, 0x20), hist(&[2000]));
-        s.pairs.insert(k(0x10, hop::NET_DEV_QUEUE, 0x10, hop::NET_DEV_START_XMIT, 0x10), hist(&[1000, 1000]));
+        s.pairs.insert(
+            k(
+                0x10,
+                hop::NET_DEV_START_XMIT,
+                0x10,
+                hop::NET_DEV_QUEUE,
+                0x20,
+            ),
+            hist(&[2000]),
+        );
+        s.pairs.insert(
+            k(
+                0x10,
+                hop::NET_DEV_QUEUE,
+                0x10,
+                hop::NET_DEV_START_XMIT,
+                0x10,
+            ),
+            hist(&[1000, 1000]),
+        );
         // wire -> guest: receive@eth0 -> copy_out@macvtap0 -> consumed
-        s.pairs.insert(k(0x20, hop::NETIF_RECEIVE_SKB, 0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10), hist(&[5000]));
-        s.pairs.insert(k(0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10, hop::CONSUME_SKB, 0), hist(&[300]));
+        s.pairs.insert(
+            k(
+                0x20,
+                hop::NETIF_RECEIVE_SKB,
+                0x20,
+                hop::SKB_COPY_DATAGRAM_IOVEC,
+                0x10,
+            ),
+            hist(&[5000]),
+        );
+        s.pairs.insert(
+            k(
+                0x20,
+                hop::SKB_COPY_DATAGRAM_IOVEC,
+                0x10,
+                hop::CONSUME_SKB,
+                0,
+            ),
+            hist(&[300]),
+        );
         let r = build(
             &s,
             &Context {
@@ -275,8 +329,18 @@ mod tests {
         );
         let wire = &r.directions[0];
         assert_eq!(wire.direction, Direction::ToWire);
-        let order: Vec<String> = wire.pairs.iter().map(|p| format!("{} -> {}", p.from_label(), p.to_label())).collect();
-        assert_eq!(order, ["queue@macvtap0 -> xmit@macvtap0", "xmit@macvtap0 -> queue@eth0"]);
+        let order: Vec<String> = wire
+            .pairs
+            .iter()
+            .map(|p| format!("{} -> {}", p.from_label(), p.to_label()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "queue@macvtap0 -> xmit@macvtap0",
+                "xmit@macvtap0 -> queue@eth0"
+            ]
+        );
         assert_eq!(wire.pairs[0].packets, 2);
         let guest = &r.directions[1];
         assert_eq!(guest.direction, Direction::ToGuest);

@@ -82,7 +82,10 @@ pub struct Topology {
 fn unique_prefix() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("np{:04x}", (std::process::id() as u64 * 7 + n * 1031) & 0xffff)
+    format!(
+        "np{:04x}",
+        (std::process::id() as u64 * 7 + n * 1031) & 0xffff
+    )
 }
 
 impl Topology {
@@ -112,15 +115,63 @@ impl Topology {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
-        let (h, g, pn) = (self.host_ns.as_str(), self.guest_ns.as_str(), self.peer_ns.as_str());
-        ip(&["-n", h, "link", "add", &self.uplink, "type", "veth", "peer", "name", &self.peer_dev, "netns", pn])?;
-        ip(&["-n", h, "link", "add", "link", &self.uplink, "name", &self.macvtap, "type", "macvtap", "mode", "bridge"])?;
+        let (h, g, pn) = (
+            self.host_ns.as_str(),
+            self.guest_ns.as_str(),
+            self.peer_ns.as_str(),
+        );
+        ip(&[
+            "-n",
+            h,
+            "link",
+            "add",
+            &self.uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.peer_dev,
+            "netns",
+            pn,
+        ])?;
+        ip(&[
+            "-n",
+            h,
+            "link",
+            "add",
+            "link",
+            &self.uplink,
+            "name",
+            &self.macvtap,
+            "type",
+            "macvtap",
+            "mode",
+            "bridge",
+        ])?;
         ip(&["-n", h, "link", "set", &self.uplink, "up"])?;
         ip(&["-n", h, "link", "set", &self.macvtap, "up"])?;
-        ip(&["-n", pn, "addr", "add", &format!("{PEER_ADDR}/24"), "dev", &self.peer_dev])?;
+        ip(&[
+            "-n",
+            pn,
+            "addr",
+            "add",
+            &format!("{PEER_ADDR}/24"),
+            "dev",
+            &self.peer_dev,
+        ])?;
         ip(&["-n", pn, "link", "set", &self.peer_dev, "up"])?;
         ip(&["-n", pn, "route", "add", "blackhole", BLACKHOLE_NET])?;
-        sh("ip", &["netns", "exec", pn, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                pn,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
 
         // The macvtap's character device, made by us from its dev_t so a
         // same-numbered /dev/tapN of another namespace cannot be confused.
@@ -128,7 +179,13 @@ impl Topology {
         let ifindex = netns::ifindex(Some(h), &self.macvtap)?;
         let devt = sh(
             "ip",
-            &["netns", "exec", h, "cat", &format!("/sys/class/net/{}/macvtap/tap{ifindex}/dev", self.macvtap)],
+            &[
+                "netns",
+                "exec",
+                h,
+                "cat",
+                &format!("/sys/class/net/{}/macvtap/tap{ifindex}/dev", self.macvtap),
+            ],
         )?;
         let (major, minor) = devt.trim().split_once(':').context("bad macvtap dev_t")?;
         let node = format!("/run/netprobe-{}-tap", self.prefix);
@@ -136,7 +193,11 @@ impl Topology {
         let cnode = std::ffi::CString::new(node.clone())?;
         // SAFETY: mknod with a valid C string path.
         let rc = unsafe {
-            libc::mknod(cnode.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major.parse()?, minor.parse()?))
+            libc::mknod(
+                cnode.as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(major.parse()?, minor.parse()?),
+            )
         };
         if rc != 0 {
             bail!("mknod {node}: {}", std::io::Error::last_os_error());
@@ -149,12 +210,24 @@ impl Topology {
         // The guest's NIC: a tap created from inside the guest namespace.
         let gname = self.guest_dev.clone();
         let guest_fd = netns::run_in(Some(g), move || -> Result<File> {
-            let f = OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("open /dev/net/tun")?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .context("open /dev/net/tun")?;
             set_vnet(&f, Some(&gname))?;
             Ok(f)
         })??;
         ip(&["-n", g, "link", "set", &self.guest_dev, "address", &mac])?;
-        ip(&["-n", g, "addr", "add", &format!("{GUEST_ADDR}/24"), "dev", &self.guest_dev])?;
+        ip(&[
+            "-n",
+            g,
+            "addr",
+            "add",
+            &format!("{GUEST_ADDR}/24"),
+            "dev",
+            &self.guest_dev,
+        ])?;
         ip(&["-n", g, "link", "set", &self.guest_dev, "up"])?;
         ip(&["-n", g, "route", "add", BLACKHOLE_NET, "via", PEER_ADDR])?;
 
@@ -168,24 +241,46 @@ impl Topology {
             };
             let stop = self.stop.clone();
             let stats = self.stats.clone();
-            self.relay.push(std::thread::spawn(move || relay(&src, &dst, &stop, &stats, to_wire)));
+            self.relay.push(std::thread::spawn(move || {
+                relay(&src, &dst, &stop, &stats, to_wire)
+            }));
         }
         Ok(())
     }
 
     /// Interfaces netprobe should watch for this topology, as `NETNS/IFNAME`.
     pub fn ifaces(&self) -> Vec<String> {
-        vec![format!("{}/{}", self.host_ns, self.macvtap), format!("{}/{}", self.host_ns, self.uplink)]
+        vec![
+            format!("{}/{}", self.host_ns, self.macvtap),
+            format!("{}/{}", self.host_ns, self.uplink),
+        ]
     }
 
     /// Pings the peer from the guest; returns the replies received.
     pub fn ping(&self, count: u32, interval: &str) -> Result<u32> {
-        let out = Command::ns(&self.guest_ns, &["ping", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", PEER_ADDR]);
+        let out = Command::ns(
+            &self.guest_ns,
+            &[
+                "ping",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+                "-W",
+                "1",
+                PEER_ADDR,
+            ],
+        );
         let out = out.unwrap_or_else(|e| format!("{e:#}"));
         // "N packets transmitted, M received"
         let received = out
             .split(',')
-            .find_map(|s| s.trim().strip_suffix(" received").or_else(|| s.trim().strip_suffix(" packets received")))
+            .find_map(|s| {
+                s.trim()
+                    .strip_suffix(" received")
+                    .or_else(|| s.trim().strip_suffix(" packets received"))
+            })
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
         Ok(received)
@@ -207,7 +302,16 @@ impl Topology {
     /// Runs an iperf3 test from the guest to a server in the peer namespace.
     pub fn iperf3(&self, seconds: u32, udp: bool) -> Result<String> {
         let mut server = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.peer_ns, "iperf3", "-s", "-1", "-B", PEER_ADDR])
+            .args([
+                "netns",
+                "exec",
+                &self.peer_ns,
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                PEER_ADDR,
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -317,7 +421,11 @@ fn relay(src: &File, dst: &File, stop: &AtomicBool, stats: &RelayStats, to_wire:
             Err(_) => return,
         };
         if (&*dst).write(&buf[..len]).is_ok() {
-            let c = if to_wire { &stats.to_wire_frames } else { &stats.to_guest_frames };
+            let c = if to_wire {
+                &stats.to_wire_frames
+            } else {
+                &stats.to_guest_frames
+            };
             c.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -12,7 +12,10 @@ use netprobe::{
 use netprobe_common::Backend;
 
 #[derive(Parser)]
-#[command(version, about = "Per-hop latency of each packet's way through a KVM host's datapath")]
+#[command(
+    version,
+    about = "Per-hop latency of each packet's way through a KVM host's datapath"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -26,7 +29,9 @@ enum Format {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
+    #[value(name = "tp_btf")]
     TpBtf,
+    #[value(name = "raw_tp")]
     RawTp,
     Tracepoint,
 }
@@ -105,18 +110,30 @@ fn print(report: &Report, format: Format) -> Result<()> {
     };
     match res.and_then(|()| out.flush().map_err(Into::into)) {
         // A closed pipe (`| head`) is a normal end, not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => Ok(()),
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
         r => r,
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Record { duration, ifaces, probe } => {
+        Cmd::Record {
+            duration,
+            ifaces,
+            probe,
+        } => {
             let rec = Recorder::start(&options(&probe, ifaces))?;
             eprintln!(
                 "netprobe: recording {}; Ctrl-C to stop early",
-                duration.map_or("until Ctrl-C".to_owned(), |d| format!("for {:.1} s", d.as_secs_f64()))
+                duration.map_or("until Ctrl-C".to_owned(), |d| format!(
+                    "for {:.1} s",
+                    d.as_secs_f64()
+                ))
             );
             let interrupted = record::wait(duration)?;
             print(&rec.report(interrupted)?, probe.format)
@@ -143,7 +160,10 @@ fn run_demo(probe: &ProbeArgs) -> Result<()> {
     let udp = topo.iperf3(2, true).context("iperf3 UDP")?;
     eprintln!("  iperf3 UDP: {}", last_summary(&udp));
     topo.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(2))?;
-    eprintln!("  50 UDP datagrams to {} (blackholed in the peer)", demo::BLACKHOLE_ADDR);
+    eprintln!(
+        "  50 UDP datagrams to {} (blackholed in the peer)",
+        demo::BLACKHOLE_ADDR
+    );
     std::thread::sleep(Duration::from_millis(200));
     let report = rec.report(false)?;
     drop(rec);

@@ -72,8 +72,12 @@ impl Recorder {
             filter_enabled: !resolved.is_empty(),
         })?;
         let classic = attached.classic_only;
-        let mut filter: HashMap<_, u64, u8> =
-            HashMap::try_from(attached.ebpf.map_mut(names::FILTER).context("map NP_FILTER missing")?)?;
+        let mut filter: HashMap<_, u64, u8> = HashMap::try_from(
+            attached
+                .ebpf
+                .map_mut(names::FILTER)
+                .context("map NP_FILTER missing")?,
+        )?;
         for (name, inum, ifindex) in resolved {
             let key = if classic {
                 let mut n = [0u8; 16];
@@ -113,7 +117,9 @@ impl Recorder {
 /// Waits for `duration` (forever if None), Ctrl-C or SIGTERM; returns true
 /// when a signal ended the wait.
 pub fn wait(duration: Option<Duration>) -> Result<bool> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let sleep = async {
@@ -133,7 +139,9 @@ pub fn wait(duration: Option<Duration>) -> Result<bool> {
 /// Parses durations like `10s`, `500ms`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let v: f64 = num
         .parse()
@@ -162,7 +170,9 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("ten")
+            .unwrap_err()
+            .contains("not a duration"));
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("0s").is_err());
     }

@@ -1,1 +1,145 @@
-//! Helpers for the privileged integration tests.
+//! Helpers for netprobe's privileged integration tests: root checks that
+//! skip (with a reason) only outside CI, and running the real netprobe
+//! binary that `cargo xtask test` built.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the test may run; false (after printing why) when it must be
+/// skipped. Under CI=true a missing privilege is a failure, never a skip.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root and CI=true: run the suite as root"
+    );
+    eprintln!("SKIPPED {test}: needs root (BPF programs, network namespaces); run `sudo cargo xtask test`");
+    false
+}
+
+/// The netprobe binary with its BPF object embedded.
+pub fn netprobe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPROBE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/netprobe");
+    assert!(
+        p.exists(),
+        "no netprobe binary: run the tests with `cargo xtask test`"
+    );
+    p
+}
+
+/// A running `netprobe record`, started and confirmed attached.
+pub struct Recording {
+    child: Child,
+    stderr: Vec<String>,
+}
+
+impl Recording {
+    /// Starts `netprobe record --format json ARGS` and waits until it says
+    /// it is recording (its probes are attached).
+    pub fn start(args: &[&str]) -> Recording {
+        let mut child = Command::new(netprobe_bin())
+            .arg("record")
+            .args(["--format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netprobe");
+        let mut reader = BufReader::new(child.stderr.take().unwrap());
+        let mut stderr = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "netprobe exited before recording: {stderr:?}");
+            stderr.push(line.clone());
+            if line.contains("recording") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netprobe did not start: {stderr:?}"
+            );
+        }
+        // Keep draining stderr so netprobe never blocks on it.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Recording { child, stderr }
+    }
+
+    /// Ends the recording with SIGINT (as Ctrl-C would) and returns its report.
+    pub fn interrupt(self) -> Value {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.finish()
+    }
+
+    /// Waits for netprobe to exit on its own and returns its report.
+    pub fn finish(self) -> Value {
+        let out = self.child.wait_with_output().expect("wait for netprobe");
+        assert!(
+            out.status.success(),
+            "netprobe failed: {:?} {:?}",
+            out.status,
+            self.stderr
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "netprobe printed no JSON report ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+/// The hop pairs of one direction, as (from label, to label) -> pair JSON.
+pub fn pairs<'a>(report: &'a Value, direction: &str) -> Vec<(String, String, &'a Value)> {
+    let label = |hop: &Value, dev: &Value| {
+        let (h, d) = (hop.as_str().unwrap(), dev.as_str().unwrap());
+        if d.is_empty() {
+            h.to_owned()
+        } else {
+            format!("{h}@{d}")
+        }
+    };
+    report["directions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["direction"] == direction)
+        .flat_map(|d| d["pairs"].as_array().unwrap())
+        .map(|p| {
+            (
+                label(&p["from_hop"], &p["from_dev"]),
+                label(&p["to_hop"], &p["to_dev"]),
+                p,
+            )
+        })
+        .collect()
+}
+
+/// The pair `from -> to` in `direction`; panics listing what there is.
+pub fn pair<'a>(report: &'a Value, direction: &str, from: &str, to: &str) -> &'a Value {
+    let all = pairs(report, direction);
+    all.iter()
+        .find(|(f, t, _)| f == from && t == to)
+        .map(|(_, _, p)| *p)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = all
+                .iter()
+                .map(|(f, t, p)| format!("{f} -> {t} ({})", p["packets"]))
+                .collect();
+            panic!("no {direction} pair {from} -> {to}; have: {have:#?}")
+        })
+}

@@ -23,7 +23,10 @@ pub(crate) struct BuildOpts {
 }
 
 pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn host_triple() -> Result<String> {
@@ -46,7 +49,10 @@ impl BuildOpts {
 
 /// BPF byte order of a target: the BPF object must match the host's.
 fn bpf_target(triple: &str) -> &'static str {
-    if ["s390x", "powerpc64-", "sparc64", "mips64-", "aarch64_be"].iter().any(|p| triple.starts_with(p)) {
+    if ["s390x", "powerpc64-", "sparc64", "mips64-", "aarch64_be"]
+        .iter()
+        .any(|p| triple.starts_with(p))
+    {
         "bpfeb"
     } else {
         "bpfel"
@@ -66,7 +72,9 @@ fn exports() -> Vec<String> {
 }
 
 fn object_path(triple: &str) -> PathBuf {
-    workspace_root().join("target/bpf").join(format!("netprobe-{}.bpf.o", bpf_target(triple)))
+    workspace_root()
+        .join("target/bpf")
+        .join(format!("netprobe-{}.bpf.o", bpf_target(triple)))
 }
 
 /// Builds the BPF object for the byte order of `triple`; returns its path.
@@ -79,12 +87,22 @@ pub(crate) fn build_ebpf(triple: &str) -> Result<PathBuf> {
     // apply only to target artifacts because --target is explicit.
     run(Command::new("cargo")
         .current_dir(&root)
-        .args(["rustc", "-p", "netprobe-ebpf", "--release", "--crate-type", "staticlib"])
+        .args([
+            "rustc",
+            "-p",
+            "netprobe-ebpf",
+            "--release",
+            "--crate-type",
+            "staticlib",
+        ])
         .args(["--target", triple])
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C linker-plugin-lto -C panic=abort -C debuginfo=2 -C codegen-units=1"))
+        .env(
+            "RUSTFLAGS",
+            "--cfg netprobe_bpf -C linker-plugin-lto -C panic=abort -C debuginfo=2 -C codegen-units=1",
+        ))
     .context("compiling netprobe-ebpf failed")?;
     let lib = target_dir.join(triple).join("release/libnetprobe_ebpf.a");
     let obj = object_path(triple);

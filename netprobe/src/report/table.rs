@@ -24,7 +24,13 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         .collect();
     writeln!(out, "hops attached: {}", attached.join(", "))?;
     for c in r.coverage.iter().filter(|c| c.backend.is_none()) {
-        writeln!(out, "hop NOT attached: {} [{}]: {}", c.hop, c.tracepoint, c.notes.join("; "))?;
+        writeln!(
+            out,
+            "hop NOT attached: {} [{}]: {}",
+            c.hop,
+            c.tracepoint,
+            c.notes.join("; ")
+        )?;
     }
     if r.directions.iter().all(|d| d.pairs.is_empty()) {
         writeln!(out, "\nno packet was followed across two hops")?;
@@ -66,13 +72,22 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "  none")?;
     }
     for d in &r.drops {
+        let dir = match d.direction {
+            super::Direction::ToWire => "to-wire",
+            super::Direction::ToGuest => "to-guest",
+        };
         writeln!(
             out,
-            "  {:<28} {:>9}  after {}{}",
+            "  {:<28} {:>9}  {:<8}  after {}{}",
             d.reason,
             d.packets,
+            dir,
             d.last_hop,
-            if d.last_dev.is_empty() { String::new() } else { format!("@{}", d.last_dev) }
+            if d.last_dev.is_empty() {
+                String::new()
+            } else {
+                format!("@{}", d.last_dev)
+            }
         )?;
     }
     let t = &r.tracking;

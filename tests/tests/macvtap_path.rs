@@ -1,0 +1,189 @@
+//! The MacVTap path end to end: the demo topology's real devices, real
+//! traffic, the real netprobe binary and BPF programs in the running kernel.
+
+use std::{process::Command, time::Duration};
+
+use netprobe::demo::{self, Topology};
+use netprobe_tests::{pair, require_root, Recording};
+use serde_json::Value;
+
+fn assert_plausible(p: &Value, min_packets: u64, what: &str) {
+    let n = p["packets"].as_u64().unwrap();
+    assert!(
+        n >= min_packets,
+        "{what}: {n} packets, expected at least {min_packets}"
+    );
+    let (p50, max) = (p["p50_ns"].as_u64().unwrap(), p["max_ns"].as_u64().unwrap());
+    assert!(p50 > 0, "{what}: zero median latency");
+    assert!(
+        max < 1_000_000_000,
+        "{what}: max latency {max} ns is not plausible"
+    );
+    assert!(p["p99_ns"].as_u64().unwrap() <= max && p50 <= p["p99_ns"].as_u64().unwrap());
+}
+
+fn netprobe_programs_loaded() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (Debian's bpftool)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("name ").nth(1))
+        .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
+        .filter(|n| {
+            ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p))
+                && (n.contains("net") || n.contains("skb"))
+        })
+        .collect()
+}
+
+#[test]
+fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
+    if !require_root("macvtap_hops_in_both_directions_and_a_blackhole_drop") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let (m, u, p) = (t.macvtap.clone(), t.uplink.clone(), t.peer_dev.clone());
+    let ifaces = t.ifaces();
+    let rec = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
+
+    assert_eq!(
+        t.ping(20, "0.02").unwrap(),
+        20,
+        "ping through the demo topology failed"
+    );
+    t.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(1))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = rec.interrupt();
+
+    assert_eq!(
+        r["interrupted"], true,
+        "SIGINT should end the recording early, with its result"
+    );
+    for c in r["coverage"].as_array().unwrap() {
+        assert!(
+            !c["backend"].is_null(),
+            "hop {} not attached: {}",
+            c["hop"],
+            c["notes"]
+        );
+    }
+    // Guest -> wire: 20 echo requests + 50 datagrams (plus ARP) leave by the macvtap.
+    for (from, to) in [
+        (format!("queue@{m}"), format!("xmit@{m}")),
+        (format!("xmit@{m}"), format!("queue@{u}")),
+        (format!("queue@{u}"), format!("xmit@{u}")),
+        (format!("xmit@{u}"), format!("netif_rx@{p}")),
+    ] {
+        assert_plausible(
+            pair(&r, "to-wire", &from, &to),
+            70,
+            &format!("to-wire {from} -> {to}"),
+        );
+    }
+    // Wire -> guest: 20 echo replies come in on the uplink, wait in the
+    // macvtap's tap queue until the guest stand-in reads them.
+    for (from, to) in [
+        (format!("netif_rx@{u}"), format!("receive@{u}")),
+        (format!("receive@{u}"), format!("copy_out@{m}")),
+        (format!("copy_out@{m}"), "consumed".to_owned()),
+    ] {
+        assert_plausible(
+            pair(&r, "to-guest", &from, &to),
+            20,
+            &format!("to-guest {from} -> {to}"),
+        );
+    }
+    // The 50 blackholed datagrams are dropped in the peer's input path,
+    // with a named drop reason.
+    let drops = r["drops"].as_array().unwrap();
+    let at_peer: u64 = drops
+        .iter()
+        .filter(|d| {
+            d["direction"] == "to-wire" && d["last_dev"] == p.as_str() && d["last_hop"] == "receive"
+        })
+        .map(|d| d["packets"].as_u64().unwrap())
+        .sum();
+    assert!(
+        at_peer >= 50,
+        "expected >= 50 drops after receive@{p}, got {at_peer}: {drops:#?}"
+    );
+    assert!(
+        drops
+            .iter()
+            .all(|d| !d["reason"].as_str().unwrap().starts_with("reason ")),
+        "drop reasons should be named: {drops:#?}"
+    );
+    assert_eq!(r["tracking"]["pair_lost"], 0);
+    assert_eq!(r["tracking"]["track_insert_failed"], 0);
+
+    drop(t);
+    let left = netprobe_programs_loaded();
+    assert!(
+        left.is_empty(),
+        "netprobe programs still loaded after exit: {left:?}"
+    );
+}
+
+fn backend_measures_the_macvtap_path(backend: &str) {
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let rec = Recording::start(&[
+        "--backend",
+        backend,
+        "--iface",
+        &ifaces[0],
+        "--iface",
+        &ifaces[1],
+    ]);
+    assert_eq!(t.ping(10, "0.02").unwrap(), 10);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = rec.interrupt();
+    for c in r["coverage"].as_array().unwrap() {
+        assert_eq!(c["backend"], backend, "hop {}: {}", c["hop"], c["notes"]);
+    }
+    // Classic tracepoints name devices but cannot tell their kind across
+    // namespaces, so look in either direction.
+    let (from, to) = (
+        format!("queue@{}", t.macvtap),
+        format!("xmit@{}", t.macvtap),
+    );
+    let found = ["to-wire", "to-guest"]
+        .iter()
+        .flat_map(|d| netprobe_tests::pairs(&r, d))
+        .find(|(f, tt, _)| *f == from && *tt == to)
+        .map(|(_, _, p)| p.clone())
+        .unwrap_or_else(|| panic!("{backend}: no pair {from} -> {to} in {r:#}"));
+    assert_plausible(&found, 10, &format!("{backend}: {from} -> {to}"));
+}
+
+#[test]
+fn raw_tp_backend_measures_the_macvtap_path() {
+    if require_root("raw_tp_backend_measures_the_macvtap_path") {
+        backend_measures_the_macvtap_path("raw_tp");
+    }
+}
+
+#[test]
+fn classic_tracepoint_backend_measures_the_macvtap_path() {
+    if require_root("classic_tracepoint_backend_measures_the_macvtap_path") {
+        backend_measures_the_macvtap_path("tracepoint");
+    }
+}
+
+#[test]
+fn unknown_interface_is_a_clear_error() {
+    let out = Command::new(netprobe_tests::netprobe_bin())
+        .args(["record", "--duration", "1s", "--iface", "nosuchif0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no network interface nosuchif0"),
+        "unclear error: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
