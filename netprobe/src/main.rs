@@ -144,29 +144,43 @@ fn run(cli: Cli) -> Result<()> {
 
 fn run_demo(probe: &ProbeArgs) -> Result<()> {
     eprintln!("netprobe demo: building the MacVTap topology in network namespaces");
-    let topo = Topology::create()?;
+    let topo = std::sync::Arc::new(Topology::create()?);
     let rec = Recorder::start(&options(probe, topo.ifaces()))?;
     eprintln!(
-        "netprobe demo: guest {} <-> macvtap {} on {} <-> peer {}; sending ICMP, TCP, UDP",
+        "netprobe demo: guest {} <-> macvtap {} on {} <-> peer {}; sending ICMP, TCP, UDP (Ctrl-C stops early)",
         demo::GUEST_ADDR,
         topo.macvtap,
         topo.uplink,
         demo::PEER_ADDR
     );
-    let replies = topo.ping(20, "0.05").context("ping")?;
-    eprintln!("  ping: {replies}/20 replies");
-    let tcp = topo.iperf3(2, false).context("iperf3 TCP")?;
-    eprintln!("  iperf3 TCP: {}", last_summary(&tcp));
-    let udp = topo.iperf3(2, true).context("iperf3 UDP")?;
-    eprintln!("  iperf3 UDP: {}", last_summary(&udp));
-    topo.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(2))?;
-    eprintln!(
-        "  50 UDP datagrams to {} (blackholed in the peer)",
-        demo::BLACKHOLE_ADDR
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let report = rec.report(false)?;
+    // Traffic runs on its own thread so Ctrl-C/SIGTERM still reach the
+    // recorder and the topology is torn down (by its Drop) either way.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = topo.clone();
+    let traffic = std::thread::spawn(move || -> Result<()> {
+        let replies = t.ping(20, "0.05").context("ping")?;
+        eprintln!("  ping: {replies}/20 replies");
+        let tcp = t.iperf3(2, false).context("iperf3 TCP")?;
+        eprintln!("  iperf3 TCP: {}", last_summary(&tcp));
+        let udp = t.iperf3(2, true).context("iperf3 UDP")?;
+        eprintln!("  iperf3 UDP: {}", last_summary(&udp));
+        t.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(2))?;
+        eprintln!(
+            "  50 UDP datagrams to {} (blackholed in the peer)",
+            demo::BLACKHOLE_ADDR
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        drop(tx);
+        Ok(())
+    });
+    let interrupted = record::wait_for(None, Some(rx))?;
+    let report = rec.report(interrupted)?;
     drop(rec);
+    if !interrupted {
+        traffic
+            .join()
+            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
+    }
     drop(topo);
     print(&report, probe.format)
 }

@@ -117,6 +117,15 @@ impl Recorder {
 /// Waits for `duration` (forever if None), Ctrl-C or SIGTERM; returns true
 /// when a signal ended the wait.
 pub fn wait(duration: Option<Duration>) -> Result<bool> {
+    wait_for(duration, None)
+}
+
+/// Like [`wait`], but also ends when `done` receives (or its sender is
+/// dropped): for recordings that last as long as some work does.
+pub fn wait_for(
+    duration: Option<Duration>,
+    done: Option<std::sync::mpsc::Receiver<()>>,
+) -> Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -128,8 +137,17 @@ pub fn wait(duration: Option<Duration>) -> Result<bool> {
                 None => std::future::pending().await,
             }
         };
+        let finished = async {
+            match done {
+                Some(rx) => {
+                    let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = sleep => Ok(false),
+            () = finished => Ok(false),
             r = tokio::signal::ctrl_c() => r.map(|()| true).context("waiting for Ctrl-C"),
             _ = term.recv() => Ok(true),
         }
