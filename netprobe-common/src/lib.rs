@@ -19,6 +19,11 @@ pub mod hop {
     pub const SKB_COPY_DATAGRAM_IOVEC: u8 = 6;
     pub const CONSUME_SKB: u8 = 7;
     pub const KFREE_SKB: u8 = 8;
+    pub const OVS_DO_EXECUTE_ACTION: u8 = 9;
+    pub const OVS_DP_UPCALL_TP: u8 = 10;
+    /// Kernel-function hops use ids from here up; the loader's catalog
+    /// assigns them (their programs are generic slots).
+    pub const FIRST_FUNCTION: u8 = 16;
 }
 
 /// A kernel tracepoint a hop program attaches to.
@@ -33,7 +38,7 @@ pub struct TracepointHop {
 
 /// The tracepoint hops the BPF object has programs for, one program per
 /// backend in [`Backend::ALL`]. The loader's catalog says what they mean.
-pub const TRACEPOINT_HOPS: [TracepointHop; 8] = [
+pub const TRACEPOINT_HOPS: [TracepointHop; 10] = [
     TracepointHop {
         hop: hop::NET_DEV_QUEUE,
         category: "net",
@@ -74,6 +79,16 @@ pub const TRACEPOINT_HOPS: [TracepointHop; 8] = [
         category: "skb",
         name: "kfree_skb",
     },
+    TracepointHop {
+        hop: hop::OVS_DO_EXECUTE_ACTION,
+        category: "openvswitch",
+        name: "ovs_do_execute_action",
+    },
+    TracepointHop {
+        hop: hop::OVS_DP_UPCALL_TP,
+        category: "openvswitch",
+        name: "ovs_dp_upcall",
+    },
 ];
 
 /// Upper bound (exclusive) on hop ids; sizes the per-hop tables in [`Config`].
@@ -112,7 +127,13 @@ pub mod names {
     pub const FILTER: &str = "NP_FILTER";
     pub const COUNTERS: &str = "NP_COUNTERS";
     pub const ZERO: &str = "NP_ZERO";
-    pub const ALL_MAPS: [&str; 7] = [TRACK, HOPS, DROPS, DEVS, FILTER, COUNTERS, ZERO];
+    /// Entry timestamps of function hops, keyed by [`crate::EntryKey`].
+    pub const ENTRY: &str = "NP_ENTRY";
+    /// Time inside hop functions: `u32` hop id -> histogram.
+    pub const FUNCS: &str = "NP_FUNCS";
+    pub const ALL_MAPS: [&str; 9] = [
+        TRACK, HOPS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS,
+    ];
 }
 
 /// How a kernel program is attached; also the prefix of its program name.
@@ -122,17 +143,37 @@ pub enum Backend {
     TpBtf = 1,
     RawTp = 2,
     Tracepoint = 3,
+    /// fentry on entry, fexit on return (BTF trampolines).
+    Fentry = 4,
+    /// kprobe on entry, kretprobe on return.
+    Kprobe = 5,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 3] = [Backend::TpBtf, Backend::RawTp, Backend::Tracepoint];
+    /// Backends of tracepoint hops, best first.
+    pub const TRACEPOINT: [Backend; 3] = [Backend::TpBtf, Backend::RawTp, Backend::Tracepoint];
+    /// Backends of kernel-function hops, best first.
+    pub const FUNCTION: [Backend; 2] = [Backend::Fentry, Backend::Kprobe];
 
-    /// Prefix of the program names for this backend: `<prefix>_<tracepoint>`.
+    /// Prefix of the program names for this backend: `<prefix>_<tracepoint>`
+    /// for tracepoint hops, `<prefix>_<slot>` (and `<exit prefix>_<slot>`)
+    /// for function hops.
     pub const fn prefix(self) -> &'static str {
         match self {
             Backend::TpBtf => "btf",
             Backend::RawTp => "raw",
             Backend::Tracepoint => "tp",
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
+        }
+    }
+
+    /// Prefix of the return-side programs of function backends.
+    pub const fn exit_prefix(self) -> Option<&'static str> {
+        match self {
+            Backend::Fentry => Some("fexit"),
+            Backend::Kprobe => Some("kretprobe"),
+            _ => None,
         }
     }
 
@@ -141,8 +182,42 @@ impl Backend {
             Backend::TpBtf => "tp_btf",
             Backend::RawTp => "raw_tp",
             Backend::Tracepoint => "tracepoint",
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
         }
     }
+
+    pub fn from_label(s: &str) -> Option<Backend> {
+        [
+            Backend::TpBtf,
+            Backend::RawTp,
+            Backend::Tracepoint,
+            Backend::Fentry,
+            Backend::Kprobe,
+        ]
+        .into_iter()
+        .find(|b| b.label() == s)
+    }
+}
+
+/// Kernel-function hops attach through generic programs, one per slot and
+/// backend; the loader tells each slot its hop and where its skb is.
+pub const MAX_SLOTS: usize = 40;
+
+/// Where a function's `struct sk_buff *` is among its arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotConfig {
+    pub hop: u8,
+    /// Argument index of the skb, or [`SlotConfig::NO_SKB`].
+    pub skb_arg: u8,
+    /// Nonzero: the argument is a `struct sk_buff **` (rx_handlers).
+    pub skb_indirect: u8,
+    pub _pad: u8,
+}
+
+impl SlotConfig {
+    pub const NO_SKB: u8 = 0xff;
 }
 
 /// Offsets of the kernel struct fields the programs read, taken by the
@@ -198,6 +273,7 @@ pub struct Config {
     pub _pad: u32,
     pub hop_flags: [u16; MAX_HOPS],
     pub classic: [ClassicFields; MAX_HOPS],
+    pub slots: [SlotConfig; MAX_SLOTS],
 }
 
 impl Config {
@@ -225,6 +301,12 @@ impl Config {
                 reason: 0,
                 reason_size: 0,
             }; MAX_HOPS],
+            slots: [SlotConfig {
+                hop: 0,
+                skb_arg: SlotConfig::NO_SKB,
+                skb_indirect: 0,
+                _pad: 0,
+            }; MAX_SLOTS],
         }
     }
 }
@@ -277,6 +359,16 @@ pub struct DropKey {
     pub _pad: [u8; 2],
 }
 
+/// A function hop's entry, waiting for its return on the same thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EntryKey {
+    /// `bpf_get_current_pid_tgid()`.
+    pub pid_tgid: u64,
+    pub hop: u32,
+    pub _pad: u32,
+}
+
 /// What the kernel side learnt about a device key, in `NP_DEVS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -315,7 +407,10 @@ pub mod counter {
     /// after delivery): a recycled sk_buff whose free no hop saw. The old
     /// journey ends unmeasured instead of being joined to the new one.
     pub const TRACK_REUSED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A function returned without its entry on record (entry map full or
+    /// the program attached mid-call): its time inside is not measured.
+    pub const EXIT_UNMATCHED: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const NAMES: [&str; COUNT as usize] = [
         "track_started",
         "track_ended",
@@ -327,6 +422,7 @@ pub mod counter {
         "read_failed",
         "pair_samples",
         "track_reused",
+        "exit_unmatched",
     ];
 }
 
@@ -356,11 +452,15 @@ pub fn name_key(name: &[u8; 16]) -> u64 {
 const _: () = {
     assert!(core::mem::size_of::<Offsets>() == 40);
     assert!(core::mem::size_of::<ClassicFields>() == 8);
-    assert!(core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS);
+    assert!(
+        core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS
+    );
     assert!(core::mem::size_of::<TrackState>() == 48);
     assert!(core::mem::size_of::<PairKey>() == 32);
     assert!(core::mem::size_of::<DropKey>() == 24);
     assert!(core::mem::size_of::<DevInfo>() == 40);
+    assert!(core::mem::size_of::<EntryKey>() == 16);
+    assert!(core::mem::size_of::<SlotConfig>() == 4);
     assert!(core::mem::size_of::<hist::Hist>() == 32 + 8 * hist::BUCKETS);
 };
 
@@ -373,5 +473,6 @@ mod pod {
     unsafe impl aya::Pod for super::PairKey {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DevInfo {}
+    unsafe impl aya::Pod for super::EntryKey {}
     unsafe impl aya::Pod for super::hist::Hist {}
 }

@@ -17,6 +17,7 @@
 // would be copied onto the 512-byte BPF stack (a histogram is 4.7 KiB).
 #![allow(clippy::needless_borrows_for_generic_args, reason = "see above")]
 
+pub mod functions;
 pub mod programs;
 
 use aya_ebpf::{
@@ -28,7 +29,7 @@ use aya_ebpf::{
 use netprobe_common::{
     counter,
     hist::{bucket_of, Hist, BUCKETS},
-    hop_flags, name_key, Config, DevInfo, DropKey, PairKey, TrackState, MAX_HOPS,
+    hop_flags, name_key, Config, DevInfo, DropKey, EntryKey, PairKey, TrackState, MAX_HOPS,
 };
 
 /// Load-time configuration, written by the loader before loading.
@@ -52,6 +53,14 @@ static NP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 
 #[map(name = "NP_COUNTERS")]
 static NP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Entry times of function hops awaiting their return (bounded: LRU).
+#[map(name = "NP_ENTRY")]
+static NP_ENTRY: LruHashMap<EntryKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Time spent inside each hop function, from entry/exit pairs.
+#[map(name = "NP_FUNCS")]
+static NP_FUNCS: PerCpuHashMap<u32, Hist> = PerCpuHashMap::with_max_entries(256, 0);
 
 /// One all-zero histogram, the initial value of a new hop-pair aggregate
 /// (too large for the BPF stack). Never written.
@@ -210,20 +219,70 @@ fn aggregate(key: &PairKey, gap: u64, dev: Dev<'_>) {
             h
         }
     };
-    let h = unsafe { &mut *h };
+    add_sample(unsafe { &mut *h }, gap);
+    bump(counter::PAIR_SAMPLES);
+}
+
+#[inline(always)]
+fn add_sample(h: &mut Hist, v: u64) {
     h.count += 1;
-    h.sum_ns += gap;
-    if gap > h.max_ns {
-        h.max_ns = gap;
+    h.sum_ns += v;
+    if v > h.max_ns {
+        h.max_ns = v;
     }
-    if h.min_ns == 0 || gap < h.min_ns {
-        h.min_ns = gap;
+    if h.min_ns == 0 || v < h.min_ns {
+        h.min_ns = v;
     }
-    let b = bucket_of(gap);
+    let b = bucket_of(v);
     if b < BUCKETS {
         h.buckets[b] += 1;
     }
-    bump(counter::PAIR_SAMPLES);
+}
+
+/// Entry of a function hop: remember when, for its time inside.
+#[inline(always)]
+fn fn_entered(hop: u8) {
+    let key = EntryKey {
+        pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(),
+        hop: hop as u32,
+        _pad: 0,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = NP_ENTRY.insert(&key, &now, 0);
+}
+
+/// Return of a function hop: add the time inside to its histogram.
+#[inline(always)]
+fn fn_returned(hop: u8) {
+    let key = EntryKey {
+        pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(),
+        hop: hop as u32,
+        _pad: 0,
+    };
+    let Some(t0) = NP_ENTRY.get_ptr(&key) else {
+        bump(counter::EXIT_UNMATCHED);
+        return;
+    };
+    let took = unsafe { bpf_ktime_get_ns() }.wrapping_sub(unsafe { *t0 });
+    let _ = NP_ENTRY.remove(&key);
+    let id = hop as u32;
+    let h = match NP_FUNCS.get_ptr_mut(&id) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = NP_ZERO.get_ptr(0) else {
+                return;
+            };
+            let _ = NP_FUNCS.insert(&id, unsafe { &*zero }, BPF_NOEXIST as u64);
+            match NP_FUNCS.get_ptr_mut(&id) {
+                Some(h) => h,
+                None => {
+                    bump(counter::PAIR_LOST);
+                    return;
+                }
+            }
+        }
+    };
+    add_sample(unsafe { &mut *h }, took);
 }
 
 /// Slow path of [`aggregate`]: the first sample of a hop pair on this CPU.
@@ -363,6 +422,20 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
         bump(counter::TRACK_INSERT_FAILED);
     } else {
         bump(counter::TRACK_STARTED);
+    }
+}
+
+/// Entry of a function hop in slot `slot`, its skb already fetched (0 if
+/// the function has none): time inside, then the packet's hop.
+#[inline(always)]
+fn slot_entry(hop: u8, skb: u64) {
+    let flags = flags_of(hop);
+    if flags & hop_flags::ENABLED == 0 {
+        return;
+    }
+    fn_entered(hop);
+    if skb != 0 {
+        ptr_hop(hop, skb, 0, 0);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Program entry points: one per (hop, backend). Each is a thin shell over
 //! [`crate::ptr_hop`] or [`crate::classic_hop`]; the loader picks one
-//! backend per hop and loads only that program. Program names follow
+//! backend per hop and loads only that program.
+//! (Kernel-function hops are in `functions`.) Program names follow
 //! `<backend prefix>_<tracepoint>` (see `netprobe_common::Backend::prefix`).
 
 use aya_ebpf::{
@@ -24,6 +25,9 @@ macro_rules! args {
     };
     ($ctx:ident, [skb, _, reason]) => {
         ($ctx.arg(0), 0, $ctx.arg(2))
+    };
+    ($ctx:ident, [_, skb]) => {
+        ($ctx.arg(1), 0, 0)
     };
 }
 
@@ -119,4 +123,22 @@ hop_programs!(
     raw_kfree_skb,
     tp_kfree_skb,
     [skb, _, reason]
+);
+hop_programs!(
+    hop::OVS_DO_EXECUTE_ACTION,
+    "ovs_do_execute_action",
+    "openvswitch",
+    btf_ovs_do_execute_action,
+    raw_ovs_do_execute_action,
+    tp_ovs_do_execute_action,
+    [_, skb]
+);
+hop_programs!(
+    hop::OVS_DP_UPCALL_TP,
+    "ovs_dp_upcall",
+    "openvswitch",
+    btf_ovs_dp_upcall,
+    raw_ovs_dp_upcall,
+    tp_ovs_dp_upcall,
+    [_, skb]
 );

@@ -1,31 +1,39 @@
-//! Decides how each catalog hop is attached on this kernel and attaches it:
-//! tp_btf where the kernel has BTF, else raw_tp, else a classic tracefs
-//! tracepoint. Each choice is proved by a trial load, never assumed from a
-//! version number; every hop ends with a backend or the reasons it has none.
+//! Attaches the planned hops on this kernel: for each hop, the first
+//! candidate backend from `plan` that loads and attaches wins; every
+//! refusal is recorded with the kernel's reason. Function hops get a slot
+//! (a generic program set) each. Dropping [`Attached`] detaches everything.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use netprobe_common::{hop_flags, names, Backend, Config, MAX_HOPS};
+use netprobe_common::{hop_flags, names, Backend, Config, SlotConfig, MAX_SLOTS};
 use serde::Serialize;
 
-use crate::{catalog, kernel};
+use crate::{
+    catalog::{Site, SkbArg},
+    facts::KernelFacts,
+    kernel,
+    plan::{self, PlanOptions, SkbSource},
+};
 
 /// The BPF object built by `cargo xtask build`, embedded in the binary.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netprobe.bpf.o"));
 
-/// What was chosen for one hop.
+/// What was chosen for one hop, and why not better.
 #[derive(Clone, Debug, Serialize)]
 pub struct Coverage {
     pub hop: &'static str,
-    pub tracepoint: String,
+    pub path: &'static str,
+    pub site: String,
     /// The backend in use, if any.
     pub backend: Option<&'static str>,
-    /// Why each better backend was not used (or why none was).
+    /// For function hops with entry/exit pairs: time inside is measured.
+    pub time_inside: bool,
+    pub skb_from: SkbSource,
     pub notes: Vec<String>,
 }
 
@@ -42,12 +50,13 @@ pub struct AttachOptions {
 pub struct Attached {
     pub ebpf: Ebpf,
     pub coverage: Vec<Coverage>,
-    pub drop_reasons: std::collections::BTreeMap<u32, String>,
-    /// Classic tracepoints identify devices by name only.
+    pub drop_reasons: BTreeMap<u32, String>,
+    /// Tracepoint hops use classic tracepoints: devices are known by name.
     pub classic_only: bool,
+    pub facts: KernelFacts,
 }
 
-fn check_privileges() -> Result<()> {
+pub fn check_privileges() -> Result<()> {
     // CAP_BPF (39) and CAP_PERFMON (38), or CAP_SYS_ADMIN (21).
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = status
@@ -70,44 +79,78 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         bail!("this netprobe binary was built without its BPF object; build it with `cargo xtask build`");
     }
     check_privileges()?;
+    let facts = KernelFacts::live()?;
     let btf_rs = kernel::load_btf(opts.btf_file.as_deref())?;
     let mut config = Config::zeroed();
     config.max_gap_ns = opts.max_gap_ns;
     config.filter_enabled = opts.filter_enabled as u32;
-    let mut notes_all: Vec<String> = Vec::new();
-    let mut drop_reasons = Default::default();
+    let mut drop_reasons = BTreeMap::new();
+    let mut global_notes = Vec::new();
     if let Some(btf) = &btf_rs {
         match kernel::offsets(btf) {
             Ok(o) => config.off = o,
-            Err(e) => notes_all.push(format!("struct offsets unavailable from BTF: {e:#}")),
+            Err(e) => global_notes.push(format!("struct offsets unavailable from BTF: {e:#}")),
         }
         drop_reasons = kernel::drop_reasons_from_btf(btf);
     }
     let aya_btf = match &opts.btf_file {
         Some(p) => Some(
             Btf::parse_file(p, aya::Endianness::default())
-                .with_context(|| format!("parsing {}", p.display()))?,
+                .with_context(|| format!("parsing BTF file {}", p.display()))?,
         ),
         None => Btf::from_sys_fs().ok(),
     };
-
-    // Classic tracepoints need tracefs and its format files; read them for
-    // every hop up front (cheap) so a fallback needs no second load.
     let tracefs = kernel::tracefs();
-    for h in catalog::HOPS {
+    let plans = plan::plan(
+        &facts,
+        PlanOptions {
+            only: opts.backend,
+            offsets: config.off.valid != 0,
+            tracefs: tracefs.is_ok(),
+        },
+    );
+
+    // Per-hop configuration, and classic tracepoint fields, before loading.
+    let mut slots: BTreeMap<u8, usize> = BTreeMap::new();
+    for p in &plans {
+        let h = p.hop;
+        if p.candidates.is_empty() {
+            continue;
+        }
         config.hop_flags[h.id as usize] = h.flags | hop_flags::ENABLED;
-        if let Ok(fs) = &tracefs {
-            if let Ok(fmt) = kernel::read_format(fs, h.tracepoint.category, h.tracepoint.name) {
-                if let Ok(c) = fmt.classic_fields() {
-                    config.classic[h.id as usize] = c;
+        match h.site {
+            Site::Tracepoint(t) => {
+                if let Ok(fs) = &tracefs {
+                    if let Ok(fmt) = kernel::read_format(fs, t.category, t.name) {
+                        if let Ok(c) = fmt.classic_fields() {
+                            config.classic[h.id as usize] = c;
+                        }
+                        if h.flags & hop_flags::DROP != 0 && drop_reasons.is_empty() {
+                            drop_reasons = fmt.symbols();
+                        }
+                    }
                 }
-                if h.flags & hop_flags::DROP != 0 && drop_reasons.is_empty() {
-                    drop_reasons = fmt.symbols();
+            }
+            Site::Function { .. } => {
+                let n = slots.len();
+                if n >= MAX_SLOTS {
+                    continue;
                 }
+                slots.insert(h.id, n);
+                let (arg, indirect) = match p.skb {
+                    SkbArg::None => (SlotConfig::NO_SKB, 0),
+                    SkbArg::Arg(i) => (i, 0),
+                    SkbArg::Indirect(i) => (i, 1),
+                };
+                config.slots[n] = SlotConfig {
+                    hop: h.id,
+                    skb_arg: arg,
+                    skb_indirect: indirect,
+                    _pad: 0,
+                };
             }
         }
     }
-    debug_assert!(catalog::HOPS.iter().all(|h| (h.id as usize) < MAX_HOPS));
 
     let mut ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
@@ -117,54 +160,33 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
 
     let mut coverage = Vec::new();
     let mut classic_used = false;
-    let mut ptr_used = false;
-    for h in catalog::HOPS {
-        let tp = h.tracepoint;
-        let mut notes = Vec::new();
+    let mut ptr_tracepoints = false;
+    for p in &plans {
+        let mut notes = p.notes.clone();
         let mut chosen = None;
-        for backend in Backend::ALL {
-            if opts.backend.is_some_and(|b| b != backend) {
-                continue;
-            }
-            let prog = format!("{}_{}", backend.prefix(), tp.name);
-            let res: Result<()> = (|| {
-                let p = ebpf
-                    .program_mut(&prog)
-                    .with_context(|| format!("program {prog} missing from the object"))?;
-                match backend {
-                    Backend::TpBtf => {
-                        let btf = aya_btf
-                            .as_ref()
-                            .context("the kernel has no BTF (pass --btf FILE)")?;
-                        if config.off.valid == 0 {
-                            bail!("struct offsets unknown (no usable BTF)");
-                        }
-                        let p: &mut BtfTracePoint = p.try_into()?;
-                        p.load(tp.name, btf)?;
-                        p.attach()?;
-                    }
-                    Backend::RawTp => {
-                        if config.off.valid == 0 {
-                            bail!("struct offsets unknown (no BTF; pass --btf FILE)");
-                        }
-                        let p: &mut RawTracePoint = p.try_into()?;
-                        p.load()?;
-                        p.attach(tp.name)?;
-                    }
-                    Backend::Tracepoint => {
-                        if let Err(e) = &tracefs {
-                            bail!("{e:#}");
-                        }
-                        if config.classic[h.id as usize].skbaddr == 0 {
-                            bail!("no tracefs format for {}/{}", tp.category, tp.name);
-                        }
-                        let p: &mut TracePoint = p.try_into()?;
-                        p.load()?;
-                        p.attach(tp.category, tp.name)?;
-                    }
+        let mut time_inside = false;
+        for &backend in &p.candidates {
+            let res = match p.hop.site {
+                Site::Tracepoint(t) => {
+                    attach_tracepoint(&mut ebpf, backend, t.category, t.name, aya_btf.as_ref())
                 }
-                Ok(())
-            })();
+                Site::Function { name, .. } => match slots.get(&p.hop.id) {
+                    Some(&slot) => {
+                        attach_function(&mut ebpf, backend, slot, name, aya_btf.as_ref()).map(
+                            |exit| {
+                                time_inside = exit.is_ok();
+                                if let Err(e) = exit {
+                                    notes.push(format!(
+                                        "{}: return side not attached: {e}",
+                                        backend.label()
+                                    ));
+                                }
+                            },
+                        )
+                    }
+                    None => Err(anyhow::anyhow!("all {MAX_SLOTS} function slots in use")),
+                },
+            };
             match res {
                 Ok(()) => {
                     chosen = Some(backend);
@@ -177,24 +199,32 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
                 )),
             }
         }
-        match chosen {
-            Some(Backend::Tracepoint) => classic_used = true,
-            Some(_) => ptr_used = true,
-            None => {}
+        match (chosen, p.hop.is_function()) {
+            (Some(Backend::Tracepoint), _) => classic_used = true,
+            (Some(_), false) => ptr_tracepoints = true,
+            _ => {}
         }
         coverage.push(Coverage {
-            hop: h.label,
-            tracepoint: format!("{}:{}", tp.category, tp.name),
+            hop: p.hop.label,
+            path: p.hop.path.label(),
+            site: p.hop.site_label(),
             backend: chosen.map(Backend::label),
+            time_inside,
+            skb_from: p.skb_from,
             notes,
         });
     }
-    if classic_used && ptr_used && std::env::var_os("NETPROBE_DEBUG_MIX").is_none() {
+    if classic_used && ptr_tracepoints {
         // Device keys differ between the two kinds (pointer vs name hash),
         // so a packet could not be followed across them: refuse the mix.
         bail!(
-            "some hops attached only as classic tracepoints and others with BTF; \
-             rerun with --backend tracepoint (or fix the BTF problem: {notes_all:?})"
+            "some tracepoint hops attached only as classic tracepoints and others with BTF; \
+             rerun with --backend tracepoint{}",
+            if global_notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", global_notes.join("; "))
+            }
         );
     }
     if coverage.iter().all(|c| c.backend.is_none()) {
@@ -209,13 +239,106 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         coverage,
         drop_reasons,
         classic_only: classic_used,
+        facts,
     })
 }
 
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    category: &str,
+    name: &str,
+    btf: Option<&Btf>,
+) -> Result<()> {
+    let prog = format!("{}_{name}", backend.prefix());
+    let p = ebpf
+        .program_mut(&prog)
+        .with_context(|| format!("program {prog} missing from the object"))?;
+    match backend {
+        Backend::TpBtf => {
+            let p: &mut BtfTracePoint = p.try_into()?;
+            p.load(name, btf.context("no BTF")?)?;
+            p.attach()?;
+        }
+        Backend::RawTp => {
+            let p: &mut RawTracePoint = p.try_into()?;
+            p.load()?;
+            p.attach(name)?;
+        }
+        Backend::Tracepoint => {
+            let p: &mut TracePoint = p.try_into()?;
+            p.load()?;
+            p.attach(category, name)?;
+        }
+        other => bail!("{} is not a tracepoint backend", other.label()),
+    }
+    Ok(())
+}
+
+/// Attaches slot `slot`'s entry program to `func`; the outer result is the
+/// entry side (decides the backend), the inner one the return side.
+fn attach_function(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    slot: usize,
+    func: &str,
+    btf: Option<&Btf>,
+) -> Result<Result<(), String>> {
+    let entry = format!("{}_{slot}", backend.prefix());
+    let exit = format!(
+        "{}_{slot}",
+        backend.exit_prefix().context("not a function backend")?
+    );
+    match backend {
+        Backend::Fentry => {
+            let btf = btf.context("no BTF")?;
+            let p: &mut FEntry = ebpf
+                .program_mut(&entry)
+                .context("slot program missing")?
+                .try_into()?;
+            p.load(func, btf)?;
+            p.attach()?;
+            let r: Result<()> = (|| {
+                let p: &mut FExit = ebpf
+                    .program_mut(&exit)
+                    .context("slot program missing")?
+                    .try_into()?;
+                p.load(func, btf)?;
+                p.attach()?;
+                Ok(())
+            })();
+            Ok(r.map_err(|e| first_line(&format!("{e:#}"))))
+        }
+        Backend::Kprobe => {
+            let p: &mut KProbe = ebpf
+                .program_mut(&entry)
+                .context("slot program missing")?
+                .try_into()?;
+            p.load()?;
+            p.attach(func, 0)?;
+            let r: Result<()> = (|| {
+                let p: &mut KProbe = ebpf
+                    .program_mut(&exit)
+                    .context("slot program missing")?
+                    .try_into()?;
+                p.load()?;
+                p.attach(func, 0)?;
+                Ok(())
+            })();
+            Ok(r.map_err(|e| first_line(&format!("{e:#}"))))
+        }
+        other => bail!("{} is not a function backend", other.label()),
+    }
+}
+
 fn first_line(s: &str) -> String {
+    if s.contains("Operation not permitted") && s.contains("BPF_PROG_LOAD") {
+        return "refused by the kernel (EPERM at load)".to_owned();
+    }
     let l = s.lines().next().unwrap_or_default();
-    if l.len() > 200 {
-        format!("{}...", &l[..200])
+    let l = l.split(". Verifier output: :").next().unwrap_or(l);
+    if l.len() > 160 {
+        format!("{}...", &l[..160])
     } else {
         l.to_owned()
     }

@@ -1,52 +1,143 @@
 //! The catalog of hops: the one place that knows which kernel events mark a
-//! packet's way through the host, what each means and how the kernel side
-//! must treat it. Everything else (attach, correlation, reports) reads it.
+//! packet's way through a KVM host, what each means, which path it belongs
+//! to and where its skb is. Everything else (planning, attaching,
+//! correlation, reports) reads it. Adding a hop is adding a row here.
 
 use netprobe_common::{hop, hop_flags, TracepointHop, TRACEPOINT_HOPS};
 use serde::Serialize;
 
-/// Which part of a KVM host's datapath a hop belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// The part of a KVM host's datapath a hop belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Path {
-    /// Device-level hops every path crosses (queueing, transmit, receive).
+    /// macvtap/macvlan: the guest's tap queue and the macvlan rx_handler.
+    Macvtap,
+    /// tun/tap as used with a Linux bridge or OVS.
+    Tun,
+    /// The vhost-net worker moving packets between guest rings and tap.
+    VhostNet,
+    /// The Open vSwitch kernel datapath.
+    Ovs,
+    /// The s390 qeth driver, shared by OSA and HiperSockets.
+    Qeth,
+    /// qeth functions only HiperSockets (IQD) devices use.
+    QethHipersockets,
+    /// The Linux bridge.
+    Bridge,
+    /// Device-level hops every path crosses, and delivery/free.
     GenericStack,
-    /// Socket and tap-queue reads, buffer release.
-    Delivery,
+}
+
+impl Path {
+    pub fn label(self) -> &'static str {
+        match self {
+            Path::Macvtap => "macvtap",
+            Path::Tun => "tun/tap",
+            Path::VhostNet => "vhost-net",
+            Path::Ovs => "ovs",
+            Path::Qeth => "qeth (OSA+HiperSockets)",
+            Path::QethHipersockets => "qeth-hipersockets",
+            Path::Bridge => "bridge",
+            Path::GenericStack => "generic",
+        }
+    }
+}
+
+/// Which way the packets a hop sees travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Way {
+    ToWire,
+    ToGuest,
+    Both,
+}
+
+/// Where a function's skb is among its arguments (as in Linux 6.1; BTF,
+/// where present, overrides it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkbArg {
+    /// The function has no skb argument: only its time inside is measured.
+    None,
+    /// `struct sk_buff *` at this argument index.
+    Arg(u8),
+    /// `struct sk_buff **` at this argument index (rx_handlers).
+    Indirect(u8),
+}
+
+/// What marks a hop in the kernel.
+#[derive(Clone, Copy, Debug)]
+pub enum Site {
+    Tracepoint(TracepointHop),
+    Function {
+        name: &'static str,
+        /// Module that defines it on distro kernels; None = always built in.
+        module: Option<&'static str>,
+        skb: SkbArg,
+    },
 }
 
 /// One hop of the catalog.
 #[derive(Clone, Copy, Debug)]
 pub struct Hop {
     pub id: u8,
-    /// Short label used in reports.
+    /// Short label used in reports (`label@device`).
     pub label: &'static str,
     pub path: Path,
-    pub tracepoint: TracepointHop,
+    pub way: Way,
+    pub site: Site,
     /// How the kernel side treats it ([`hop_flags`]), minus `ENABLED`.
     pub flags: u16,
     pub what: &'static str,
 }
 
-const fn tp(id: u8) -> TracepointHop {
+impl Hop {
+    pub fn site_label(&self) -> String {
+        match self.site {
+            Site::Tracepoint(t) => format!("tracepoint {}:{}", t.category, t.name),
+            Site::Function { name, module, .. } => match module {
+                Some(m) => format!("function {name} [{m}]"),
+                None => format!("function {name}"),
+            },
+        }
+    }
+
+    pub fn is_function(&self) -> bool {
+        matches!(self.site, Site::Function { .. })
+    }
+}
+
+const fn tp(id: u8) -> Site {
     let mut i = 0;
     while i < TRACEPOINT_HOPS.len() {
         if TRACEPOINT_HOPS[i].hop == id {
-            return TRACEPOINT_HOPS[i];
+            return Site::Tracepoint(TRACEPOINT_HOPS[i]);
         }
         i += 1;
     }
     panic!("hop id without a tracepoint program");
 }
 
+const fn func(name: &'static str, module: Option<&'static str>, skb: SkbArg) -> Site {
+    Site::Function { name, module, skb }
+}
+
 use hop_flags::{DELIVER, DEV_ARG1, DROP, RX, SKB_DEV, START, TERMINAL, TX};
+use SkbArg::{Arg, Indirect, None as NoSkb};
+
+const F: u8 = hop::FIRST_FUNCTION;
+
+/// A function hop that sees packets: reads the device, may start tracking.
+const PKT: u16 = SKB_DEV | START;
 
 pub const HOPS: &[Hop] = &[
+    // Generic stack: tracepoints present on every kernel.
     Hop {
         id: hop::NET_DEV_QUEUE,
         label: "queue",
         path: Path::GenericStack,
-        tracepoint: tp(hop::NET_DEV_QUEUE),
+        way: Way::Both,
+        site: tp(hop::NET_DEV_QUEUE),
         flags: SKB_DEV | START | TX,
         what: "dev_queue_xmit: the packet enters a device's transmit queue (qdisc)",
     },
@@ -54,7 +145,8 @@ pub const HOPS: &[Hop] = &[
         id: hop::NET_DEV_START_XMIT,
         label: "xmit",
         path: Path::GenericStack,
-        tracepoint: tp(hop::NET_DEV_START_XMIT),
+        way: Way::Both,
+        site: tp(hop::NET_DEV_START_XMIT),
         flags: DEV_ARG1 | START | TX,
         what: "the driver's ndo_start_xmit is called (macvtap/macvlan, veth, tun, qeth...)",
     },
@@ -62,7 +154,8 @@ pub const HOPS: &[Hop] = &[
         id: hop::NETIF_RX,
         label: "netif_rx",
         path: Path::GenericStack,
-        tracepoint: tp(hop::NETIF_RX),
+        way: Way::Both,
+        site: tp(hop::NETIF_RX),
         flags: SKB_DEV | START | RX,
         what: "a driver hands a received packet to the backlog (veth, tun without NAPI)",
     },
@@ -70,7 +163,8 @@ pub const HOPS: &[Hop] = &[
         id: hop::NETIF_RECEIVE_SKB,
         label: "receive",
         path: Path::GenericStack,
-        tracepoint: tp(hop::NETIF_RECEIVE_SKB),
+        way: Way::Both,
+        site: tp(hop::NETIF_RECEIVE_SKB),
         flags: SKB_DEV | START | RX,
         what: "__netif_receive_skb: rx_handlers (macvlan, bridge, OVS) and the protocol stack",
     },
@@ -78,15 +172,17 @@ pub const HOPS: &[Hop] = &[
         id: hop::NAPI_GRO_RECEIVE_ENTRY,
         label: "gro",
         path: Path::GenericStack,
-        tracepoint: tp(hop::NAPI_GRO_RECEIVE_ENTRY),
+        way: Way::Both,
+        site: tp(hop::NAPI_GRO_RECEIVE_ENTRY),
         flags: SKB_DEV | START | RX,
         what: "a NAPI driver passes a received packet to GRO (physical NICs, qeth)",
     },
     Hop {
         id: hop::SKB_COPY_DATAGRAM_IOVEC,
         label: "copy_out",
-        path: Path::Delivery,
-        tracepoint: tp(hop::SKB_COPY_DATAGRAM_IOVEC),
+        path: Path::GenericStack,
+        way: Way::Both,
+        site: tp(hop::SKB_COPY_DATAGRAM_IOVEC),
         flags: SKB_DEV | DELIVER,
         what:
             "the packet is copied to user memory: QEMU/vhost reading a tap queue, or a socket read",
@@ -94,18 +190,359 @@ pub const HOPS: &[Hop] = &[
     Hop {
         id: hop::CONSUME_SKB,
         label: "consumed",
-        path: Path::Delivery,
-        tracepoint: tp(hop::CONSUME_SKB),
+        path: Path::GenericStack,
+        way: Way::Both,
+        site: tp(hop::CONSUME_SKB),
         flags: TERMINAL,
         what: "the packet's buffer is released after successful delivery",
     },
     Hop {
         id: hop::KFREE_SKB,
         label: "dropped",
-        path: Path::Delivery,
-        tracepoint: tp(hop::KFREE_SKB),
+        path: Path::GenericStack,
+        way: Way::Both,
+        site: tp(hop::KFREE_SKB),
         flags: TERMINAL | DROP,
         what: "the packet is dropped, with the kernel's drop reason",
+    },
+    Hop {
+        id: F,
+        label: "ip_rcv",
+        path: Path::GenericStack,
+        way: Way::Both,
+        site: func("ip_rcv", None, Arg(0)),
+        flags: PKT | RX,
+        what: "IPv4 input of the host's own stack",
+    },
+    // MacVTap: macvlan on the uplink, the tap queue to QEMU/vhost.
+    Hop {
+        id: F + 1,
+        label: "tap_write",
+        path: Path::Macvtap,
+        way: Way::ToWire,
+        site: func("tap_get_user", Some("tap"), NoSkb),
+        flags: 0,
+        what: "QEMU/vhost writes a guest frame into the macvtap (builds the skb)",
+    },
+    Hop {
+        id: F + 2,
+        label: "tap_enqueue",
+        path: Path::Macvtap,
+        way: Way::ToGuest,
+        site: func("tap_handle_frame", Some("tap"), Indirect(0)),
+        flags: PKT | RX,
+        what: "macvtap rx_handler: the frame is queued on the tap's ptr_ring for the guest",
+    },
+    Hop {
+        id: F + 3,
+        label: "tap_read",
+        path: Path::Macvtap,
+        way: Way::ToGuest,
+        site: func("tap_do_read", Some("tap"), Arg(3)),
+        flags: PKT | DELIVER,
+        what: "QEMU/vhost reads a frame from the tap queue",
+    },
+    Hop {
+        id: F + 4,
+        label: "tap_recvmsg",
+        path: Path::Macvtap,
+        way: Way::ToGuest,
+        site: func("tap_recvmsg", Some("tap"), NoSkb),
+        flags: 0,
+        what: "vhost-net receives from the macvtap socket",
+    },
+    Hop {
+        id: F + 5,
+        label: "macvlan_rx",
+        path: Path::Macvtap,
+        way: Way::ToGuest,
+        site: func("macvlan_handle_frame", Some("macvlan"), Indirect(0)),
+        flags: PKT | RX,
+        what: "macvlan rx_handler on the lower device picks the macvlan/macvtap by MAC",
+    },
+    Hop {
+        id: F + 6,
+        label: "macvlan_xmit",
+        path: Path::Macvtap,
+        way: Way::ToWire,
+        site: func("macvlan_start_xmit", Some("macvlan"), Arg(0)),
+        flags: PKT | TX,
+        what: "macvlan/macvtap transmit",
+    },
+    Hop {
+        id: F + 7,
+        label: "macvlan_fwd",
+        path: Path::Macvtap,
+        way: Way::ToWire,
+        site: func("macvlan_queue_xmit", Some("macvlan"), Arg(0)),
+        flags: PKT | TX,
+        what: "macvlan bridge-mode forwarding or hand-off to the lower device",
+    },
+    // tun/tap.
+    Hop {
+        id: F + 8,
+        label: "tun_write",
+        path: Path::Tun,
+        way: Way::ToWire,
+        site: func("tun_get_user", Some("tun"), NoSkb),
+        flags: 0,
+        what: "QEMU/vhost writes a guest frame into a tap (builds the skb)",
+    },
+    Hop {
+        id: F + 9,
+        label: "tun_xmit",
+        path: Path::Tun,
+        way: Way::ToGuest,
+        site: func("tun_net_xmit", Some("tun"), Arg(0)),
+        flags: PKT | TX,
+        what: "a frame is queued on the tap for the guest",
+    },
+    Hop {
+        id: F + 10,
+        label: "tun_read",
+        path: Path::Tun,
+        way: Way::ToGuest,
+        site: func("tun_do_read", Some("tun"), NoSkb),
+        flags: 0,
+        what: "QEMU/vhost reads from the tap",
+    },
+    // vhost-net workers.
+    Hop {
+        id: F + 11,
+        label: "vhost_tx",
+        path: Path::VhostNet,
+        way: Way::ToWire,
+        site: func("handle_tx", Some("vhost_net"), NoSkb),
+        flags: 0,
+        what: "vhost-net worker: guest TX ring -> tap/macvtap",
+    },
+    Hop {
+        id: F + 12,
+        label: "vhost_rx",
+        path: Path::VhostNet,
+        way: Way::ToGuest,
+        site: func("handle_rx", Some("vhost_net"), NoSkb),
+        flags: 0,
+        what: "vhost-net worker: tap/macvtap -> guest RX ring",
+    },
+    // Open vSwitch kernel datapath.
+    Hop {
+        id: F + 13,
+        label: "ovs_rx_hook",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: func("netdev_frame_hook", Some("openvswitch"), Indirect(0)),
+        flags: PKT | RX,
+        what: "OVS rx_handler on a port (tap or uplink)",
+    },
+    Hop {
+        id: F + 14,
+        label: "ovs_vport_rx",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: func("ovs_vport_receive", Some("openvswitch"), Arg(1)),
+        flags: PKT | RX,
+        what: "OVS vport receive: flow key extraction",
+    },
+    Hop {
+        id: F + 15,
+        label: "ovs_flow_lookup",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: func("ovs_dp_process_packet", Some("openvswitch"), Arg(0)),
+        flags: PKT,
+        what: "OVS flow table lookup (hit: execute; miss: upcall)",
+    },
+    Hop {
+        id: F + 16,
+        label: "ovs_upcall",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: func("ovs_dp_upcall", Some("openvswitch"), Arg(1)),
+        flags: PKT,
+        what: "flow miss: the packet goes up to userspace (ovs-vswitchd)",
+    },
+    Hop {
+        id: F + 17,
+        label: "ovs_execute",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: func("ovs_execute_actions", Some("openvswitch"), Arg(1)),
+        flags: PKT,
+        what: "OVS executes the flow's actions",
+    },
+    Hop {
+        id: F + 18,
+        label: "ovs_output",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: func("do_output", Some("openvswitch"), Arg(1)),
+        flags: PKT,
+        what: "OVS output action to a port",
+    },
+    Hop {
+        id: F + 19,
+        label: "ovs_vport_send",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: func("ovs_vport_send", Some("openvswitch"), Arg(1)),
+        flags: PKT | TX,
+        what: "OVS sends on a vport (dev_queue_xmit follows)",
+    },
+    Hop {
+        id: hop::OVS_DO_EXECUTE_ACTION,
+        label: "ovs_action",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: tp(hop::OVS_DO_EXECUTE_ACTION),
+        flags: SKB_DEV,
+        what: "tracepoint: one OVS action executed",
+    },
+    Hop {
+        id: hop::OVS_DP_UPCALL_TP,
+        label: "ovs_upcall_tp",
+        path: Path::Ovs,
+        way: Way::Both,
+        site: tp(hop::OVS_DP_UPCALL_TP),
+        flags: SKB_DEV,
+        what: "tracepoint: an upcall to userspace",
+    },
+    // s390 qeth (OSA and HiperSockets).
+    Hop {
+        id: F + 20,
+        label: "qeth_l2_xmit",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_l2_hard_start_xmit", Some("qeth_l2"), Arg(0)),
+        flags: PKT | TX,
+        what: "qeth layer-2 device transmit",
+    },
+    Hop {
+        id: F + 21,
+        label: "qeth_l3_xmit",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_l3_hard_start_xmit", Some("qeth_l3"), Arg(0)),
+        flags: PKT | TX,
+        what: "qeth layer-3 device transmit",
+    },
+    Hop {
+        id: F + 22,
+        label: "qeth_xmit",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_xmit", Some("qeth"), Arg(1)),
+        flags: PKT,
+        what: "qeth core transmit: header and buffer preparation",
+    },
+    Hop {
+        id: F + 23,
+        label: "qeth_fill_buffer",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_fill_buffer", Some("qeth"), Arg(1)),
+        flags: PKT,
+        what: "qeth maps the packet into a QDIO output buffer",
+    },
+    Hop {
+        id: F + 24,
+        label: "qeth_flush",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_flush_buffers", Some("qeth"), NoSkb),
+        flags: 0,
+        what: "qeth hands QDIO output buffers to the device (SIGA)",
+    },
+    Hop {
+        id: F + 25,
+        label: "qeth_iqd_select_queue",
+        path: Path::QethHipersockets,
+        way: Way::ToWire,
+        site: func("qeth_iqd_select_queue", Some("qeth"), Arg(1)),
+        flags: PKT,
+        what: "HiperSockets (IQD) output queue selection",
+    },
+    Hop {
+        id: F + 26,
+        label: "qeth_tx_poll",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_tx_poll", Some("qeth"), NoSkb),
+        flags: 0,
+        what: "qeth TX completion NAPI poll",
+    },
+    Hop {
+        id: F + 27,
+        label: "qeth_tx_complete",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_tx_complete_buf", Some("qeth"), NoSkb),
+        flags: 0,
+        what: "qeth completes a transmitted QDIO buffer",
+    },
+    Hop {
+        id: F + 28,
+        label: "qeth_notify_skbs",
+        path: Path::Qeth,
+        way: Way::ToWire,
+        site: func("qeth_notify_skbs", Some("qeth"), NoSkb),
+        flags: 0,
+        what: "qeth notifies the skbs of a completed buffer (IQD completion queue)",
+    },
+    Hop {
+        id: F + 29,
+        label: "qeth_rx_poll",
+        path: Path::Qeth,
+        way: Way::ToGuest,
+        site: func("qeth_poll", Some("qeth"), NoSkb),
+        flags: 0,
+        what: "qeth RX NAPI poll: packets extracted from QDIO input buffers",
+    },
+    Hop {
+        id: F + 30,
+        label: "qeth_rx_refill",
+        path: Path::Qeth,
+        way: Way::ToGuest,
+        site: func("qeth_rx_refill_queue", Some("qeth"), NoSkb),
+        flags: 0,
+        what: "qeth returns QDIO input buffers to the device",
+    },
+    Hop {
+        id: F + 31,
+        label: "qeth_extract_skb",
+        path: Path::Qeth,
+        way: Way::ToGuest,
+        site: func("qeth_extract_skb", Some("qeth"), NoSkb),
+        flags: 0,
+        what: "qeth builds an skb from an input buffer (inlined in Linux 6.1)",
+    },
+    // Linux bridge.
+    Hop {
+        id: F + 32,
+        label: "br_rx",
+        path: Path::Bridge,
+        way: Way::Both,
+        site: func("br_handle_frame", Some("bridge"), Indirect(0)),
+        flags: PKT | RX,
+        what: "bridge rx_handler on a port",
+    },
+    Hop {
+        id: F + 33,
+        label: "br_forward",
+        path: Path::Bridge,
+        way: Way::Both,
+        site: func("br_forward", Some("bridge"), Arg(1)),
+        flags: PKT,
+        what: "bridge forwards to the destination port",
+    },
+    Hop {
+        id: F + 34,
+        label: "br_xmit",
+        path: Path::Bridge,
+        way: Way::Both,
+        site: func("br_dev_queue_push_xmit", Some("bridge"), Arg(2)),
+        flags: PKT | TX,
+        what: "bridge hands the packet to the port's dev_queue_xmit",
     },
 ];
 
@@ -118,26 +555,69 @@ pub fn label(id: u8) -> String {
     by_id(id).map_or_else(|| format!("hop{id}"), |h| h.label.to_owned())
 }
 
+/// The catalog's kernel functions, for looking them up in kallsyms/BTF.
+pub fn functions() -> impl Iterator<Item = (&'static Hop, &'static str, Option<&'static str>)> {
+    HOPS.iter().filter_map(|h| match h.site {
+        Site::Function { name, module, .. } => Some((h, name, module)),
+        Site::Tracepoint(_) => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_tracepoint_program_has_a_catalog_entry_and_ids_are_unique() {
+    fn ids_labels_and_programs_are_consistent() {
         for tp in TRACEPOINT_HOPS {
             assert_eq!(
-                HOPS.iter().filter(|h| h.id == tp.hop).count(),
+                HOPS.iter()
+                    .filter(|h| matches!(h.site, Site::Tracepoint(t) if t.hop == tp.hop))
+                    .count(),
                 1,
                 "{}",
                 tp.name
             );
         }
+        let mut ids: Vec<_> = HOPS.iter().map(|h| h.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), HOPS.len(), "duplicate hop id");
         let mut labels: Vec<_> = HOPS.iter().map(|h| h.label).collect();
         labels.sort_unstable();
         labels.dedup();
-        assert_eq!(labels.len(), HOPS.len());
+        assert_eq!(labels.len(), HOPS.len(), "duplicate hop label");
         assert!(HOPS
             .iter()
             .all(|h| (h.id as usize) < netprobe_common::MAX_HOPS));
+        for (h, _, _) in functions() {
+            assert!(
+                h.id >= hop::FIRST_FUNCTION,
+                "{}: function hops use ids from FIRST_FUNCTION",
+                h.label
+            );
+        }
+        // Hops that see packets know where the skb is.
+        for h in HOPS {
+            if let Site::Function { skb, .. } = h.site {
+                assert_eq!(skb != SkbArg::None, h.flags & SKB_DEV != 0, "{}", h.label);
+            }
+        }
+    }
+
+    #[test]
+    fn covers_every_path() {
+        for p in [
+            Path::Macvtap,
+            Path::Tun,
+            Path::VhostNet,
+            Path::Ovs,
+            Path::Qeth,
+            Path::QethHipersockets,
+            Path::Bridge,
+            Path::GenericStack,
+        ] {
+            assert!(HOPS.iter().any(|h| h.path == p), "{p:?}");
+        }
     }
 }

@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub pairs: BTreeMap<PairKey, Hist>,
     pub drops: BTreeMap<DropKey, u64>,
     pub devs: BTreeMap<u64, DevInfo>,
+    /// Time inside hop functions, by hop id.
+    pub funcs: BTreeMap<u32, Hist>,
     pub counters: [u64; counter::COUNT as usize],
 }
 
@@ -38,6 +40,16 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
         let (k, per_cpu) = item.context("reading NP_DROPS")?;
         *s.drops.entry(k).or_default() += per_cpu.iter().sum::<u64>();
     }
+    let funcs: PerCpuHashMap<_, u32, Hist> =
+        PerCpuHashMap::try_from(ebpf.map(names::FUNCS).context("map NP_FUNCS missing")?)?;
+    for item in funcs.iter() {
+        let (k, per_cpu) = item.context("reading NP_FUNCS")?;
+        let acc = s.funcs.entry(k).or_insert_with(Hist::zeroed);
+        for h in per_cpu.iter() {
+            acc.merge(h);
+        }
+    }
+    s.funcs.retain(|_, h| h.count > 0);
     let devs: HashMap<_, u64, DevInfo> =
         HashMap::try_from(ebpf.map(names::DEVS).context("map NP_DEVS missing")?)?;
     for item in devs.iter() {

@@ -17,7 +17,8 @@ use crate::{
     catalog,
     collect::Snapshot,
     report::{
-        CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, PairReport, Report,
+        CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, FunctionReport,
+        PairReport, Report,
     },
 };
 
@@ -183,6 +184,28 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         .collect();
     drops.sort_by_key(|d| std::cmp::Reverse(d.packets));
 
+    let mut functions: Vec<FunctionReport> = s
+        .funcs
+        .iter()
+        .map(|(&id, h)| {
+            let (p50, p90, p99, p999) = percentiles(h);
+            FunctionReport {
+                hop: catalog::label(id as u8),
+                path: catalog::by_id(id as u8)
+                    .map_or("", |h| h.path.label())
+                    .to_owned(),
+                calls: h.count,
+                p50_ns: p50,
+                p90_ns: p90,
+                p99_ns: p99,
+                p999_ns: p999,
+                max_ns: h.max_ns,
+                total_ns: h.sum_ns,
+            }
+        })
+        .collect();
+    functions.sort_by_key(|f| std::cmp::Reverse(f.total_ns));
+
     let devices = s
         .devs
         .values()
@@ -207,6 +230,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
         directions,
         drops,
+        functions,
         devices,
         tracking,
     }

@@ -1,7 +1,8 @@
 //! netprobe: an eBPF datapath profiler for KVM hosts.
 //!
-//! Data flows one way: `catalog` (which hops exist) -> `attach` (how each
-//! is attached here) -> kernel aggregates -> `collect` (read the maps) ->
+//! Data flows one way: `catalog` (which hops exist) -> `facts` (what this
+//! kernel offers) -> `plan` (backends to try per hop) -> `attach` (proved
+//! by loading) -> kernel aggregates -> `collect` (read the maps) ->
 //! `correlate` (per-hop numbers) -> `report` (one module per format).
 //! `record` drives a session; `demo` builds the demo topology.
 
@@ -10,7 +11,9 @@ pub mod catalog;
 pub mod collect;
 pub mod correlate;
 pub mod demo;
+pub mod facts;
 pub mod kernel;
 pub mod netns;
+pub mod plan;
 pub mod record;
 pub mod report;

@@ -29,6 +29,8 @@ enum Format {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
+    Fentry,
+    Kprobe,
     #[value(name = "tp_btf")]
     TpBtf,
     #[value(name = "raw_tp")]
@@ -39,6 +41,8 @@ enum BackendArg {
 impl From<BackendArg> for Backend {
     fn from(b: BackendArg) -> Self {
         match b {
+            BackendArg::Fentry => Backend::Fentry,
+            BackendArg::Kprobe => Backend::Kprobe,
             BackendArg::TpBtf => Backend::TpBtf,
             BackendArg::RawTp => Backend::RawTp,
             BackendArg::Tracepoint => Backend::Tracepoint,
@@ -74,6 +78,15 @@ enum Cmd {
         ifaces: Vec<String>,
         #[command(flatten)]
         probe: ProbeArgs,
+    },
+    /// Show, for every hop of the catalog, the backend this kernel allows
+    /// (proved by loading and attaching it for a moment) or why none.
+    Probes {
+        #[command(flatten)]
+        probe: ProbeArgs,
+        /// Also write this kernel's facts (kallsyms, BTF, tracepoints) to DIR.
+        #[arg(long, value_name = "DIR")]
+        save_facts: Option<PathBuf>,
     },
     /// Build the demo MacVTap topology in network namespaces, send real
     /// traffic through it while recording, print the breakdown, clean up.
@@ -139,6 +152,45 @@ fn run(cli: Cli) -> Result<()> {
             print(&rec.report(interrupted)?, probe.format)
         }
         Cmd::Demo { probe } => run_demo(&probe),
+        Cmd::Probes { probe, save_facts } => {
+            let rec = Recorder::start(&options(&probe, Vec::new()))?;
+            let report = rec.report(false)?;
+            drop(rec);
+            if let Some(dir) = save_facts {
+                // What only a trial load shows: does the kernel allow fentry?
+                let mut facts = netprobe::facts::KernelFacts::live()?;
+                let fentry_notes = report.coverage.iter().flat_map(|c| c.notes.iter());
+                if report
+                    .coverage
+                    .iter()
+                    .any(|c| c.backend.as_deref() == Some("fentry"))
+                {
+                    facts.fentry = Some(true);
+                } else if fentry_notes
+                    .clone()
+                    .any(|n| n.starts_with("fentry: refused"))
+                {
+                    facts.fentry = Some(false);
+                }
+                facts.save(&dir)?;
+                eprintln!("netprobe: kernel facts written to {}", dir.display());
+            }
+            let mut out = std::io::stdout().lock();
+            match probe.format {
+                Format::Json => {
+                    serde_json::to_writer_pretty(
+                        &mut out,
+                        &serde_json::json!({
+                            "kernel": report.kernel,
+                            "hops": report.coverage,
+                        }),
+                    )?;
+                    writeln!(out)?;
+                }
+                Format::Table => report::table::write_probes(&report, &mut out)?,
+            }
+            Ok(())
+        }
     }
 }
 

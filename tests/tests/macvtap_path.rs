@@ -22,6 +22,16 @@ fn assert_plausible(p: &Value, min_packets: u64, what: &str) {
     assert!(p["p99_ns"].as_u64().unwrap() <= max && p50 <= p["p99_ns"].as_u64().unwrap());
 }
 
+/// The generic-stack tracepoint hops, present on every kernel.
+fn generic_tracepoints(r: &Value) -> Vec<&Value> {
+    r["coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] == "generic" && c["site"].as_str().unwrap().starts_with("tracepoint"))
+        .collect()
+}
+
 fn netprobe_programs_loaded() -> Vec<String> {
     let out = Command::new("bpftool")
         .args(["prog", "show"])
@@ -62,12 +72,19 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         r["interrupted"], true,
         "SIGINT should end the recording early, with its result"
     );
-    for c in r["coverage"].as_array().unwrap() {
+    for c in generic_tracepoints(&r) {
         assert!(
             !c["backend"].is_null(),
             "hop {} not attached: {}",
             c["hop"],
             c["notes"]
+        );
+    }
+    // Every other catalog hop says why it is not observed.
+    for c in r["coverage"].as_array().unwrap() {
+        assert!(
+            !c["backend"].is_null() || !c["notes"].as_array().unwrap().is_empty(),
+            "{c}"
         );
     }
     // Guest -> wire: 20 echo requests + 50 datagrams (plus ARP) leave by the macvtap.
@@ -141,7 +158,7 @@ fn backend_measures_the_macvtap_path(backend: &str) {
     assert_eq!(t.ping(10, "0.02").unwrap(), 10);
     std::thread::sleep(Duration::from_millis(200));
     let r = rec.interrupt();
-    for c in r["coverage"].as_array().unwrap() {
+    for c in generic_tracepoints(&r) {
         assert_eq!(c["backend"], backend, "hop {}: {}", c["hop"], c["notes"]);
     }
     // Classic tracepoints name devices but cannot tell their kind across
@@ -186,4 +203,43 @@ fn unknown_interface_is_a_clear_error() {
         "unclear error: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn probes_lists_every_catalog_hop_with_a_backend_or_a_reason() {
+    if !require_root("probes_lists_every_catalog_hop_with_a_backend_or_a_reason") {
+        return;
+    }
+    let out = Command::new(netprobe_tests::netprobe_bin())
+        .args(["probes", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hops = v["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), netprobe::catalog::HOPS.len());
+    for h in hops {
+        let notes = h["notes"].as_array().unwrap();
+        assert!(
+            !h["backend"].is_null() || !notes.is_empty(),
+            "hop without backend or reason: {h}"
+        );
+    }
+    // This kernel's refusals are reported as such (see ../shared/datapath.md):
+    // where fentry is refused and kprobes are absent, function hops say so.
+    let facts = netprobe::facts::KernelFacts::live().unwrap();
+    let tap = hops.iter().find(|h| h["hop"] == "tap_enqueue").unwrap();
+    let notes = tap["notes"].to_string();
+    if !facts.kprobes {
+        assert!(notes.contains("no kprobes"), "{notes}");
+    }
+    if tap["backend"].is_null() && facts.btf {
+        assert!(notes.contains("fentry"), "{notes}");
+    }
+    let left = netprobe_programs_loaded();
+    assert!(left.is_empty(), "programs left after probes: {left:?}");
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use netprobe_common::{names, Backend, TRACEPOINT_HOPS};
+use netprobe_common::{names, Backend, MAX_SLOTS, TRACEPOINT_HOPS};
 
 use crate::{run, tools};
 
@@ -64,8 +64,14 @@ fn exports() -> Vec<String> {
     let mut v: Vec<String> = names::ALL_MAPS.iter().map(|s| s.to_string()).collect();
     v.push(names::CONFIG.to_owned());
     for tp in TRACEPOINT_HOPS {
-        for b in Backend::ALL {
+        for b in Backend::TRACEPOINT {
             v.push(format!("{}_{}", b.prefix(), tp.name));
+        }
+    }
+    for slot in 0..MAX_SLOTS {
+        for b in Backend::FUNCTION {
+            v.push(format!("{}_{slot}", b.prefix()));
+            v.extend(b.exit_prefix().map(|p| format!("{p}_{slot}")));
         }
     }
     v
@@ -99,6 +105,8 @@ pub(crate) fn build_ebpf(triple: &str) -> Result<PathBuf> {
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        // aya-ebpf picks pt_regs layouts (kprobe arguments) by this.
+        .env("AYA_BPF_TARGET_ARCH", triple.split('-').next().unwrap_or_default())
         .env(
             "RUSTFLAGS",
             "--cfg netprobe_bpf -C linker-plugin-lto -C panic=abort -C debuginfo=2 -C codegen-units=1",

@@ -21,6 +21,8 @@ pub struct Report {
     pub coverage: Vec<CoverageEntry>,
     pub directions: Vec<DirectionReport>,
     pub drops: Vec<DropReport>,
+    /// Time inside hop functions (fexit/kretprobe pairs).
+    pub functions: Vec<FunctionReport>,
     pub devices: Vec<DeviceReport>,
     /// Kernel-side accounting: packets followed, and every loss.
     pub tracking: BTreeMap<String, u64>,
@@ -29,8 +31,13 @@ pub struct Report {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CoverageEntry {
     pub hop: String,
-    pub tracepoint: String,
+    pub path: String,
+    /// `tracepoint net:net_dev_queue`, `function tap_do_read [tap]`.
+    pub site: String,
     pub backend: Option<String>,
+    /// Entry/exit pair attached: time inside the function is measured.
+    pub time_inside: bool,
+    /// Reasons better backends, or all, could not be used.
     pub notes: Vec<String>,
 }
 
@@ -38,11 +45,27 @@ impl From<&Coverage> for CoverageEntry {
     fn from(c: &Coverage) -> Self {
         CoverageEntry {
             hop: c.hop.to_owned(),
-            tracepoint: c.tracepoint.clone(),
+            path: c.path.to_owned(),
+            site: c.site.clone(),
             backend: c.backend.map(str::to_owned),
+            time_inside: c.time_inside,
             notes: c.notes.clone(),
         }
     }
+}
+
+/// Time spent inside one hop function (entry to return).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FunctionReport {
+    pub hop: String,
+    pub path: String,
+    pub calls: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub total_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -17,21 +17,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         r.duration_s,
         if r.interrupted { " (interrupted)" } else { "" }
     )?;
-    let attached: Vec<String> = r
-        .coverage
-        .iter()
-        .filter_map(|c| c.backend.as_ref().map(|b| format!("{} ({b})", c.hop)))
-        .collect();
-    writeln!(out, "hops attached: {}", attached.join(", "))?;
-    for c in r.coverage.iter().filter(|c| c.backend.is_none()) {
-        writeln!(
-            out,
-            "hop NOT attached: {} [{}]: {}",
-            c.hop,
-            c.tracepoint,
-            c.notes.join("; ")
-        )?;
-    }
+    write_coverage(r, out)?;
     if r.directions.iter().all(|d| d.pairs.is_empty()) {
         writeln!(out, "\nno packet was followed across two hops")?;
     }
@@ -64,6 +50,28 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
                 fmt_ns(p.p99_ns),
                 fmt_ns(p.p999_ns),
                 fmt_ns(p.max_ns)
+            )?;
+        }
+    }
+    if !r.functions.is_empty() {
+        writeln!(out, "\ntime inside hop functions (entry to return)")?;
+        writeln!(
+            out,
+            "  {:<24} {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "function hop", "path", "calls", "p50", "p90", "p99", "max", "total"
+        )?;
+        for f in &r.functions {
+            writeln!(
+                out,
+                "  {:<24} {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+                f.hop,
+                f.path,
+                f.calls,
+                fmt_ns(f.p50_ns),
+                fmt_ns(f.p90_ns),
+                fmt_ns(f.p99_ns),
+                fmt_ns(f.max_ns),
+                fmt_ns(f.total_ns)
             )?;
         }
     }
@@ -104,5 +112,69 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         get("pair_lost"),
         get("drop_lost"),
     )?;
+    Ok(())
+}
+
+/// Coverage header: what is attached, with which backend, and per path how
+/// many hops are not and the first reason why, so no number is read without
+/// knowing what was not observed.
+pub fn write_coverage(r: &Report, out: &mut dyn Write) -> Result<()> {
+    let attached: Vec<String> = r
+        .coverage
+        .iter()
+        .filter_map(|c| c.backend.as_ref().map(|b| format!("{} ({b})", c.hop)))
+        .collect();
+    writeln!(
+        out,
+        "hops attached ({}/{}): {}",
+        attached.len(),
+        r.coverage.len(),
+        attached.join(", ")
+    )?;
+    let mut paths: Vec<&str> = r.coverage.iter().map(|c| c.path.as_str()).collect();
+    paths.dedup();
+    for path in paths {
+        let missing: Vec<&super::CoverageEntry> = r
+            .coverage
+            .iter()
+            .filter(|c| c.path == path && c.backend.is_none())
+            .collect();
+        if let Some(first) = missing.first() {
+            writeln!(
+                out,
+                "  not observed on {path}: {} hop(s), e.g. {}: {}",
+                missing.len(),
+                first.hop,
+                first.notes.join("; ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `netprobe probes`: one line per catalog hop.
+pub fn write_probes(r: &Report, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "netprobe {} on Linux {}", r.netprobe_version, r.kernel)?;
+    writeln!(
+        out,
+        "{:<22} {:<24} {:<44} {:<11} why not better / why none",
+        "hop", "path", "site", "backend"
+    )?;
+    for c in &r.coverage {
+        let backend = match (&c.backend, c.time_inside) {
+            (Some(b), true) => format!("{b}+exit"),
+            (Some(b), false) => b.clone(),
+            (None, _) => "-".to_owned(),
+        };
+        writeln!(
+            out,
+            "{:<22} {:<24} {:<44} {:<11} {}",
+            c.hop,
+            c.path,
+            c.site,
+            backend,
+            c.notes.join("; ")
+        )?;
+    }
     Ok(())
 }

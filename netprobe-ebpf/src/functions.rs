@@ -1,0 +1,116 @@
+//! Kernel-function hops: generic programs in numbered slots, one set per
+//! backend (fentry+fexit, kprobe+kretprobe). The loader assigns each slot a
+//! hop and the position of its skb argument (`Config::slots`), loads the
+//! slot's programs for that function and attaches them. The skb position
+//! is read from the frozen `.rodata` config, so the verifier knows it and
+//! checks only the argument access that is actually taken.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use netprobe_common::{SlotConfig, MAX_SLOTS};
+
+use crate::{cfg, fn_returned, slot_entry};
+
+#[inline(always)]
+fn slot(n: usize) -> SlotConfig {
+    if n < MAX_SLOTS {
+        unsafe { core::ptr::read_volatile(&cfg().slots[n]) }
+    } else {
+        SlotConfig::default()
+    }
+}
+
+/// The slot's skb from its arguments (`arg(i)`), dereferenced for
+/// `struct sk_buff **` parameters.
+#[inline(always)]
+fn skb_of(s: SlotConfig, arg: impl Fn(usize) -> u64) -> u64 {
+    let raw = match s.skb_arg {
+        0 => arg(0),
+        1 => arg(1),
+        2 => arg(2),
+        3 => arg(3),
+        4 => arg(4),
+        _ => return 0,
+    };
+    if s.skb_indirect != 0 && raw >= 4096 {
+        unsafe { bpf_probe_read_kernel(raw as *const u64) }.unwrap_or(0)
+    } else {
+        raw
+    }
+}
+
+macro_rules! slots {
+    ($($n:literal => $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident;)*) => {$(
+        #[fentry]
+        fn $fentry(ctx: FEntryContext) -> u32 {
+            let s = slot($n);
+            slot_entry(s.hop, skb_of(s, |i| ctx.arg(i)));
+            0
+        }
+
+        #[fexit]
+        fn $fexit(_ctx: FExitContext) -> u32 {
+            fn_returned(slot($n).hop);
+            0
+        }
+
+        #[kprobe]
+        fn $kprobe(ctx: ProbeContext) -> u32 {
+            let s = slot($n);
+            slot_entry(s.hop, skb_of(s, |i| ctx.arg(i).unwrap_or(0)));
+            0
+        }
+
+        #[kretprobe]
+        fn $kretprobe(_ctx: RetProbeContext) -> u32 {
+            fn_returned(slot($n).hop);
+            0
+        }
+    )*};
+}
+
+slots! {
+    0 => fentry_0, fexit_0, kprobe_0, kretprobe_0;
+    1 => fentry_1, fexit_1, kprobe_1, kretprobe_1;
+    2 => fentry_2, fexit_2, kprobe_2, kretprobe_2;
+    3 => fentry_3, fexit_3, kprobe_3, kretprobe_3;
+    4 => fentry_4, fexit_4, kprobe_4, kretprobe_4;
+    5 => fentry_5, fexit_5, kprobe_5, kretprobe_5;
+    6 => fentry_6, fexit_6, kprobe_6, kretprobe_6;
+    7 => fentry_7, fexit_7, kprobe_7, kretprobe_7;
+    8 => fentry_8, fexit_8, kprobe_8, kretprobe_8;
+    9 => fentry_9, fexit_9, kprobe_9, kretprobe_9;
+    10 => fentry_10, fexit_10, kprobe_10, kretprobe_10;
+    11 => fentry_11, fexit_11, kprobe_11, kretprobe_11;
+    12 => fentry_12, fexit_12, kprobe_12, kretprobe_12;
+    13 => fentry_13, fexit_13, kprobe_13, kretprobe_13;
+    14 => fentry_14, fexit_14, kprobe_14, kretprobe_14;
+    15 => fentry_15, fexit_15, kprobe_15, kretprobe_15;
+    16 => fentry_16, fexit_16, kprobe_16, kretprobe_16;
+    17 => fentry_17, fexit_17, kprobe_17, kretprobe_17;
+    18 => fentry_18, fexit_18, kprobe_18, kretprobe_18;
+    19 => fentry_19, fexit_19, kprobe_19, kretprobe_19;
+    20 => fentry_20, fexit_20, kprobe_20, kretprobe_20;
+    21 => fentry_21, fexit_21, kprobe_21, kretprobe_21;
+    22 => fentry_22, fexit_22, kprobe_22, kretprobe_22;
+    23 => fentry_23, fexit_23, kprobe_23, kretprobe_23;
+    24 => fentry_24, fexit_24, kprobe_24, kretprobe_24;
+    25 => fentry_25, fexit_25, kprobe_25, kretprobe_25;
+    26 => fentry_26, fexit_26, kprobe_26, kretprobe_26;
+    27 => fentry_27, fexit_27, kprobe_27, kretprobe_27;
+    28 => fentry_28, fexit_28, kprobe_28, kretprobe_28;
+    29 => fentry_29, fexit_29, kprobe_29, kretprobe_29;
+    30 => fentry_30, fexit_30, kprobe_30, kretprobe_30;
+    31 => fentry_31, fexit_31, kprobe_31, kretprobe_31;
+    32 => fentry_32, fexit_32, kprobe_32, kretprobe_32;
+    33 => fentry_33, fexit_33, kprobe_33, kretprobe_33;
+    34 => fentry_34, fexit_34, kprobe_34, kretprobe_34;
+    35 => fentry_35, fexit_35, kprobe_35, kretprobe_35;
+    36 => fentry_36, fexit_36, kprobe_36, kretprobe_36;
+    37 => fentry_37, fexit_37, kprobe_37, kretprobe_37;
+    38 => fentry_38, fexit_38, kprobe_38, kretprobe_38;
+    39 => fentry_39, fexit_39, kprobe_39, kretprobe_39;
+}
