@@ -17,7 +17,7 @@ use crate::{
     catalog::{Site, SkbArg},
     facts::KernelFacts,
     kernel,
-    plan::{self, PlanOptions, SkbSource},
+    plan::{self, HopPlan, PlanOptions, SkbSource},
 };
 
 /// The BPF object built by `cargo xtask build`, embedded in the binary.
@@ -54,6 +54,11 @@ pub struct Attached {
     /// Tracepoint hops use classic tracepoints: devices are known by name.
     pub classic_only: bool,
     pub facts: KernelFacts,
+    config: Config,
+    /// Function hop id -> its program slot.
+    slots: BTreeMap<u8, usize>,
+    btf: Option<Btf>,
+    plan_opts: PlanOptions,
 }
 
 pub fn check_privileges() -> Result<()> {
@@ -114,9 +119,8 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     let mut slots: BTreeMap<u8, usize> = BTreeMap::new();
     for p in &plans {
         let h = p.hop;
-        if p.candidates.is_empty() {
-            continue;
-        }
+        // Every hop is configured, attached or not, so one whose module
+        // loads later can still be attached by a rescan.
         config.hop_flags[h.id as usize] = h.flags | hop_flags::ENABLED;
         match h.site {
             Site::Tracepoint(t) => {
@@ -152,27 +156,93 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         }
     }
 
-    let mut ebpf = EbpfLoader::new()
+    let ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(names::CONFIG, &config, true)
         .load(BPF_OBJECT)
         .context("loading netprobe's BPF object into the kernel failed")?;
 
-    let mut coverage = Vec::new();
-    let mut classic_used = false;
-    let mut ptr_tracepoints = false;
+    let plan_opts = PlanOptions {
+        only: opts.backend,
+        offsets: config.off.valid != 0,
+        tracefs: tracefs.is_ok(),
+    };
+    let mut att = Attached {
+        ebpf,
+        coverage: Vec::new(),
+        drop_reasons,
+        classic_only: false,
+        facts,
+        config,
+        slots,
+        btf: aya_btf,
+        plan_opts,
+    };
     for p in &plans {
+        let c = att.attach_hop(p);
+        att.coverage.push(c);
+    }
+    let classic_used = att
+        .coverage
+        .iter()
+        .any(|c| c.backend == Some(Backend::Tracepoint.label()));
+    let ptr_tracepoints = att
+        .coverage
+        .iter()
+        .any(|c| matches!(c.backend, Some(b) if b == Backend::TpBtf.label() || b == Backend::RawTp.label()));
+    att.classic_only = classic_used;
+    if classic_used && ptr_tracepoints {
+        // Device keys differ between the two kinds (pointer vs name hash),
+        // so a packet could not be followed across them: refuse the mix.
+        bail!(
+            "some tracepoint hops attached only as classic tracepoints and others with BTF; \
+             rerun with --backend tracepoint{}",
+            if global_notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", global_notes.join("; "))
+            }
+        );
+    }
+    if att.coverage.iter().all(|c| c.backend.is_none()) {
+        let why: Vec<String> = att.coverage.iter().flat_map(|c| c.notes.clone()).collect();
+        bail!(
+            "no hop could be attached on this kernel: {}",
+            why.join("; ")
+        );
+    }
+    Ok(att)
+}
+
+impl Attached {
+    /// Tries a hop's candidate backends in order; the first that loads and
+    /// attaches wins. Returns its coverage entry.
+    fn attach_hop(&mut self, p: &HopPlan) -> Coverage {
         let mut notes = p.notes.clone();
         let mut chosen = None;
         let mut time_inside = false;
         for &backend in &p.candidates {
             let res = match p.hop.site {
                 Site::Tracepoint(t) => {
-                    attach_tracepoint(&mut ebpf, backend, t.category, t.name, aya_btf.as_ref())
+                    if backend == Backend::Tracepoint
+                        && self.config.classic[p.hop.id as usize].skbaddr == 0
+                    {
+                        Err(anyhow::anyhow!(
+                            "its tracefs format was unknown when netprobe loaded"
+                        ))
+                    } else {
+                        attach_tracepoint(
+                            &mut self.ebpf,
+                            backend,
+                            t.category,
+                            t.name,
+                            self.btf.as_ref(),
+                        )
+                    }
                 }
-                Site::Function { name, .. } => match slots.get(&p.hop.id) {
+                Site::Function { name, .. } => match self.slots.get(&p.hop.id) {
                     Some(&slot) => {
-                        attach_function(&mut ebpf, backend, slot, name, aya_btf.as_ref()).map(
+                        attach_function(&mut self.ebpf, backend, slot, name, self.btf.as_ref()).map(
                             |exit| {
                                 time_inside = exit.is_ok();
                                 if let Err(e) = exit {
@@ -199,12 +269,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
                 )),
             }
         }
-        match (chosen, p.hop.is_function()) {
-            (Some(Backend::Tracepoint), _) => classic_used = true,
-            (Some(_), false) => ptr_tracepoints = true,
-            _ => {}
-        }
-        coverage.push(Coverage {
+        Coverage {
             hop: p.hop.label,
             path: p.hop.path.label(),
             site: p.hop.site_label(),
@@ -212,35 +277,31 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             time_inside,
             skb_from: p.skb_from,
             notes,
-        });
+        }
     }
-    if classic_used && ptr_tracepoints {
-        // Device keys differ between the two kinds (pointer vs name hash),
-        // so a packet could not be followed across them: refuse the mix.
-        bail!(
-            "some tracepoint hops attached only as classic tracepoints and others with BTF; \
-             rerun with --backend tracepoint{}",
-            if global_notes.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", global_notes.join("; "))
+
+    /// Re-reads the kernel's facts and attaches the hops that could not be
+    /// before (a module loaded since). Returns the hops newly attached.
+    pub fn rescan(&mut self) -> Result<Vec<&'static str>> {
+        let facts = KernelFacts::live()?;
+        let plans = plan::plan(&facts, self.plan_opts);
+        let mut added = Vec::new();
+        for p in &plans {
+            let Some(i) = self.coverage.iter().position(|c| c.hop == p.hop.label) else {
+                continue;
+            };
+            if self.coverage[i].backend.is_some() || p.candidates.is_empty() {
+                continue;
             }
-        );
+            let c = self.attach_hop(p);
+            if c.backend.is_some() {
+                added.push(p.hop.label);
+            }
+            self.coverage[i] = c;
+        }
+        self.facts = facts;
+        Ok(added)
     }
-    if coverage.iter().all(|c| c.backend.is_none()) {
-        let why: Vec<String> = coverage.iter().flat_map(|c| c.notes.clone()).collect();
-        bail!(
-            "no hop could be attached on this kernel: {}",
-            why.join("; ")
-        );
-    }
-    Ok(Attached {
-        ebpf,
-        coverage,
-        drop_reasons,
-        classic_only: classic_used,
-        facts,
-    })
 }
 
 fn attach_tracepoint(

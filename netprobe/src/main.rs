@@ -76,6 +76,10 @@ enum Cmd {
         /// Only follow packets first seen on these interfaces (NAME or NETNS/NAME; repeatable).
         #[arg(long = "iface", value_name = "IFACE")]
         ifaces: Vec<String>,
+        /// Keep looking for hops whose module is not loaded yet (openvswitch,
+        /// qeth...) and attach them when it is.
+        #[arg(long)]
+        wait_for_modules: bool,
         #[command(flatten)]
         probe: ProbeArgs,
     },
@@ -138,9 +142,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Record {
             duration,
             ifaces,
+            wait_for_modules,
             probe,
         } => {
-            let rec = Recorder::start(&options(&probe, ifaces))?;
+            let mut rec = Recorder::start(&options(&probe, ifaces))?;
             eprintln!(
                 "netprobe: recording {}; Ctrl-C to stop early",
                 duration.map_or("until Ctrl-C".to_owned(), |d| format!(
@@ -148,7 +153,11 @@ fn run(cli: Cli) -> Result<()> {
                     d.as_secs_f64()
                 ))
             );
-            let interrupted = record::wait(duration)?;
+            let interrupted = if wait_for_modules {
+                record::wait_for(duration, None, Some(&mut || rec.rescan()))?
+            } else {
+                record::wait(duration)?
+            };
             print(&rec.report(interrupted)?, probe.format)
         }
         Cmd::Demo { probe } => run_demo(&probe),
@@ -225,7 +234,7 @@ fn run_demo(probe: &ProbeArgs) -> Result<()> {
         drop(tx);
         Ok(())
     });
-    let interrupted = record::wait_for(None, Some(rx))?;
+    let interrupted = record::wait_for(None, Some(rx), None)?;
     let report = rec.report(interrupted)?;
     drop(rec);
     if !interrupted {

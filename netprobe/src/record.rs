@@ -98,6 +98,17 @@ impl Recorder {
         &self.attached.coverage
     }
 
+    /// Attaches hops whose module appeared since (`--wait-for-modules`).
+    pub fn rescan(&mut self) {
+        match self.attached.rescan() {
+            Ok(added) if !added.is_empty() => {
+                eprintln!("netprobe: now observing {}", added.join(", "))
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("netprobe: rescan failed: {e:#}"),
+        }
+    }
+
     /// Reads the aggregates and builds the report (the programs stay
     /// attached until the recorder is dropped).
     pub fn report(&self, interrupted: bool) -> Result<Report> {
@@ -117,14 +128,15 @@ impl Recorder {
 /// Waits for `duration` (forever if None), Ctrl-C or SIGTERM; returns true
 /// when a signal ended the wait.
 pub fn wait(duration: Option<Duration>) -> Result<bool> {
-    wait_for(duration, None)
+    wait_for(duration, None, None)
 }
 
 /// Like [`wait`], but also ends when `done` receives (or its sender is
-/// dropped): for recordings that last as long as some work does.
+/// dropped), and calls `tick` about once a second while waiting.
 pub fn wait_for(
     duration: Option<Duration>,
     done: Option<std::sync::mpsc::Receiver<()>>,
+    mut tick: Option<&mut dyn FnMut()>,
 ) -> Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,11 +157,22 @@ pub fn wait_for(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            () = sleep => Ok(false),
-            () = finished => Ok(false),
-            r = tokio::signal::ctrl_c() => r.map(|()| true).context("waiting for Ctrl-C"),
-            _ = term.recv() => Ok(true),
+        tokio::pin!(sleep, finished);
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = &mut sleep => return Ok(false),
+                () = &mut finished => return Ok(false),
+                r = &mut ctrl_c => return r.map(|()| true).context("waiting for Ctrl-C"),
+                _ = term.recv() => return Ok(true),
+                _ = every.tick() => {
+                    if let Some(t) = tick.as_mut() {
+                        t();
+                    }
+                }
+            }
         }
     })
 }

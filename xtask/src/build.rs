@@ -136,6 +136,7 @@ pub(crate) fn with_bpf_object_env<'a>(cmd: &'a mut Command, opts: &BuildOpts) ->
 /// Builds the BPF object and the netprobe binary; returns the binary's path.
 pub(crate) fn build_all(opts: &BuildOpts) -> Result<PathBuf> {
     let triple = opts.triple()?;
+    tools::ensure_target(&triple, &host_triple()?)?;
     let obj = build_ebpf(&triple)?;
     let root = workspace_root();
     let mut cmd = Command::new("cargo");
@@ -154,4 +155,52 @@ pub(crate) fn build_all(opts: &BuildOpts) -> Result<PathBuf> {
     bin.push(if opts.debug { "debug" } else { "release" });
     bin.push("netprobe");
     Ok(bin)
+}
+
+/// The IBM Z build: a static s390x netprobe with a big-endian BPF object
+/// embedded. Builds it and checks both ELF headers.
+pub(crate) fn check_s390x_build() -> Result<()> {
+    let opts = BuildOpts {
+        target: Some("s390x-unknown-linux-gnu".to_owned()),
+        debug: false,
+    };
+    let bin = build_all(&opts)?;
+    let data = std::fs::read(&bin)?;
+    let obj = std::fs::read(object_path("s390x-unknown-linux-gnu"))?;
+    // ELF64 (class 2), big-endian (data 2); e_machine EM_S390 = 22, EM_BPF = 247.
+    let is = |b: &[u8], machine: u16| {
+        b.len() > 20
+            && &b[..4] == b"\x7fELF"
+            && b[4] == 2
+            && b[5] == 2
+            && b[18..20] == machine.to_be_bytes()
+    };
+    anyhow::ensure!(
+        is(&data, 22),
+        "{} is not a big-endian s390x ELF",
+        bin.display()
+    );
+    anyhow::ensure!(
+        is(&obj, 247),
+        "the s390x BPF object is not a big-endian (bpfeb) BPF ELF"
+    );
+    anyhow::ensure!(
+        data.windows(obj.len().min(4096))
+            .any(|w| w == &obj[..obj.len().min(4096)]),
+        "the bpfeb object is not embedded in {}",
+        bin.display()
+    );
+    let static_ok = !data
+        .windows(b"/lib/ld64.so".len())
+        .any(|w| w == b"/lib/ld64.so");
+    anyhow::ensure!(
+        static_ok,
+        "{} is dynamically linked; it must be static",
+        bin.display()
+    );
+    println!(
+        "xtask: s390x build ok: {} (static, bpfeb object embedded)",
+        bin.display()
+    );
+    Ok(())
 }

@@ -43,6 +43,9 @@ enum Cmd {
         /// Skip cargo fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the s390x cross-build check.
+        #[arg(long)]
+        no_cross: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -65,13 +68,20 @@ fn main() -> Result<()> {
             let bin = build::build_all(&build::BuildOpts::default())?;
             run(Command::new(bin).arg("demo").args(args))?;
         }
-        Cmd::Test { no_lint, args } => test(no_lint, &args)?,
+        Cmd::Test {
+            no_lint,
+            no_cross,
+            args,
+        } => test(no_lint, no_cross, &args)?,
     }
     Ok(())
 }
 
-fn test(no_lint: bool, args: &[String]) -> Result<()> {
+fn test(no_lint: bool, no_cross: bool, args: &[String]) -> Result<()> {
     tools::ensure_debs(tools::TEST_DEBS)?;
+    if !no_cross {
+        build::check_s390x_build()?;
+    }
     let bin = build::build_all(&build::BuildOpts::default())?;
     if !no_lint {
         run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))

@@ -135,3 +135,33 @@ pub(crate) fn ensure_debs(pkgs: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .with_context(|| format!("installing {missing:?} failed"))
 }
+
+/// Makes sure a cross target can be built: rustup's standard library for
+/// it and Debian's cross linker and C library.
+pub(crate) fn ensure_target(triple: &str, host: &str) -> Result<()> {
+    if triple == host {
+        return Ok(());
+    }
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup is needed to add the standard library of another target")?;
+    if !installed.lines().any(|l| l.trim() == triple) {
+        eprintln!("xtask: adding the Rust standard library for {triple}");
+        run(Command::new("rustup").args(["target", "add", triple]))?;
+    }
+    let arch = triple.split('-').next().unwrap_or_default();
+    let gnu = match arch {
+        "s390x" => "s390x-linux-gnu",
+        "aarch64" => "aarch64-linux-gnu",
+        "powerpc64le" => "powerpc64le-linux-gnu",
+        _ => return Ok(()),
+    };
+    let cross = [
+        format!("gcc-{gnu}"),
+        format!(
+            "libc6-dev-{}-cross",
+            gnu.split('-').next().unwrap_or_default()
+        ),
+    ];
+    let cross: Vec<&str> = cross.iter().map(String::as_str).collect();
+    ensure_debs(&cross)
+}
