@@ -23,13 +23,7 @@ pub struct Hist {
 
 impl Hist {
     pub const fn zeroed() -> Self {
-        Hist {
-            count: 0,
-            sum_ns: 0,
-            max_ns: 0,
-            min_ns: 0,
-            buckets: [0; BUCKETS],
-        }
+        Hist { count: 0, sum_ns: 0, max_ns: 0, min_ns: 0, buckets: [0; BUCKETS] }
     }
 
     /// Adds `other`'s samples (another CPU's, or another key's) to `self`.

@@ -39,56 +39,16 @@ pub struct TracepointHop {
 /// The tracepoint hops the BPF object has programs for, one program per
 /// backend in [`Backend::ALL`]. The loader's catalog says what they mean.
 pub const TRACEPOINT_HOPS: [TracepointHop; 10] = [
-    TracepointHop {
-        hop: hop::NET_DEV_QUEUE,
-        category: "net",
-        name: "net_dev_queue",
-    },
-    TracepointHop {
-        hop: hop::NET_DEV_START_XMIT,
-        category: "net",
-        name: "net_dev_start_xmit",
-    },
-    TracepointHop {
-        hop: hop::NETIF_RX,
-        category: "net",
-        name: "netif_rx",
-    },
-    TracepointHop {
-        hop: hop::NETIF_RECEIVE_SKB,
-        category: "net",
-        name: "netif_receive_skb",
-    },
-    TracepointHop {
-        hop: hop::NAPI_GRO_RECEIVE_ENTRY,
-        category: "net",
-        name: "napi_gro_receive_entry",
-    },
-    TracepointHop {
-        hop: hop::SKB_COPY_DATAGRAM_IOVEC,
-        category: "skb",
-        name: "skb_copy_datagram_iovec",
-    },
-    TracepointHop {
-        hop: hop::CONSUME_SKB,
-        category: "skb",
-        name: "consume_skb",
-    },
-    TracepointHop {
-        hop: hop::KFREE_SKB,
-        category: "skb",
-        name: "kfree_skb",
-    },
-    TracepointHop {
-        hop: hop::OVS_DO_EXECUTE_ACTION,
-        category: "openvswitch",
-        name: "ovs_do_execute_action",
-    },
-    TracepointHop {
-        hop: hop::OVS_DP_UPCALL_TP,
-        category: "openvswitch",
-        name: "ovs_dp_upcall",
-    },
+    TracepointHop { hop: hop::NET_DEV_QUEUE, category: "net", name: "net_dev_queue" },
+    TracepointHop { hop: hop::NET_DEV_START_XMIT, category: "net", name: "net_dev_start_xmit" },
+    TracepointHop { hop: hop::NETIF_RX, category: "net", name: "netif_rx" },
+    TracepointHop { hop: hop::NETIF_RECEIVE_SKB, category: "net", name: "netif_receive_skb" },
+    TracepointHop { hop: hop::NAPI_GRO_RECEIVE_ENTRY, category: "net", name: "napi_gro_receive_entry" },
+    TracepointHop { hop: hop::SKB_COPY_DATAGRAM_IOVEC, category: "skb", name: "skb_copy_datagram_iovec" },
+    TracepointHop { hop: hop::CONSUME_SKB, category: "skb", name: "consume_skb" },
+    TracepointHop { hop: hop::KFREE_SKB, category: "skb", name: "kfree_skb" },
+    TracepointHop { hop: hop::OVS_DO_EXECUTE_ACTION, category: "openvswitch", name: "ovs_do_execute_action" },
+    TracepointHop { hop: hop::OVS_DP_UPCALL_TP, category: "openvswitch", name: "ovs_dp_upcall" },
 ];
 
 /// Upper bound (exclusive) on hop ids; sizes the per-hop tables in [`Config`].
@@ -131,9 +91,7 @@ pub mod names {
     pub const ENTRY: &str = "NP_ENTRY";
     /// Time inside hop functions: `u32` hop id -> histogram.
     pub const FUNCS: &str = "NP_FUNCS";
-    pub const ALL_MAPS: [&str; 9] = [
-        TRACK, HOPS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS,
-    ];
+    pub const ALL_MAPS: [&str; 9] = [TRACK, HOPS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS];
 }
 
 /// How a kernel program is attached; also the prefix of its program name.
@@ -188,15 +146,9 @@ impl Backend {
     }
 
     pub fn from_label(s: &str) -> Option<Backend> {
-        [
-            Backend::TpBtf,
-            Backend::RawTp,
-            Backend::Tracepoint,
-            Backend::Fentry,
-            Backend::Kprobe,
-        ]
-        .into_iter()
-        .find(|b| b.label() == s)
+        [Backend::TpBtf, Backend::RawTp, Backend::Tracepoint, Backend::Fentry, Backend::Kprobe]
+            .into_iter()
+            .find(|b| b.label() == s)
     }
 }
 
@@ -295,18 +247,8 @@ impl Config {
             filter_enabled: 0,
             _pad: 0,
             hop_flags: [0; MAX_HOPS],
-            classic: [ClassicFields {
-                skbaddr: 0,
-                name_loc: 0,
-                reason: 0,
-                reason_size: 0,
-            }; MAX_HOPS],
-            slots: [SlotConfig {
-                hop: 0,
-                skb_arg: SlotConfig::NO_SKB,
-                skb_indirect: 0,
-                _pad: 0,
-            }; MAX_SLOTS],
+            classic: [ClassicFields { skbaddr: 0, name_loc: 0, reason: 0, reason_size: 0 }; MAX_HOPS],
+            slots: [SlotConfig { hop: 0, skb_arg: SlotConfig::NO_SKB, skb_indirect: 0, _pad: 0 }; MAX_SLOTS],
         }
     }
 }
@@ -403,7 +345,8 @@ pub mod counter {
     /// Hop-pair samples aggregated.
     pub const PAIR_SAMPLES: u32 = 8;
     /// A tracked skb address reappeared as another packet (another data
-    /// buffer, a transmit in another namespace after a receive, any hop
+    /// buffer, a transmit or receive in another namespace right after a
+    /// receive, any hop
     /// after delivery): a recycled sk_buff whose free no hop saw. The old
     /// journey ends unmeasured instead of being joined to the new one.
     pub const TRACK_REUSED: u32 = 9;
@@ -452,9 +395,7 @@ pub fn name_key(name: &[u8; 16]) -> u64 {
 const _: () = {
     assert!(core::mem::size_of::<Offsets>() == 40);
     assert!(core::mem::size_of::<ClassicFields>() == 8);
-    assert!(
-        core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS
-    );
+    assert!(core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS);
     assert!(core::mem::size_of::<TrackState>() == 48);
     assert!(core::mem::size_of::<PairKey>() == 32);
     assert!(core::mem::size_of::<DropKey>() == 24);

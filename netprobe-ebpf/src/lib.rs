@@ -136,8 +136,7 @@ fn filter_key(dev: Dev<'_>) -> u64 {
     match dev {
         Dev::Ptr(p) => {
             let off = &cfg().off;
-            let ifindex =
-                read_u32(p + unsafe { core::ptr::read_volatile(&off.dev_ifindex) } as u64);
+            let ifindex = read_u32(p + unsafe { core::ptr::read_volatile(&off.dev_ifindex) } as u64);
             let net = read_u64(p + unsafe { core::ptr::read_volatile(&off.dev_nd_net) } as u64);
             let inum = read_u32(net + unsafe { core::ptr::read_volatile(&off.net_ns_inum) } as u64);
             ((inum as u64) << 32) | ifindex as u64
@@ -184,9 +183,7 @@ fn note_dev_ptr(p: u64) {
         let kind = read_u64(ops + kind_off);
         if kind >= 4096 {
             // The raw helper: aya's slice-returning wrapper has a panic path.
-            unsafe {
-                bpf_probe_read_kernel_str(info.kind.as_mut_ptr().cast(), 16, kind as *const _)
-            };
+            unsafe { bpf_probe_read_kernel_str(info.kind.as_mut_ptr().cast(), 16, kind as *const _) };
         }
     }
     let _ = NP_DEVS.insert(&p, &info, BPF_NOEXIST as u64);
@@ -199,10 +196,7 @@ fn note_dev_name(name: &[u8; 16]) {
     if NP_DEVS.get_ptr(&key).is_some() {
         return;
     }
-    let info = DevInfo {
-        name: *name,
-        ..DevInfo::default()
-    };
+    let info = DevInfo { name: *name, ..DevInfo::default() };
     let _ = NP_DEVS.insert(&key, &info, BPF_NOEXIST as u64);
 }
 
@@ -242,11 +236,7 @@ fn add_sample(h: &mut Hist, v: u64) {
 /// Entry of a function hop: remember when, for its time inside.
 #[inline(always)]
 fn fn_entered(hop: u8) {
-    let key = EntryKey {
-        pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(),
-        hop: hop as u32,
-        _pad: 0,
-    };
+    let key = EntryKey { pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(), hop: hop as u32, _pad: 0 };
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = NP_ENTRY.insert(&key, &now, 0);
 }
@@ -254,11 +244,7 @@ fn fn_entered(hop: u8) {
 /// Return of a function hop: add the time inside to its histogram.
 #[inline(always)]
 fn fn_returned(hop: u8) {
-    let key = EntryKey {
-        pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(),
-        hop: hop as u32,
-        _pad: 0,
-    };
+    let key = EntryKey { pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(), hop: hop as u32, _pad: 0 };
     let Some(t0) = NP_ENTRY.get_ptr(&key) else {
         bump(counter::EXIT_UNMATCHED);
         return;
@@ -337,32 +323,19 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
         let prev = flags_of(st.hop);
         // Signs that this skb address now carries another packet.
         let reused = head != st.head
-            || (prev & hop_flags::DELIVER != 0
-                && flags & (hop_flags::DELIVER | hop_flags::TERMINAL) == 0)
+            || (prev & hop_flags::DELIVER != 0 && flags & (hop_flags::DELIVER | hop_flags::TERMINAL) == 0)
             || (prev & hop_flags::RX != 0
-                && flags & hop_flags::TX != 0
+                && flags & (hop_flags::TX | hop_flags::RX) != 0
                 && net != 0
                 && st.net != 0
                 && net != st.net);
         if reused || gap > unsafe { core::ptr::read_volatile(&cfg().max_gap_ns) } {
             // The skb address now holds another packet (a new data buffer),
             // or the packet sat longer than max_gap: restart, never join.
-            bump(if reused {
-                counter::TRACK_REUSED
-            } else {
-                counter::TRACK_STALE
-            });
+            bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
             if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev) {
-                *st = TrackState {
-                    ts: now,
-                    dev: devkey,
-                    origin: devkey,
-                    head,
-                    net,
-                    hop,
-                    origin_hop: hop,
-                    _pad: [0; 6],
-                };
+                *st =
+                    TrackState { ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: [0; 6] };
                 bump(counter::TRACK_STARTED);
             } else {
                 let _ = NP_TRACK.remove(&skb);
@@ -408,16 +381,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
     if !passes_filter(dev) {
         return;
     }
-    let st = TrackState {
-        ts: now,
-        dev: devkey,
-        origin: devkey,
-        head,
-        net,
-        hop,
-        origin_hop: hop,
-        _pad: [0; 6],
-    };
+    let st = TrackState { ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: [0; 6] };
     if NP_TRACK.insert(&skb, &st, 0).is_err() {
         bump(counter::TRACK_INSERT_FAILED);
     } else {
@@ -461,21 +425,11 @@ fn ptr_hop(hop: u8, skb: u64, arg1: u64, arg2: u64) {
         0
     };
     let dev = if dev == 0 { Dev::None } else { Dev::Ptr(dev) };
-    let reason = if flags & hop_flags::DROP != 0 {
-        arg2 as u32
-    } else {
-        0
-    };
+    let reason = if flags & hop_flags::DROP != 0 { arg2 as u32 } else { 0 };
     let head_off = unsafe { core::ptr::read_volatile(&cfg().off.skb_head) } as u64;
-    let head = if head_off == 0 {
-        0
-    } else {
-        read_u64(skb + head_off)
-    };
+    let head = if head_off == 0 { 0 } else { read_u64(skb + head_off) };
     let net = match dev {
-        Dev::Ptr(p) => {
-            read_u64(p + unsafe { core::ptr::read_volatile(&cfg().off.dev_nd_net) } as u64)
-        }
+        Dev::Ptr(p) => read_u64(p + unsafe { core::ptr::read_volatile(&cfg().off.dev_nd_net) } as u64),
         _ => 0,
     };
     track(hop, flags, skb, head, net, dev, reason);
@@ -506,16 +460,8 @@ fn classic_hop(ctx: &aya_ebpf::programs::TracePointContext, hop: u8) {
             }
         }
     }
-    let reason = if f.reason != 0 {
-        unsafe { ctx.read_at::<u32>(f.reason as usize) }.unwrap_or(0)
-    } else {
-        0
-    };
-    let dev = if name[0] == 0 {
-        Dev::None
-    } else {
-        Dev::Name(&name)
-    };
+    let reason = if f.reason != 0 { unsafe { ctx.read_at::<u32>(f.reason as usize) }.unwrap_or(0) } else { 0 };
+    let dev = if name[0] == 0 { Dev::None } else { Dev::Name(&name) };
     // No BTF, no offset of skb->head: identity is the address (and max_gap).
     track(hop, flags, skb, 0, 0, dev, reason);
 }

@@ -58,14 +58,7 @@ macro_rules! hop_programs {
     };
 }
 
-hop_programs!(
-    hop::NET_DEV_QUEUE,
-    "net_dev_queue",
-    "net",
-    btf_net_dev_queue,
-    raw_net_dev_queue,
-    tp_net_dev_queue
-);
+hop_programs!(hop::NET_DEV_QUEUE, "net_dev_queue", "net", btf_net_dev_queue, raw_net_dev_queue, tp_net_dev_queue);
 hop_programs!(
     hop::NET_DEV_START_XMIT,
     "net_dev_start_xmit",
@@ -75,14 +68,7 @@ hop_programs!(
     tp_net_dev_start_xmit,
     [skb, dev]
 );
-hop_programs!(
-    hop::NETIF_RX,
-    "netif_rx",
-    "net",
-    btf_netif_rx,
-    raw_netif_rx,
-    tp_netif_rx
-);
+hop_programs!(hop::NETIF_RX, "netif_rx", "net", btf_netif_rx, raw_netif_rx, tp_netif_rx);
 hop_programs!(
     hop::NETIF_RECEIVE_SKB,
     "netif_receive_skb",
@@ -107,23 +93,8 @@ hop_programs!(
     raw_skb_copy_datagram_iovec,
     tp_skb_copy_datagram_iovec
 );
-hop_programs!(
-    hop::CONSUME_SKB,
-    "consume_skb",
-    "skb",
-    btf_consume_skb,
-    raw_consume_skb,
-    tp_consume_skb
-);
-hop_programs!(
-    hop::KFREE_SKB,
-    "kfree_skb",
-    "skb",
-    btf_kfree_skb,
-    raw_kfree_skb,
-    tp_kfree_skb,
-    [skb, _, reason]
-);
+hop_programs!(hop::CONSUME_SKB, "consume_skb", "skb", btf_consume_skb, raw_consume_skb, tp_consume_skb);
+hop_programs!(hop::KFREE_SKB, "kfree_skb", "skb", btf_kfree_skb, raw_kfree_skb, tp_kfree_skb, [skb, _, reason]);
 hop_programs!(
     hop::OVS_DO_EXECUTE_ACTION,
     "ovs_do_execute_action",

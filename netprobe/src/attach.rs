@@ -108,11 +108,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     let tracefs = kernel::tracefs();
     let plans = plan::plan(
         &facts,
-        PlanOptions {
-            only: opts.backend,
-            offsets: config.off.valid != 0,
-            tracefs: tracefs.is_ok(),
-        },
+        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok() },
     );
 
     // Per-hop configuration, and classic tracepoint fields, before loading.
@@ -146,12 +142,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
                     SkbArg::Arg(i) => (i, 0),
                     SkbArg::Indirect(i) => (i, 1),
                 };
-                config.slots[n] = SlotConfig {
-                    hop: h.id,
-                    skb_arg: arg,
-                    skb_indirect: indirect,
-                    _pad: 0,
-                };
+                config.slots[n] = SlotConfig { hop: h.id, skb_arg: arg, skb_indirect: indirect, _pad: 0 };
             }
         }
     }
@@ -162,11 +153,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         .load(BPF_OBJECT)
         .context("loading netprobe's BPF object into the kernel failed")?;
 
-    let plan_opts = PlanOptions {
-        only: opts.backend,
-        offsets: config.off.valid != 0,
-        tracefs: tracefs.is_ok(),
-    };
+    let plan_opts = PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok() };
     let mut att = Attached {
         ebpf,
         coverage: Vec::new(),
@@ -182,10 +169,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         let c = att.attach_hop(p);
         att.coverage.push(c);
     }
-    let classic_used = att
-        .coverage
-        .iter()
-        .any(|c| c.backend == Some(Backend::Tracepoint.label()));
+    let classic_used = att.coverage.iter().any(|c| c.backend == Some(Backend::Tracepoint.label()));
     let ptr_tracepoints = att
         .coverage
         .iter()
@@ -197,19 +181,12 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         bail!(
             "some tracepoint hops attached only as classic tracepoints and others with BTF; \
              rerun with --backend tracepoint{}",
-            if global_notes.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", global_notes.join("; "))
-            }
+            if global_notes.is_empty() { String::new() } else { format!(" ({})", global_notes.join("; ")) }
         );
     }
     if att.coverage.iter().all(|c| c.backend.is_none()) {
         let why: Vec<String> = att.coverage.iter().flat_map(|c| c.notes.clone()).collect();
-        bail!(
-            "no hop could be attached on this kernel: {}",
-            why.join("; ")
-        );
+        bail!("no hop could be attached on this kernel: {}", why.join("; "));
     }
     Ok(att)
 }
@@ -224,35 +201,20 @@ impl Attached {
         for &backend in &p.candidates {
             let res = match p.hop.site {
                 Site::Tracepoint(t) => {
-                    if backend == Backend::Tracepoint
-                        && self.config.classic[p.hop.id as usize].skbaddr == 0
-                    {
-                        Err(anyhow::anyhow!(
-                            "its tracefs format was unknown when netprobe loaded"
-                        ))
+                    if backend == Backend::Tracepoint && self.config.classic[p.hop.id as usize].skbaddr == 0 {
+                        Err(anyhow::anyhow!("its tracefs format was unknown when netprobe loaded"))
                     } else {
-                        attach_tracepoint(
-                            &mut self.ebpf,
-                            backend,
-                            t.category,
-                            t.name,
-                            self.btf.as_ref(),
-                        )
+                        attach_tracepoint(&mut self.ebpf, backend, t.category, t.name, self.btf.as_ref())
                     }
                 }
                 Site::Function { name, .. } => match self.slots.get(&p.hop.id) {
                     Some(&slot) => {
-                        attach_function(&mut self.ebpf, backend, slot, name, self.btf.as_ref()).map(
-                            |exit| {
-                                time_inside = exit.is_ok();
-                                if let Err(e) = exit {
-                                    notes.push(format!(
-                                        "{}: return side not attached: {e}",
-                                        backend.label()
-                                    ));
-                                }
-                            },
-                        )
+                        attach_function(&mut self.ebpf, backend, slot, name, self.btf.as_ref()).map(|exit| {
+                            time_inside = exit.is_ok();
+                            if let Err(e) = exit {
+                                notes.push(format!("{}: return side not attached: {e}", backend.label()));
+                            }
+                        })
                     }
                     None => Err(anyhow::anyhow!("all {MAX_SLOTS} function slots in use")),
                 },
@@ -262,11 +224,7 @@ impl Attached {
                     chosen = Some(backend);
                     break;
                 }
-                Err(e) => notes.push(format!(
-                    "{}: {}",
-                    backend.label(),
-                    first_line(&format!("{e:#}"))
-                )),
+                Err(e) => notes.push(format!("{}: {}", backend.label(), first_line(&format!("{e:#}")))),
             }
         }
         Coverage {
@@ -304,17 +262,9 @@ impl Attached {
     }
 }
 
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    backend: Backend,
-    category: &str,
-    name: &str,
-    btf: Option<&Btf>,
-) -> Result<()> {
+fn attach_tracepoint(ebpf: &mut Ebpf, backend: Backend, category: &str, name: &str, btf: Option<&Btf>) -> Result<()> {
     let prog = format!("{}_{name}", backend.prefix());
-    let p = ebpf
-        .program_mut(&prog)
-        .with_context(|| format!("program {prog} missing from the object"))?;
+    let p = ebpf.program_mut(&prog).with_context(|| format!("program {prog} missing from the object"))?;
     match backend {
         Backend::TpBtf => {
             let p: &mut BtfTracePoint = p.try_into()?;
@@ -346,24 +296,15 @@ fn attach_function(
     btf: Option<&Btf>,
 ) -> Result<Result<(), String>> {
     let entry = format!("{}_{slot}", backend.prefix());
-    let exit = format!(
-        "{}_{slot}",
-        backend.exit_prefix().context("not a function backend")?
-    );
+    let exit = format!("{}_{slot}", backend.exit_prefix().context("not a function backend")?);
     match backend {
         Backend::Fentry => {
             let btf = btf.context("no BTF")?;
-            let p: &mut FEntry = ebpf
-                .program_mut(&entry)
-                .context("slot program missing")?
-                .try_into()?;
+            let p: &mut FEntry = ebpf.program_mut(&entry).context("slot program missing")?.try_into()?;
             p.load(func, btf)?;
             p.attach()?;
             let r: Result<()> = (|| {
-                let p: &mut FExit = ebpf
-                    .program_mut(&exit)
-                    .context("slot program missing")?
-                    .try_into()?;
+                let p: &mut FExit = ebpf.program_mut(&exit).context("slot program missing")?.try_into()?;
                 p.load(func, btf)?;
                 p.attach()?;
                 Ok(())
@@ -371,17 +312,11 @@ fn attach_function(
             Ok(r.map_err(|e| first_line(&format!("{e:#}"))))
         }
         Backend::Kprobe => {
-            let p: &mut KProbe = ebpf
-                .program_mut(&entry)
-                .context("slot program missing")?
-                .try_into()?;
+            let p: &mut KProbe = ebpf.program_mut(&entry).context("slot program missing")?.try_into()?;
             p.load()?;
             p.attach(func, 0)?;
             let r: Result<()> = (|| {
-                let p: &mut KProbe = ebpf
-                    .program_mut(&exit)
-                    .context("slot program missing")?
-                    .try_into()?;
+                let p: &mut KProbe = ebpf.program_mut(&exit).context("slot program missing")?.try_into()?;
                 p.load()?;
                 p.attach(func, 0)?;
                 Ok(())

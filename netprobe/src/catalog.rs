@@ -184,8 +184,7 @@ pub const HOPS: &[Hop] = &[
         way: Way::Both,
         site: tp(hop::SKB_COPY_DATAGRAM_IOVEC),
         flags: SKB_DEV | DELIVER,
-        what:
-            "the packet is copied to user memory: QEMU/vhost reading a tap queue, or a socket read",
+        what: "the packet is copied to user memory: QEMU/vhost reading a tap queue, or a socket read",
     },
     Hop {
         id: hop::CONSUME_SKB,
@@ -571,9 +570,7 @@ mod tests {
     fn ids_labels_and_programs_are_consistent() {
         for tp in TRACEPOINT_HOPS {
             assert_eq!(
-                HOPS.iter()
-                    .filter(|h| matches!(h.site, Site::Tracepoint(t) if t.hop == tp.hop))
-                    .count(),
+                HOPS.iter().filter(|h| matches!(h.site, Site::Tracepoint(t) if t.hop == tp.hop)).count(),
                 1,
                 "{}",
                 tp.name
@@ -587,15 +584,9 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), HOPS.len(), "duplicate hop label");
-        assert!(HOPS
-            .iter()
-            .all(|h| (h.id as usize) < netprobe_common::MAX_HOPS));
+        assert!(HOPS.iter().all(|h| (h.id as usize) < netprobe_common::MAX_HOPS));
         for (h, _, _) in functions() {
-            assert!(
-                h.id >= hop::FIRST_FUNCTION,
-                "{}: function hops use ids from FIRST_FUNCTION",
-                h.label
-            );
+            assert!(h.id >= hop::FIRST_FUNCTION, "{}: function hops use ids from FIRST_FUNCTION", h.label);
         }
         // Hops that see packets know where the skb is.
         for h in HOPS {

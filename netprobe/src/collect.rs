@@ -50,16 +50,13 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
         }
     }
     s.funcs.retain(|_, h| h.count > 0);
-    let devs: HashMap<_, u64, DevInfo> =
-        HashMap::try_from(ebpf.map(names::DEVS).context("map NP_DEVS missing")?)?;
+    let devs: HashMap<_, u64, DevInfo> = HashMap::try_from(ebpf.map(names::DEVS).context("map NP_DEVS missing")?)?;
     for item in devs.iter() {
         let (k, v) = item.context("reading NP_DEVS")?;
         s.devs.insert(k, v);
     }
-    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
-        ebpf.map(names::COUNTERS)
-            .context("map NP_COUNTERS missing")?,
-    )?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(names::COUNTERS).context("map NP_COUNTERS missing")?)?;
     for i in 0..counter::COUNT {
         s.counters[i as usize] = counters.get(&i, 0)?.iter().sum();
     }

@@ -16,10 +16,7 @@ use crate::{
     attach::Coverage,
     catalog,
     collect::Snapshot,
-    report::{
-        CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, FunctionReport,
-        PairReport, Report,
-    },
+    report::{CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, FunctionReport, PairReport, Report},
 };
 
 /// What the report needs besides the snapshot.
@@ -92,13 +89,8 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
     let mut origins: BTreeMap<Direction, Vec<Node>> = BTreeMap::new();
     for (k, h) in &s.pairs {
         let dir = direction(k.origin);
-        rows.entry((dir, (k.from_hop, k.from_dev), (k.to_hop, k.to_dev)))
-            .or_insert_with(Hist::zeroed)
-            .merge(h);
-        origins
-            .entry(dir)
-            .or_default()
-            .push((k.origin_hop, k.origin));
+        rows.entry((dir, (k.from_hop, k.from_dev), (k.to_hop, k.to_dev))).or_insert_with(Hist::zeroed).merge(h);
+        origins.entry(dir).or_default().push((k.origin_hop, k.origin));
     }
 
     let directions = [Direction::ToWire, Direction::ToGuest]
@@ -153,28 +145,19 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
                 })
                 .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.packets.cmp(&a.1.packets)));
-            DirectionReport {
-                direction: dir,
-                pairs: v.into_iter().map(|(_, p)| p).collect(),
-            }
+            DirectionReport { direction: dir, pairs: v.into_iter().map(|(_, p)| p).collect() }
         })
         .collect();
 
     // Drops: one row per (reason, direction, last hop, last device).
     let mut drop_rows: BTreeMap<(u32, Direction, u8, u64), u64> = BTreeMap::new();
     for (k, &n) in &s.drops {
-        *drop_rows
-            .entry((k.reason, direction(k.origin), k.last_hop, k.last_dev))
-            .or_default() += n;
+        *drop_rows.entry((k.reason, direction(k.origin), k.last_hop, k.last_dev)).or_default() += n;
     }
     let mut drops: Vec<DropReport> = drop_rows
         .into_iter()
         .map(|((reason, dir, last_hop, last_dev), n)| DropReport {
-            reason: cx
-                .drop_reasons
-                .get(&reason)
-                .cloned()
-                .unwrap_or_else(|| format!("reason {reason}")),
+            reason: cx.drop_reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason {reason}")),
             reason_code: reason,
             packets: n,
             direction: dir,
@@ -191,9 +174,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
             let (p50, p90, p99, p999) = percentiles(h);
             FunctionReport {
                 hop: catalog::label(id as u8),
-                path: catalog::by_id(id as u8)
-                    .map_or("", |h| h.path.label())
-                    .to_owned(),
+                path: catalog::by_id(id as u8).map_or("", |h| h.path.label()).to_owned(),
                 calls: h.count,
                 p50_ns: p50,
                 p90_ns: p90,
@@ -209,18 +190,9 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
     let devices = s
         .devs
         .values()
-        .map(|d| DeviceReport {
-            name: cstr(&d.name),
-            kind: cstr(&d.kind),
-            ifindex: d.ifindex,
-            netns: d.netns,
-        })
+        .map(|d| DeviceReport { name: cstr(&d.name), kind: cstr(&d.kind), ifindex: d.ifindex, netns: d.netns })
         .collect();
-    let tracking = counter::NAMES
-        .iter()
-        .zip(s.counters.iter())
-        .map(|(n, v)| ((*n).to_owned(), *v))
-        .collect();
+    let tracking = counter::NAMES.iter().zip(s.counters.iter()).map(|(n, v)| ((*n).to_owned(), *v)).collect();
 
     Report {
         netprobe_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -237,9 +209,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -271,12 +241,7 @@ mod tests {
     fn percentiles_are_within_bucket_precision() {
         let values: Vec<u64> = (1..=1000).map(|i| i * 1000).collect(); // 1us..1ms
         let (p50, p90, p99, p999) = percentiles(&hist(&values));
-        for (got, want) in [
-            (p50, 500_000.0),
-            (p90, 900_000.0),
-            (p99, 990_000.0),
-            (p999, 999_000.0),
-        ] {
+        for (got, want) in [(p50, 500_000.0), (p90, 900_000.0), (p99, 990_000.0), (p999, 999_000.0)] {
             let err = (got as f64 - want).abs() / want;
             assert!(err < 0.04, "got {got}, want ~{want}");
         }
@@ -293,78 +258,21 @@ mod tests {
             to_dev,
             from_hop,
             to_hop,
-            origin_hop: if origin == 0x10 {
-                hop::NET_DEV_QUEUE
-            } else {
-                hop::NETIF_RECEIVE_SKB
-            },
+            origin_hop: if origin == 0x10 { hop::NET_DEV_QUEUE } else { hop::NETIF_RECEIVE_SKB },
             _pad: [0; 5],
         };
         // guest -> wire: queue@macvtap0 -> xmit@macvtap0 -> queue@eth0
-        s.pairs.insert(
-            k(
-                0x10,
-                hop::NET_DEV_START_XMIT,
-                0x10,
-                hop::NET_DEV_QUEUE,
-                0x20,
-            ),
-            hist(&[2000]),
-        );
-        s.pairs.insert(
-            k(
-                0x10,
-                hop::NET_DEV_QUEUE,
-                0x10,
-                hop::NET_DEV_START_XMIT,
-                0x10,
-            ),
-            hist(&[1000, 1000]),
-        );
+        s.pairs.insert(k(0x10, hop::NET_DEV_START_XMIT, 0x10, hop::NET_DEV_QUEUE, 0x20), hist(&[2000]));
+        s.pairs.insert(k(0x10, hop::NET_DEV_QUEUE, 0x10, hop::NET_DEV_START_XMIT, 0x10), hist(&[1000, 1000]));
         // wire -> guest: receive@eth0 -> copy_out@macvtap0 -> consumed
-        s.pairs.insert(
-            k(
-                0x20,
-                hop::NETIF_RECEIVE_SKB,
-                0x20,
-                hop::SKB_COPY_DATAGRAM_IOVEC,
-                0x10,
-            ),
-            hist(&[5000]),
-        );
-        s.pairs.insert(
-            k(
-                0x20,
-                hop::SKB_COPY_DATAGRAM_IOVEC,
-                0x10,
-                hop::CONSUME_SKB,
-                0,
-            ),
-            hist(&[300]),
-        );
-        let r = build(
-            &s,
-            &Context {
-                coverage: &[],
-                drop_reasons: &BTreeMap::new(),
-                duration_s: 1.0,
-                interrupted: false,
-            },
-        );
+        s.pairs.insert(k(0x20, hop::NETIF_RECEIVE_SKB, 0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10), hist(&[5000]));
+        s.pairs.insert(k(0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10, hop::CONSUME_SKB, 0), hist(&[300]));
+        let r =
+            build(&s, &Context { coverage: &[], drop_reasons: &BTreeMap::new(), duration_s: 1.0, interrupted: false });
         let wire = &r.directions[0];
         assert_eq!(wire.direction, Direction::ToWire);
-        let order: Vec<String> = wire
-            .pairs
-            .iter()
-            .map(|p| format!("{} -> {}", p.from_label(), p.to_label()))
-            .collect();
-        assert_eq!(
-            order,
-            [
-                "queue@macvtap0 -> xmit@macvtap0",
-                "xmit@macvtap0 -> queue@eth0"
-            ]
-        );
+        let order: Vec<String> = wire.pairs.iter().map(|p| format!("{} -> {}", p.from_label(), p.to_label())).collect();
+        assert_eq!(order, ["queue@macvtap0 -> xmit@macvtap0", "xmit@macvtap0 -> queue@eth0"]);
         assert_eq!(wire.pairs[0].packets, 2);
         let guest = &r.directions[1];
         assert_eq!(guest.direction, Direction::ToGuest);

@@ -1,11 +1,13 @@
-//! The built-in demo topology: a KVM host's MacVTap path in miniature,
-//! made of real devices in network namespaces netprobe creates (and always
-//! removes, also on failure):
+//! The built-in demo topologies: a KVM host's datapath in miniature, made
+//! of real devices in network namespaces netprobe creates (and always
+//! removes, also on failure). The host side is one of three configurations:
 //!
 //! ```text
-//!  guest ns              host ns                               peer ns
-//!  [tap g]  <-relay->  /dev/tapN = [macvtap m] on [veth u] <-> [veth p]
-//!  198.18.0.1          (bridge mode)                           198.18.0.2
+//!  guest ns              host ns                                    peer ns
+//!  [tap g]  <-relay->  macvtap: /dev/tapN = [macvtap m] on [veth u] <-> [veth p]
+//!                      bridge:  [tap t] + [veth u] in Linux bridge [b]
+//!                      ovs:     [tap t] + [veth u] in OVS datapath (ovs-dpctl)
+//!  198.18.0.1                                                       198.18.0.2
 //! ```
 //!
 //! The relay is the guest stand-in: it drives /dev/tapN exactly as QEMU
@@ -60,14 +62,31 @@ pub struct RelayStats {
     pub to_guest_frames: AtomicU64,
 }
 
+/// Which host configuration joins the guest to the uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// macvtap in bridge mode on the uplink (the OSA configuration).
+    Macvtap,
+    /// tap + Linux bridge + uplink.
+    Bridge,
+    /// tap + Open vSwitch kernel datapath + uplink (the HiperSockets
+    /// configuration in miniature); needs the openvswitch module and
+    /// ovs-dpctl.
+    Ovs,
+}
+
 /// The demo topology; dropping it stops the relay and deletes everything.
 pub struct Topology {
+    pub kind: Kind,
     pub prefix: String,
     pub host_ns: String,
     pub guest_ns: String,
     pub peer_ns: String,
-    /// Macvtap device (host ns), the guest's side of the host datapath.
+    /// The guest-facing device in the host ns: the macvtap, or the tap.
     pub macvtap: String,
+    /// The Linux bridge or OVS datapath name (bridge and ovs kinds).
+    pub switch: String,
     /// Veth standing in for the uplink NIC (host ns).
     pub uplink: String,
     /// Peer end of the uplink veth (peer ns).
@@ -82,21 +101,25 @@ pub struct Topology {
 fn unique_prefix() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "np{:04x}",
-        (std::process::id() as u64 * 7 + n * 1031) & 0xffff
-    )
+    format!("np{:04x}", (std::process::id() as u64 * 7 + n * 1031) & 0xffff)
 }
 
 impl Topology {
-    /// Builds the topology and starts the guest stand-in.
+    /// Builds the macvtap topology and starts the guest stand-in.
     pub fn create() -> Result<Topology> {
+        Topology::create_kind(Kind::Macvtap)
+    }
+
+    /// Builds a topology of the given kind and starts the guest stand-in.
+    pub fn create_kind(kind: Kind) -> Result<Topology> {
         let p = unique_prefix();
         let mut t = Topology {
+            kind,
             host_ns: format!("{p}-host"),
             guest_ns: format!("{p}-guest"),
             peer_ns: format!("{p}-peer"),
-            macvtap: format!("{p}m"),
+            macvtap: format!("{p}{}", if kind == Kind::Macvtap { "m" } else { "t" }),
+            switch: format!("{p}{}", if kind == Kind::Ovs { "dp" } else { "b" }),
             uplink: format!("{p}u"),
             peer_dev: format!("{p}p"),
             guest_dev: format!("{p}g"),
@@ -115,77 +138,88 @@ impl Topology {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
-        let (h, g, pn) = (
-            self.host_ns.as_str(),
-            self.guest_ns.as_str(),
-            self.peer_ns.as_str(),
-        );
-        ip(&[
-            "-n",
-            h,
-            "link",
-            "add",
-            &self.uplink,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.peer_dev,
-            "netns",
-            pn,
-        ])?;
-        ip(&[
-            "-n",
-            h,
-            "link",
-            "add",
-            "link",
-            &self.uplink,
-            "name",
-            &self.macvtap,
-            "type",
-            "macvtap",
-            "mode",
-            "bridge",
-        ])?;
-        ip(&["-n", h, "link", "set", &self.uplink, "up"])?;
-        ip(&["-n", h, "link", "set", &self.macvtap, "up"])?;
-        ip(&[
-            "-n",
-            pn,
-            "addr",
-            "add",
-            &format!("{PEER_ADDR}/24"),
-            "dev",
-            &self.peer_dev,
-        ])?;
+        let (h, g, pn) = (self.host_ns.as_str(), self.guest_ns.as_str(), self.peer_ns.as_str());
+        ip(&["-n", h, "link", "add", &self.uplink, "type", "veth", "peer", "name", &self.peer_dev, "netns", pn])?;
+        ip(&["-n", pn, "addr", "add", &format!("{PEER_ADDR}/24"), "dev", &self.peer_dev])?;
         ip(&["-n", pn, "link", "set", &self.peer_dev, "up"])?;
         ip(&["-n", pn, "route", "add", "blackhole", BLACKHOLE_NET])?;
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                pn,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
+        sh("ip", &["netns", "exec", pn, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        ip(&["-n", h, "link", "set", &self.uplink, "up"])?;
 
-        // The macvtap's character device, made by us from its dev_t so a
-        // same-numbered /dev/tapN of another namespace cannot be confused.
-        let mac = link_mac(h, &self.macvtap)?;
+        let host_fd = match self.kind {
+            Kind::Macvtap => {
+                let (up, mv) = (self.uplink.as_str(), self.macvtap.as_str());
+                ip(&["-n", h, "link", "add", "link", up, "name", mv, "type", "macvtap", "mode", "bridge"])?;
+                ip(&["-n", h, "link", "set", mv, "up"])?;
+                self.open_macvtap()?
+            }
+            Kind::Bridge | Kind::Ovs => {
+                // QEMU's tap: created (and held) by the stand-in in the host ns.
+                let name = self.macvtap.clone();
+                let fd = netns::run_in(Some(h), move || -> Result<File> {
+                    let f =
+                        OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("open /dev/net/tun")?;
+                    set_vnet(&f, Some(&name))?;
+                    Ok(f)
+                })??;
+                ip(&["-n", h, "link", "set", &self.macvtap, "up"])?;
+                if self.kind == Kind::Bridge {
+                    ip(&["-n", h, "link", "add", &self.switch, "type", "bridge"])?;
+                    ip(&["-n", h, "link", "set", &self.macvtap, "master", &self.switch])?;
+                    ip(&["-n", h, "link", "set", &self.uplink, "master", &self.switch])?;
+                    ip(&["-n", h, "link", "set", &self.switch, "up"])?;
+                } else {
+                    let dpctl = |args: &[&str]| {
+                        let mut a = vec!["netns", "exec", h, "ovs-dpctl"];
+                        a.extend_from_slice(args);
+                        sh("ip", &a)
+                            .context("ovs-dpctl (Debian's openvswitch-switch) with the openvswitch module loaded")
+                    };
+                    dpctl(&["add-dp", &self.switch])?;
+                    // Ports 1 (guest tap) and 2 (uplink). No flows yet: the
+                    // first packets miss and go up to userspace (an upcall).
+                    dpctl(&["add-if", &self.switch, &self.macvtap])?;
+                    dpctl(&["add-if", &self.switch, &self.uplink])?;
+                }
+                fd
+            }
+        };
+        let mac = if self.kind == Kind::Macvtap { Some(link_mac(h, &self.macvtap)?) } else { None };
+        // The guest's NIC: a tap created from inside the guest namespace.
+        let gname = self.guest_dev.clone();
+        let guest_fd = netns::run_in(Some(g), move || -> Result<File> {
+            let f = OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("open /dev/net/tun")?;
+            set_vnet(&f, Some(&gname))?;
+            Ok(f)
+        })??;
+        if let Some(mac) = &mac {
+            // macvlan delivers by MAC: the guest uses the macvtap's, as libvirt sets it.
+            ip(&["-n", g, "link", "set", &self.guest_dev, "address", mac])?;
+        }
+        ip(&["-n", g, "addr", "add", &format!("{GUEST_ADDR}/24"), "dev", &self.guest_dev])?;
+        ip(&["-n", g, "link", "set", &self.guest_dev, "up"])?;
+        ip(&["-n", g, "route", "add", BLACKHOLE_NET, "via", PEER_ADDR])?;
+
+        let macvtap_fd = Arc::new(host_fd);
+        let guest_fd = Arc::new(guest_fd);
+        for to_wire in [true, false] {
+            let (src, dst) =
+                if to_wire { (guest_fd.clone(), macvtap_fd.clone()) } else { (macvtap_fd.clone(), guest_fd.clone()) };
+            let stop = self.stop.clone();
+            let stats = self.stats.clone();
+            self.relay.push(std::thread::spawn(move || relay(&src, &dst, &stop, &stats, to_wire)));
+        }
+        Ok(())
+    }
+
+    /// Opens the macvtap's character device, made by us from its dev_t so a
+    /// same-numbered /dev/tapN of another namespace cannot be confused.
+    fn open_macvtap(&self) -> Result<File> {
+        let h = self.host_ns.as_str();
         let ifindex = netns::ifindex(Some(h), &self.macvtap)?;
         let devt = sh(
             "ip",
-            &[
-                "netns",
-                "exec",
-                h,
-                "cat",
-                &format!("/sys/class/net/{}/macvtap/tap{ifindex}/dev", self.macvtap),
-            ],
+            &["netns", "exec", h, "cat", &format!("/sys/class/net/{}/macvtap/tap{ifindex}/dev", self.macvtap)],
         )?;
         let (major, minor) = devt.trim().split_once(':').context("bad macvtap dev_t")?;
         let node = format!("/run/netprobe-{}-tap", self.prefix);
@@ -193,94 +227,47 @@ impl Topology {
         let cnode = std::ffi::CString::new(node.clone())?;
         // SAFETY: mknod with a valid C string path.
         let rc = unsafe {
-            libc::mknod(
-                cnode.as_ptr(),
-                libc::S_IFCHR | 0o600,
-                libc::makedev(major.parse()?, minor.parse()?),
-            )
+            libc::mknod(cnode.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major.parse()?, minor.parse()?))
         };
         if rc != 0 {
             bail!("mknod {node}: {}", std::io::Error::last_os_error());
         }
-        let macvtap_fd = OpenOptions::new().read(true).write(true).open(&node);
+        let fd = OpenOptions::new().read(true).write(true).open(&node);
         let _ = std::fs::remove_file(&node);
-        let macvtap_fd = macvtap_fd.context("opening the macvtap character device")?;
-        set_vnet(&macvtap_fd, None)?;
+        let fd = fd.context("opening the macvtap character device")?;
+        set_vnet(&fd, None)?;
+        Ok(fd)
+    }
 
-        // The guest's NIC: a tap created from inside the guest namespace.
-        let gname = self.guest_dev.clone();
-        let guest_fd = netns::run_in(Some(g), move || -> Result<File> {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/net/tun")
-                .context("open /dev/net/tun")?;
-            set_vnet(&f, Some(&gname))?;
-            Ok(f)
-        })??;
-        ip(&["-n", g, "link", "set", &self.guest_dev, "address", &mac])?;
-        ip(&[
-            "-n",
-            g,
-            "addr",
-            "add",
-            &format!("{GUEST_ADDR}/24"),
-            "dev",
-            &self.guest_dev,
-        ])?;
-        ip(&["-n", g, "link", "set", &self.guest_dev, "up"])?;
-        ip(&["-n", g, "route", "add", BLACKHOLE_NET, "via", PEER_ADDR])?;
-
-        let macvtap_fd = Arc::new(macvtap_fd);
-        let guest_fd = Arc::new(guest_fd);
-        for to_wire in [true, false] {
-            let (src, dst) = if to_wire {
-                (guest_fd.clone(), macvtap_fd.clone())
-            } else {
-                (macvtap_fd.clone(), guest_fd.clone())
-            };
-            let stop = self.stop.clone();
-            let stats = self.stats.clone();
-            self.relay.push(std::thread::spawn(move || {
-                relay(&src, &dst, &stop, &stats, to_wire)
-            }));
+    /// OVS only: installs the flows between the guest tap (port 1) and the
+    /// uplink (port 2). Until then every packet misses and is upcalled.
+    pub fn add_ovs_flows(&self) -> Result<()> {
+        if self.kind != Kind::Ovs {
+            return Ok(());
+        }
+        for (from, to) in [("1", "2"), ("2", "1")] {
+            let flow = format!("in_port({from})");
+            sh("ip", &["netns", "exec", &self.host_ns, "ovs-dpctl", "add-flow", &self.switch, &flow, to])?;
         }
         Ok(())
     }
 
     /// Interfaces netprobe should watch for this topology, as `NETNS/IFNAME`.
     pub fn ifaces(&self) -> Vec<String> {
-        vec![
-            format!("{}/{}", self.host_ns, self.macvtap),
-            format!("{}/{}", self.host_ns, self.uplink),
-        ]
+        vec![format!("{}/{}", self.host_ns, self.macvtap), format!("{}/{}", self.host_ns, self.uplink)]
     }
 
     /// Pings the peer from the guest; returns the replies received.
     pub fn ping(&self, count: u32, interval: &str) -> Result<u32> {
         let out = Command::ns(
             &self.guest_ns,
-            &[
-                "ping",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                interval,
-                "-W",
-                "1",
-                PEER_ADDR,
-            ],
+            &["ping", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", PEER_ADDR],
         );
         let out = out.unwrap_or_else(|e| format!("{e:#}"));
         // "N packets transmitted, M received"
         let received = out
             .split(',')
-            .find_map(|s| {
-                s.trim()
-                    .strip_suffix(" received")
-                    .or_else(|| s.trim().strip_suffix(" packets received"))
-            })
+            .find_map(|s| s.trim().strip_suffix(" received").or_else(|| s.trim().strip_suffix(" packets received")))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
         Ok(received)
@@ -302,16 +289,7 @@ impl Topology {
     /// Runs an iperf3 test from the guest to a server in the peer namespace.
     pub fn iperf3(&self, seconds: u32, udp: bool) -> Result<String> {
         let mut server = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.peer_ns,
-                "iperf3",
-                "-s",
-                "-1",
-                "-B",
-                PEER_ADDR,
-            ])
+            .args(["netns", "exec", &self.peer_ns, "iperf3", "-s", "-1", "-B", PEER_ADDR])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -346,6 +324,9 @@ impl Drop for Topology {
         for h in self.relay.drain(..) {
             let _ = h.join();
         }
+        if self.kind == Kind::Ovs {
+            let _ = sh("ip", &["netns", "exec", &self.host_ns, "ovs-dpctl", "del-dp", &self.switch]);
+        }
         for ns in [&self.host_ns, &self.guest_ns, &self.peer_ns] {
             let _ = ip(&["netns", "del", ns]);
         }
@@ -365,11 +346,7 @@ fn link_mac(ns: &str, dev: &str) -> Result<String> {
 /// of 12 bytes, no offloads (the kernel checksums and segments for us).
 /// With `name`, creates a tap device of that name (on /dev/net/tun).
 fn set_vnet(f: &File, name: Option<&str>) -> Result<()> {
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-        _pad: [0; 22],
-    };
+    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
     if let Some(n) = name {
         req.name[..n.len()].copy_from_slice(n.as_bytes());
     }
@@ -394,11 +371,7 @@ fn set_vnet(f: &File, name: Option<&str>) -> Result<()> {
 /// told to stop or either side goes away.
 fn relay(src: &File, dst: &File, stop: &AtomicBool, stats: &RelayStats, to_wire: bool) {
     let mut buf = vec![0u8; 65536 + VNET_HDR_LEN as usize];
-    let mut pfd = libc::pollfd {
-        fd: src.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: src.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: poll on one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, 100) };
@@ -421,11 +394,7 @@ fn relay(src: &File, dst: &File, stop: &AtomicBool, stats: &RelayStats, to_wire:
             Err(_) => return,
         };
         if (&*dst).write(&buf[..len]).is_ok() {
-            let c = if to_wire {
-                &stats.to_wire_frames
-            } else {
-                &stats.to_guest_frames
-            };
+            let c = if to_wire { &stats.to_wire_frames } else { &stats.to_guest_frames };
             c.fetch_add(1, Ordering::Relaxed);
         }
     }

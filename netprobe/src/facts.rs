@@ -48,8 +48,7 @@ impl KernelFacts {
         f.kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists()
             || Path::new("/sys/kernel/tracing/kprobe_events").exists()
             || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists();
-        let kallsyms =
-            std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
         f.add_kallsyms(&kallsyms);
         // Built-in modules have no [module] tag in kallsyms.
         let builtin = format!("/lib/modules/{}/modules.builtin", f.release);
@@ -69,29 +68,22 @@ impl KernelFacts {
         }
         if f.btf {
             if let Ok(Some(vmlinux)) = crate::kernel::load_btf(None) {
-                f.module_btf = Path::new("/sys/kernel/btf")
-                    .read_dir()
-                    .is_ok_and(|d| d.count() > 1);
+                f.module_btf = Path::new("/sys/kernel/btf").read_dir().is_ok_and(|d| d.count() > 1);
                 let mut per_module: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
                 for (name, module) in &f.symbols {
-                    per_module
-                        .entry(module.clone())
-                        .or_default()
-                        .push(name.clone());
+                    per_module.entry(module.clone()).or_default().push(name.clone());
                 }
                 for (module, names) in per_module {
                     let split;
                     let btf = match &module {
                         None => &vmlinux,
-                        Some(m) => {
-                            match Btf::from_split_file(format!("/sys/kernel/btf/{m}"), &vmlinux) {
-                                Ok(b) => {
-                                    split = b;
-                                    &split
-                                }
-                                Err(_) => continue,
+                        Some(m) => match Btf::from_split_file(format!("/sys/kernel/btf/{m}"), &vmlinux) {
+                            Ok(b) => {
+                                split = b;
+                                &split
                             }
-                        }
+                            Err(_) => continue,
+                        },
                     };
                     for n in names {
                         if let Some(skb) = btf_skb_arg(btf, &n) {
@@ -108,16 +100,13 @@ impl KernelFacts {
     /// /proc/kallsyms text. A name defined in several modules counts only
     /// in the module the catalog names.
     pub fn add_kallsyms(&mut self, text: &str) {
-        let wanted: BTreeMap<&str, Option<&str>> =
-            catalog::functions().map(|(_, n, m)| (n, m)).collect();
+        let wanted: BTreeMap<&str, Option<&str>> = catalog::functions().map(|(_, n, m)| (n, m)).collect();
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let (Some(_addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
                 continue;
             };
-            let module = it
-                .next()
-                .map(|m| m.trim_matches(|c| c == '[' || c == ']').to_owned());
+            let module = it.next().map(|m| m.trim_matches(|c| c == '[' || c == ']').to_owned());
             if let Some(m) = &module {
                 self.modules.insert(m.clone());
             }
@@ -142,9 +131,7 @@ impl KernelFacts {
     /// Loads recorded facts: `kernel.txt`, `kallsyms.txt`, `btf_funcs.txt`,
     /// `tracepoints.txt`.
     pub fn from_dir(dir: &Path) -> Result<KernelFacts> {
-        let read = |n: &str| {
-            std::fs::read_to_string(dir.join(n)).with_context(|| format!("{}/{n}", dir.display()))
-        };
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).with_context(|| format!("{}/{n}", dir.display()));
         let mut f = KernelFacts::default();
         for line in read("kernel.txt")?.lines() {
             let Some((k, v)) = line.split_once(' ') else {
@@ -199,10 +186,7 @@ impl KernelFacts {
         std::fs::write(dir.join("kernel.txt"), k)?;
         let mut ks = String::new();
         for (n, m) in &self.symbols {
-            ks += &format!(
-                "0000000000000000 t {n}{}\n",
-                m.as_ref().map_or(String::new(), |m| format!(" [{m}]"))
-            );
+            ks += &format!("0000000000000000 t {n}{}\n", m.as_ref().map_or(String::new(), |m| format!(" [{m}]")));
         }
         std::fs::write(dir.join("kallsyms.txt"), ks)?;
         let mut bf = String::new();
@@ -212,29 +196,18 @@ impl KernelFacts {
                 SkbArg::Arg(i) => i.to_string(),
                 SkbArg::Indirect(i) => format!("*{i}"),
             };
-            let module = self
-                .symbols
-                .get(n)
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| "vmlinux".to_owned());
+            let module = self.symbols.get(n).cloned().flatten().unwrap_or_else(|| "vmlinux".to_owned());
             bf += &format!("{n} {module} {pos} -\n");
         }
         std::fs::write(dir.join("btf_funcs.txt"), bf)?;
-        let tps: String = self
-            .tracepoints
-            .iter()
-            .map(|t| format!("{t} -\n"))
-            .collect();
+        let tps: String = self.tracepoints.iter().map(|t| format!("{t} -\n")).collect();
         std::fs::write(dir.join("tracepoints.txt"), tps)?;
         Ok(())
     }
 }
 
 fn read_trim(p: &str) -> String {
-    std::fs::read_to_string(p)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 /// Position of the first `struct sk_buff *` (or `**`) parameter of BTF
@@ -255,11 +228,7 @@ pub fn btf_skb_arg(btf: &Btf, name: &str) -> Option<SkbArg> {
                         depth += 1;
                         ty = btf.resolve_chained_type(t.as_btf_type().unwrap()).ok();
                     }
-                    Type::Const(_)
-                    | Type::Volatile(_)
-                    | Type::Typedef(_)
-                    | Type::TypeTag(_)
-                    | Type::Restrict(_) => {
+                    Type::Const(_) | Type::Volatile(_) | Type::Typedef(_) | Type::TypeTag(_) | Type::Restrict(_) => {
                         ty = btf.resolve_chained_type(t.as_btf_type().unwrap()).ok();
                     }
                     Type::Struct(s) => {

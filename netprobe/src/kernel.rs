@@ -24,16 +24,11 @@ pub fn load_btf(path: Option<&Path>) -> Result<Option<Btf>> {
         }
         return Ok(None);
     }
-    Btf::from_file(p)
-        .map(Some)
-        .map_err(|e| anyhow!("cannot parse BTF {}: {e}", p.display()))
+    Btf::from_file(p).map(Some).map_err(|e| anyhow!("cannot parse BTF {}: {e}", p.display()))
 }
 
 fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
-    for t in btf
-        .resolve_types_by_name(name)
-        .map_err(|e| anyhow!("BTF has no type {name}: {e}"))?
-    {
+    for t in btf.resolve_types_by_name(name).map_err(|e| anyhow!("BTF has no type {name}: {e}"))? {
         if let Type::Struct(s) = t {
             if !s.members.is_empty() {
                 return Ok(s);
@@ -48,9 +43,7 @@ fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
 fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Result<Option<(u32, Type)>> {
     for m in &s.members {
         let name = btf.resolve_name(m).unwrap_or_default();
-        let ty = btf
-            .resolve_chained_type(m)
-            .map_err(|e| anyhow!("BTF: {e}"))?;
+        let ty = btf.resolve_chained_type(m).map_err(|e| anyhow!("BTF: {e}"))?;
         if name == member {
             return Ok(Some((m.bit_offset() / 8, ty)));
         }
@@ -70,9 +63,8 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32> {
     let mut s = named_struct(btf, name)?;
     let mut total = 0;
     for (i, m) in path.iter().enumerate() {
-        let (off, mut ty) = find_member(btf, &s, m)?.with_context(|| {
-            format!("BTF: struct {name} has no member {}", path[..=i].join("."))
-        })?;
+        let (off, mut ty) = find_member(btf, &s, m)?
+            .with_context(|| format!("BTF: struct {name} has no member {}", path[..=i].join(".")))?;
         total += off;
         if i + 1 < path.len() {
             // Descend through typedefs/qualifiers into the member's struct.
@@ -84,9 +76,7 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32> {
                     }
                     Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::TypeTag(_) => {
                         let t = ty.as_btf_type().unwrap();
-                        ty = btf
-                            .resolve_chained_type(t)
-                            .map_err(|e| anyhow!("BTF: {e}"))?;
+                        ty = btf.resolve_chained_type(t).map_err(|e| anyhow!("BTF: {e}"))?;
                     }
                     _ => bail!("BTF: {name}.{} is not a struct", path[..=i].join(".")),
                 }
@@ -139,15 +129,7 @@ pub fn tracefs() -> Result<PathBuf> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: plain mount(2) with static C strings.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         bail!(
             "tracefs is not mounted and mounting it failed ({}); mount it with `mount -t tracefs nodev /sys/kernel/tracing`",
@@ -205,19 +187,10 @@ pub fn parse_format(text: &str) -> Result<TraceFormat> {
 impl TraceFormat {
     /// The offsets a classic hop program needs.
     pub fn classic_fields(&self) -> Result<ClassicFields> {
-        let skbaddr = self
-            .fields
-            .get("skbaddr")
-            .context("tracepoint has no skbaddr field")?
-            .0;
+        let skbaddr = self.fields.get("skbaddr").context("tracepoint has no skbaddr field")?.0;
         let name_loc = self.fields.get("name").map_or(0, |f| f.0);
         let (reason, reason_size) = self.fields.get("reason").copied().unwrap_or((0, 0));
-        Ok(ClassicFields {
-            skbaddr,
-            name_loc,
-            reason,
-            reason_size,
-        })
+        Ok(ClassicFields { skbaddr, name_loc, reason, reason_size })
     }
 
     /// `{ N, "NAME" }` pairs of a `__print_symbolic` in the print format
@@ -243,13 +216,8 @@ impl TraceFormat {
 }
 
 pub fn read_format(tracefs: &Path, category: &str, name: &str) -> Result<TraceFormat> {
-    let p = tracefs
-        .join("events")
-        .join(category)
-        .join(name)
-        .join("format");
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let p = tracefs.join("events").join(category).join(name).join("format");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     parse_format(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
@@ -288,18 +256,12 @@ print fmt: "dev=%s skbaddr=%p len=%u", __get_str(name), REC->skbaddr, REC->len
     fn parses_classic_fields_and_drop_reason_names() {
         let f = parse_format(KFREE_SKB_FORMAT).unwrap();
         let c = f.classic_fields().unwrap();
-        assert_eq!(
-            (c.skbaddr, c.name_loc, c.reason, c.reason_size),
-            (8, 0, 28, 4)
-        );
+        assert_eq!((c.skbaddr, c.name_loc, c.reason, c.reason_size), (8, 0, 28, 4));
         let sym = f.symbols();
         assert_eq!(sym.get(&3).map(String::as_str), Some("NO_SOCKET"));
         assert_eq!(sym.len(), 3);
 
-        let q = parse_format(NET_DEV_QUEUE_FORMAT)
-            .unwrap()
-            .classic_fields()
-            .unwrap();
+        let q = parse_format(NET_DEV_QUEUE_FORMAT).unwrap().classic_fields().unwrap();
         assert_eq!((q.skbaddr, q.name_loc, q.reason), (8, 20, 0));
     }
 

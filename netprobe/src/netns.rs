@@ -22,14 +22,9 @@ pub fn inode(name: Option<&str>) -> Result<u32> {
 }
 
 /// Runs `f` on a thread that has joined namespace `name` (None = ours).
-pub fn run_in<R: Send + 'static>(
-    name: Option<&str>,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R> {
+pub fn run_in<R: Send + 'static>(name: Option<&str>, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
     let ns = match name {
-        Some(n) => {
-            Some(File::open(path(n)).with_context(|| format!("network namespace {n} not found"))?)
-        }
+        Some(n) => Some(File::open(path(n)).with_context(|| format!("network namespace {n} not found"))?),
         None => None,
     };
     std::thread::spawn(move || -> Result<R> {
@@ -58,9 +53,7 @@ pub fn ifindex(ns: Option<&str>, ifname: &str) -> Result<u32> {
     if idx == 0 {
         bail!(
             "no network interface {ifname} in {}; list them with `ip{} link`",
-            ns.map_or("this network namespace".to_owned(), |n| format!(
-                "network namespace {n}"
-            )),
+            ns.map_or("this network namespace".to_owned(), |n| format!("network namespace {n}")),
             ns.map_or(String::new(), |n| format!(" -n {n}"))
         );
     }
@@ -74,16 +67,10 @@ pub fn ip(args: &[&str]) -> Result<String> {
 
 /// Runs a command, returning stdout, failing with stderr in the message.
 pub fn sh(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {prog} (is it installed?)"))?;
+    let out =
+        Command::new(prog).args(args).output().with_context(|| format!("cannot run {prog} (is it installed?)"))?;
     if !out.status.success() {
-        bail!(
-            "`{prog} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{prog} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

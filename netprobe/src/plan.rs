@@ -44,10 +44,7 @@ pub struct PlanOptions {
 }
 
 pub fn plan(facts: &KernelFacts, opts: PlanOptions) -> Vec<HopPlan> {
-    catalog::HOPS
-        .iter()
-        .map(|h| plan_hop(h, facts, opts))
-        .collect()
+    catalog::HOPS.iter().map(|h| plan_hop(h, facts, opts)).collect()
 }
 
 fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
@@ -56,11 +53,7 @@ fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
     let mut skb = SkbArg::None;
     let mut skb_from = SkbSource::NotApplicable;
     match hop.site {
-        Site::Function {
-            name,
-            module,
-            skb: default_skb,
-        } => {
+        Site::Function { name, module, skb: default_skb } => {
             skb = default_skb;
             skb_from = SkbSource::Catalog;
             if !f.symbols.contains_key(name) {
@@ -92,7 +85,9 @@ fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
                     notes.push("kprobe: the kernel has no kprobes (CONFIG_KPROBES off)".to_owned());
                 }
                 if skb != SkbArg::None && !opts.offsets {
-                    notes.push("no BTF: packets seen here are followed by skb address only, without their device".to_owned());
+                    notes.push(
+                        "no BTF: packets seen here are followed by skb address only, without their device".to_owned(),
+                    );
                 }
             }
         }
@@ -132,29 +127,19 @@ fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
             candidates.retain(|b| *b == only);
         } else {
             if !candidates.is_empty() {
-                notes.push(format!(
-                    "{} not possible here; --backend excludes the others",
-                    only.label()
-                ));
+                notes.push(format!("{} not possible here; --backend excludes the others", only.label()));
             }
             candidates.clear();
         }
     }
-    HopPlan {
-        hop,
-        candidates,
-        skb,
-        skb_from,
-        notes,
-    }
+    HopPlan { hop, candidates, skb, skb_from, notes }
 }
 
 /// A module is there when it is loaded, built in, or any catalog function
 /// it defines is in kallsyms.
 fn module_present(f: &KernelFacts, m: &str) -> bool {
     f.modules.contains(m)
-        || catalog::functions()
-            .any(|(_, name, module)| module == Some(m) && f.symbols.contains_key(name))
+        || catalog::functions().any(|(_, name, module)| module == Some(m) && f.symbols.contains_key(name))
 }
 
 #[cfg(test)]
@@ -164,93 +149,51 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> KernelFacts {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("test_data/kernels")
-            .join(name);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test_data/kernels").join(name);
         KernelFacts::from_dir(&dir).unwrap_or_else(|e| panic!("fixture {name}: {e:#}"))
     }
 
     fn chosen(plans: &[HopPlan], label: &str) -> (Option<Backend>, Vec<String>) {
-        let p = plans
-            .iter()
-            .find(|p| p.hop.label == label)
-            .unwrap_or_else(|| panic!("no hop {label}"));
+        let p = plans.iter().find(|p| p.hop.label == label).unwrap_or_else(|| panic!("no hop {label}"));
         (p.candidates.first().copied(), p.notes.clone())
     }
 
     fn with_btf(f: &KernelFacts) -> PlanOptions {
-        PlanOptions {
-            only: None,
-            offsets: f.btf,
-            tracefs: true,
-        }
+        PlanOptions { only: None, offsets: f.btf, tracefs: true }
     }
 
     #[test]
     fn this_dev_kernel_tracepoints_only_fentry_refused_no_kprobes() {
         let f = fixture("dev-6.18");
         let plans = plan(&f, with_btf(&f));
-        for tp in [
-            "queue", "xmit", "netif_rx", "receive", "gro", "copy_out", "consumed", "dropped",
-        ] {
+        for tp in ["queue", "xmit", "netif_rx", "receive", "gro", "copy_out", "consumed", "dropped"] {
             assert_eq!(chosen(&plans, tp).0, Some(Backend::TpBtf), "{tp}");
         }
-        for func in [
-            "tap_enqueue",
-            "tap_read",
-            "macvlan_rx",
-            "macvlan_xmit",
-            "tun_xmit",
-            "br_rx",
-            "ip_rcv",
-        ] {
+        for func in ["tap_enqueue", "tap_read", "macvlan_rx", "macvlan_xmit", "tun_xmit", "br_rx", "ip_rcv"] {
             let (b, notes) = chosen(&plans, func);
             assert_eq!(b, None, "{func}");
-            assert!(
-                notes.iter().any(|n| n.contains("fentry: refused")),
-                "{func}: {notes:?}"
-            );
-            assert!(
-                notes.iter().any(|n| n.contains("no kprobes")),
-                "{func}: {notes:?}"
-            );
+            assert!(notes.iter().any(|n| n.contains("fentry: refused")), "{func}: {notes:?}");
+            assert!(notes.iter().any(|n| n.contains("no kprobes")), "{func}: {notes:?}");
         }
         for ovs in ["ovs_flow_lookup", "ovs_upcall", "ovs_action"] {
             let (b, notes) = chosen(&plans, ovs);
             assert_eq!(b, None);
-            assert!(
-                notes[0].contains("module openvswitch not loaded"),
-                "{ovs}: {notes:?}"
-            );
+            assert!(notes[0].contains("module openvswitch not loaded"), "{ovs}: {notes:?}");
         }
         assert!(chosen(&plans, "qeth_l2_xmit").1[0].contains("module qeth_l2 not loaded"));
         // The skb position comes from BTF where the kernel has a record.
         let rx = plans.iter().find(|p| p.hop.label == "macvlan_rx").unwrap();
         assert_eq!((rx.skb, rx.skb_from), (SkbArg::Indirect(0), SkbSource::Btf));
         // Without struct offsets only classic tracepoints remain.
-        let plans = plan(
-            &f,
-            PlanOptions {
-                offsets: false,
-                ..with_btf(&f)
-            },
-        );
+        let plans = plan(&f, PlanOptions { offsets: false, ..with_btf(&f) });
         assert_eq!(chosen(&plans, "queue").0, Some(Backend::Tracepoint));
     }
 
     #[test]
     fn forcing_a_backend_keeps_only_it() {
         let f = fixture("dev-6.18");
-        let plans = plan(
-            &f,
-            PlanOptions {
-                only: Some(Backend::RawTp),
-                ..with_btf(&f)
-            },
-        );
+        let plans = plan(&f, PlanOptions { only: Some(Backend::RawTp), ..with_btf(&f) });
         assert_eq!(chosen(&plans, "queue").0, Some(Backend::RawTp));
-        assert!(plans
-            .iter()
-            .all(|p| p.candidates.iter().all(|b| *b == Backend::RawTp)));
+        assert!(plans.iter().all(|p| p.candidates.iter().all(|b| *b == Backend::RawTp)));
     }
 }

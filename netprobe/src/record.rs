@@ -30,12 +30,7 @@ pub struct RecordOptions {
 
 impl Default for RecordOptions {
     fn default() -> Self {
-        RecordOptions {
-            ifaces: Vec::new(),
-            btf_file: None,
-            backend: None,
-            max_gap: Duration::from_secs(1),
-        }
+        RecordOptions { ifaces: Vec::new(), btf_file: None, backend: None, max_gap: Duration::from_secs(1) }
     }
 }
 
@@ -72,12 +67,8 @@ impl Recorder {
             filter_enabled: !resolved.is_empty(),
         })?;
         let classic = attached.classic_only;
-        let mut filter: HashMap<_, u64, u8> = HashMap::try_from(
-            attached
-                .ebpf
-                .map_mut(names::FILTER)
-                .context("map NP_FILTER missing")?,
-        )?;
+        let mut filter: HashMap<_, u64, u8> =
+            HashMap::try_from(attached.ebpf.map_mut(names::FILTER).context("map NP_FILTER missing")?)?;
         for (name, inum, ifindex) in resolved {
             let key = if classic {
                 let mut n = [0u8; 16];
@@ -88,10 +79,7 @@ impl Recorder {
             };
             filter.insert(key, 1, 0)?;
         }
-        Ok(Recorder {
-            attached,
-            started: Instant::now(),
-        })
+        Ok(Recorder { attached, started: Instant::now() })
     }
 
     pub fn coverage(&self) -> &[attach::Coverage] {
@@ -138,9 +126,7 @@ pub fn wait_for(
     done: Option<std::sync::mpsc::Receiver<()>>,
     mut tick: Option<&mut dyn FnMut()>,
 ) -> Result<bool> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let sleep = async {
@@ -180,13 +166,9 @@ pub fn wait_for(
 /// Parses durations like `10s`, `500ms`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 10s, 500ms, 2m"))?;
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; use e.g. 10s, 500ms, 2m"))?;
     let secs = match unit {
         "" | "s" => v,
         "ms" => v / 1e3,
@@ -211,9 +193,7 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("ten")
-            .unwrap_err()
-            .contains("not a duration"));
+        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("0s").is_err());
     }

@@ -18,10 +18,7 @@ pub fn require_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root and CI=true: run the suite as root"
-    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root and CI=true: run the suite as root");
     eprintln!("SKIPPED {test}: needs root (BPF programs, network namespaces); run `sudo cargo xtask test`");
     false
 }
@@ -32,10 +29,7 @@ pub fn netprobe_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/netprobe");
-    assert!(
-        p.exists(),
-        "no netprobe binary: run the tests with `cargo xtask test`"
-    );
+    assert!(p.exists(), "no netprobe binary: run the tests with `cargo xtask test`");
     p
 }
 
@@ -68,10 +62,7 @@ impl Recording {
             if line.contains("recording") {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "netprobe did not start: {stderr:?}"
-            );
+            assert!(Instant::now() < deadline, "netprobe did not start: {stderr:?}");
         }
         // Keep draining stderr so netprobe never blocks on it.
         std::thread::spawn(move || for _ in reader.lines() {});
@@ -88,17 +79,9 @@ impl Recording {
     /// Waits for netprobe to exit on its own and returns its report.
     pub fn finish(self) -> Value {
         let out = self.child.wait_with_output().expect("wait for netprobe");
-        assert!(
-            out.status.success(),
-            "netprobe failed: {:?} {:?}",
-            out.status,
-            self.stderr
-        );
+        assert!(out.status.success(), "netprobe failed: {:?} {:?}", out.status, self.stderr);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "netprobe printed no JSON report ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
+            panic!("netprobe printed no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout))
         })
     }
 }
@@ -119,27 +102,15 @@ pub fn pairs<'a>(report: &'a Value, direction: &str) -> Vec<(String, String, &'a
         .iter()
         .filter(|d| d["direction"] == direction)
         .flat_map(|d| d["pairs"].as_array().unwrap())
-        .map(|p| {
-            (
-                label(&p["from_hop"], &p["from_dev"]),
-                label(&p["to_hop"], &p["to_dev"]),
-                p,
-            )
-        })
+        .map(|p| (label(&p["from_hop"], &p["from_dev"]), label(&p["to_hop"], &p["to_dev"]), p))
         .collect()
 }
 
 /// The pair `from -> to` in `direction`; panics listing what there is.
 pub fn pair<'a>(report: &'a Value, direction: &str, from: &str, to: &str) -> &'a Value {
     let all = pairs(report, direction);
-    all.iter()
-        .find(|(f, t, _)| f == from && t == to)
-        .map(|(_, _, p)| *p)
-        .unwrap_or_else(|| {
-            let have: Vec<String> = all
-                .iter()
-                .map(|(f, t, p)| format!("{f} -> {t} ({})", p["packets"]))
-                .collect();
-            panic!("no {direction} pair {from} -> {to}; have: {have:#?}")
-        })
+    all.iter().find(|(f, t, _)| f == from && t == to).map(|(_, _, p)| *p).unwrap_or_else(|| {
+        let have: Vec<String> = all.iter().map(|(f, t, p)| format!("{f} -> {t} ({})", p["packets"])).collect();
+        panic!("no {direction} pair {from} -> {to}; have: {have:#?}")
+    })
 }

@@ -9,16 +9,10 @@ use serde_json::Value;
 
 fn assert_plausible(p: &Value, min_packets: u64, what: &str) {
     let n = p["packets"].as_u64().unwrap();
-    assert!(
-        n >= min_packets,
-        "{what}: {n} packets, expected at least {min_packets}"
-    );
+    assert!(n >= min_packets, "{what}: {n} packets, expected at least {min_packets}");
     let (p50, max) = (p["p50_ns"].as_u64().unwrap(), p["max_ns"].as_u64().unwrap());
     assert!(p50 > 0, "{what}: zero median latency");
-    assert!(
-        max < 1_000_000_000,
-        "{what}: max latency {max} ns is not plausible"
-    );
+    assert!(max < 1_000_000_000, "{what}: max latency {max} ns is not plausible");
     assert!(p["p99_ns"].as_u64().unwrap() <= max && p50 <= p["p99_ns"].as_u64().unwrap());
 }
 
@@ -33,17 +27,13 @@ fn generic_tracepoints(r: &Value) -> Vec<&Value> {
 }
 
 fn netprobe_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool (Debian's bpftool)");
+    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool (Debian's bpftool)");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split("name ").nth(1))
         .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
         .filter(|n| {
-            ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p))
-                && (n.contains("net") || n.contains("skb"))
+            ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p)) && (n.contains("net") || n.contains("skb"))
         })
         .collect()
 }
@@ -58,34 +48,18 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
     let ifaces = t.ifaces();
     let rec = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
 
-    assert_eq!(
-        t.ping(20, "0.02").unwrap(),
-        20,
-        "ping through the demo topology failed"
-    );
-    t.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(1))
-        .unwrap();
+    assert_eq!(t.ping(20, "0.02").unwrap(), 20, "ping through the demo topology failed");
+    t.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(1)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let r = rec.interrupt();
 
-    assert_eq!(
-        r["interrupted"], true,
-        "SIGINT should end the recording early, with its result"
-    );
+    assert_eq!(r["interrupted"], true, "SIGINT should end the recording early, with its result");
     for c in generic_tracepoints(&r) {
-        assert!(
-            !c["backend"].is_null(),
-            "hop {} not attached: {}",
-            c["hop"],
-            c["notes"]
-        );
+        assert!(!c["backend"].is_null(), "hop {} not attached: {}", c["hop"], c["notes"]);
     }
     // Every other catalog hop says why it is not observed.
     for c in r["coverage"].as_array().unwrap() {
-        assert!(
-            !c["backend"].is_null() || !c["notes"].as_array().unwrap().is_empty(),
-            "{c}"
-        );
+        assert!(!c["backend"].is_null() || !c["notes"].as_array().unwrap().is_empty(), "{c}");
     }
     // Guest -> wire: 20 echo requests + 50 datagrams (plus ARP) leave by the macvtap.
     for (from, to) in [
@@ -94,11 +68,7 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         (format!("queue@{u}"), format!("xmit@{u}")),
         (format!("xmit@{u}"), format!("netif_rx@{p}")),
     ] {
-        assert_plausible(
-            pair(&r, "to-wire", &from, &to),
-            70,
-            &format!("to-wire {from} -> {to}"),
-        );
+        assert_plausible(pair(&r, "to-wire", &from, &to), 70, &format!("to-wire {from} -> {to}"));
     }
     // Wire -> guest: 20 echo replies come in on the uplink, wait in the
     // macvtap's tap queue until the guest stand-in reads them.
@@ -107,30 +77,19 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         (format!("receive@{u}"), format!("copy_out@{m}")),
         (format!("copy_out@{m}"), "consumed".to_owned()),
     ] {
-        assert_plausible(
-            pair(&r, "to-guest", &from, &to),
-            20,
-            &format!("to-guest {from} -> {to}"),
-        );
+        assert_plausible(pair(&r, "to-guest", &from, &to), 20, &format!("to-guest {from} -> {to}"));
     }
     // The 50 blackholed datagrams are dropped in the peer's input path,
     // with a named drop reason.
     let drops = r["drops"].as_array().unwrap();
     let at_peer: u64 = drops
         .iter()
-        .filter(|d| {
-            d["direction"] == "to-wire" && d["last_dev"] == p.as_str() && d["last_hop"] == "receive"
-        })
+        .filter(|d| d["direction"] == "to-wire" && d["last_dev"] == p.as_str() && d["last_hop"] == "receive")
         .map(|d| d["packets"].as_u64().unwrap())
         .sum();
+    assert!(at_peer >= 50, "expected >= 50 drops after receive@{p}, got {at_peer}: {drops:#?}");
     assert!(
-        at_peer >= 50,
-        "expected >= 50 drops after receive@{p}, got {at_peer}: {drops:#?}"
-    );
-    assert!(
-        drops
-            .iter()
-            .all(|d| !d["reason"].as_str().unwrap().starts_with("reason ")),
+        drops.iter().all(|d| !d["reason"].as_str().unwrap().starts_with("reason ")),
         "drop reasons should be named: {drops:#?}"
     );
     assert_eq!(r["tracking"]["pair_lost"], 0);
@@ -138,23 +97,13 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
 
     drop(t);
     let left = netprobe_programs_loaded();
-    assert!(
-        left.is_empty(),
-        "netprobe programs still loaded after exit: {left:?}"
-    );
+    assert!(left.is_empty(), "netprobe programs still loaded after exit: {left:?}");
 }
 
 fn backend_measures_the_macvtap_path(backend: &str) {
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
-    let rec = Recording::start(&[
-        "--backend",
-        backend,
-        "--iface",
-        &ifaces[0],
-        "--iface",
-        &ifaces[1],
-    ]);
+    let rec = Recording::start(&["--backend", backend, "--iface", &ifaces[0], "--iface", &ifaces[1]]);
     assert_eq!(t.ping(10, "0.02").unwrap(), 10);
     std::thread::sleep(Duration::from_millis(200));
     let r = rec.interrupt();
@@ -163,10 +112,7 @@ fn backend_measures_the_macvtap_path(backend: &str) {
     }
     // Classic tracepoints name devices but cannot tell their kind across
     // namespaces, so look in either direction.
-    let (from, to) = (
-        format!("queue@{}", t.macvtap),
-        format!("xmit@{}", t.macvtap),
-    );
+    let (from, to) = (format!("queue@{}", t.macvtap), format!("xmit@{}", t.macvtap));
     let found = ["to-wire", "to-guest"]
         .iter()
         .flat_map(|d| netprobe_tests::pairs(&r, d))
@@ -198,10 +144,7 @@ fn unknown_interface_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no network interface nosuchif0"),
-        "unclear error: {err}"
-    );
+    assert!(err.contains("no network interface nosuchif0"), "unclear error: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -210,24 +153,14 @@ fn probes_lists_every_catalog_hop_with_a_backend_or_a_reason() {
     if !require_root("probes_lists_every_catalog_hop_with_a_backend_or_a_reason") {
         return;
     }
-    let out = Command::new(netprobe_tests::netprobe_bin())
-        .args(["probes", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(netprobe_tests::netprobe_bin()).args(["probes", "--format", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let hops = v["hops"].as_array().unwrap();
     assert_eq!(hops.len(), netprobe::catalog::HOPS.len());
     for h in hops {
         let notes = h["notes"].as_array().unwrap();
-        assert!(
-            !h["backend"].is_null() || !notes.is_empty(),
-            "hop without backend or reason: {h}"
-        );
+        assert!(!h["backend"].is_null() || !notes.is_empty(), "hop without backend or reason: {h}");
     }
     // This kernel's refusals are reported as such (see ../shared/datapath.md):
     // where fentry is refused and kprobes are absent, function hops say so.

@@ -23,10 +23,7 @@ pub(crate) struct BuildOpts {
 }
 
 pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn host_triple() -> Result<String> {
@@ -49,10 +46,7 @@ impl BuildOpts {
 
 /// BPF byte order of a target: the BPF object must match the host's.
 fn bpf_target(triple: &str) -> &'static str {
-    if ["s390x", "powerpc64-", "sparc64", "mips64-", "aarch64_be"]
-        .iter()
-        .any(|p| triple.starts_with(p))
-    {
+    if ["s390x", "powerpc64-", "sparc64", "mips64-", "aarch64_be"].iter().any(|p| triple.starts_with(p)) {
         "bpfeb"
     } else {
         "bpfel"
@@ -78,9 +72,7 @@ fn exports() -> Vec<String> {
 }
 
 fn object_path(triple: &str) -> PathBuf {
-    workspace_root()
-        .join("target/bpf")
-        .join(format!("netprobe-{}.bpf.o", bpf_target(triple)))
+    workspace_root().join("target/bpf").join(format!("netprobe-{}.bpf.o", bpf_target(triple)))
 }
 
 /// Builds the BPF object for the byte order of `triple`; returns its path.
@@ -93,24 +85,14 @@ pub(crate) fn build_ebpf(triple: &str) -> Result<PathBuf> {
     // apply only to target artifacts because --target is explicit.
     run(Command::new("cargo")
         .current_dir(&root)
-        .args([
-            "rustc",
-            "-p",
-            "netprobe-ebpf",
-            "--release",
-            "--crate-type",
-            "staticlib",
-        ])
+        .args(["rustc", "-p", "netprobe-ebpf", "--release", "--crate-type", "staticlib"])
         .args(["--target", triple])
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         // aya-ebpf picks pt_regs layouts (kprobe arguments) by this.
         .env("AYA_BPF_TARGET_ARCH", triple.split('-').next().unwrap_or_default())
-        .env(
-            "RUSTFLAGS",
-            "--cfg netprobe_bpf -C linker-plugin-lto -C panic=abort -C debuginfo=2 -C codegen-units=1",
-        ))
+        .env("RUSTFLAGS", "--cfg netprobe_bpf -C linker-plugin-lto -C panic=abort -C debuginfo=2 -C codegen-units=1"))
     .context("compiling netprobe-ebpf failed")?;
     let lib = target_dir.join(triple).join("release/libnetprobe_ebpf.a");
     let obj = object_path(triple);
@@ -160,47 +142,23 @@ pub(crate) fn build_all(opts: &BuildOpts) -> Result<PathBuf> {
 /// The IBM Z build: a static s390x netprobe with a big-endian BPF object
 /// embedded. Builds it and checks both ELF headers.
 pub(crate) fn check_s390x_build() -> Result<()> {
-    let opts = BuildOpts {
-        target: Some("s390x-unknown-linux-gnu".to_owned()),
-        debug: false,
-    };
+    let opts = BuildOpts { target: Some("s390x-unknown-linux-gnu".to_owned()), debug: false };
     let bin = build_all(&opts)?;
     let data = std::fs::read(&bin)?;
     let obj = std::fs::read(object_path("s390x-unknown-linux-gnu"))?;
     // ELF64 (class 2), big-endian (data 2); e_machine EM_S390 = 22, EM_BPF = 247.
     let is = |b: &[u8], machine: u16| {
-        b.len() > 20
-            && &b[..4] == b"\x7fELF"
-            && b[4] == 2
-            && b[5] == 2
-            && b[18..20] == machine.to_be_bytes()
+        b.len() > 20 && &b[..4] == b"\x7fELF" && b[4] == 2 && b[5] == 2 && b[18..20] == machine.to_be_bytes()
     };
+    anyhow::ensure!(is(&data, 22), "{} is not a big-endian s390x ELF", bin.display());
+    anyhow::ensure!(is(&obj, 247), "the s390x BPF object is not a big-endian (bpfeb) BPF ELF");
     anyhow::ensure!(
-        is(&data, 22),
-        "{} is not a big-endian s390x ELF",
-        bin.display()
-    );
-    anyhow::ensure!(
-        is(&obj, 247),
-        "the s390x BPF object is not a big-endian (bpfeb) BPF ELF"
-    );
-    anyhow::ensure!(
-        data.windows(obj.len().min(4096))
-            .any(|w| w == &obj[..obj.len().min(4096)]),
+        data.windows(obj.len().min(4096)).any(|w| w == &obj[..obj.len().min(4096)]),
         "the bpfeb object is not embedded in {}",
         bin.display()
     );
-    let static_ok = !data
-        .windows(b"/lib/ld64.so".len())
-        .any(|w| w == b"/lib/ld64.so");
-    anyhow::ensure!(
-        static_ok,
-        "{} is dynamically linked; it must be static",
-        bin.display()
-    );
-    println!(
-        "xtask: s390x build ok: {} (static, bpfeb object embedded)",
-        bin.display()
-    );
+    let static_ok = !data.windows(b"/lib/ld64.so".len()).any(|w| w == b"/lib/ld64.so");
+    anyhow::ensure!(static_ok, "{} is dynamically linked; it must be static", bin.display());
+    println!("xtask: s390x build ok: {} (static, bpfeb object embedded)", bin.display());
     Ok(())
 }

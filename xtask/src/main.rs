@@ -68,11 +68,7 @@ fn main() -> Result<()> {
             let bin = build::build_all(&build::BuildOpts::default())?;
             run(Command::new(bin).arg("demo").args(args))?;
         }
-        Cmd::Test {
-            no_lint,
-            no_cross,
-            args,
-        } => test(no_lint, no_cross, &args)?,
+        Cmd::Test { no_lint, no_cross, args } => test(no_lint, no_cross, &args)?,
     }
     Ok(())
 }
@@ -87,14 +83,7 @@ fn test(no_lint: bool, no_cross: bool, args: &[String]) -> Result<()> {
         run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
             .context("cargo fmt found unformatted code; run `cargo fmt --all`")?;
         run(build::with_bpf_object_env(
-            Command::new("cargo").args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]),
+            Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
             &build::BuildOpts::default(),
         ))?;
     }
@@ -102,21 +91,13 @@ fn test(no_lint: bool, no_cross: bool, args: &[String]) -> Result<()> {
     // One test at a time: the privileged tests load BPF programs and check
     // with bpftool that none is left behind, which a concurrent test's
     // programs would confuse.
-    cmd.args(["test", "--workspace"])
-        .env("NETPROBE_BIN", &bin)
-        .args(["--", "--test-threads=1"])
-        .args(args);
-    run(build::with_bpf_object_env(
-        &mut cmd,
-        &build::BuildOpts::default(),
-    ))
+    cmd.args(["test", "--workspace"]).env("NETPROBE_BIN", &bin).args(["--", "--test-threads=1"]).args(args);
+    run(build::with_bpf_object_env(&mut cmd, &build::BuildOpts::default()))
 }
 
 /// Runs a command, failing with its exit status.
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }

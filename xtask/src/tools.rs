@@ -17,8 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the demo needs: iproute2 for the topology, traffic tools.
 pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// Debian packages the test suite needs on top of the demo's.
-pub(crate) const TEST_DEBS: &[&str] =
-    &["iproute2", "iputils-ping", "iperf3", "sockperf", "bpftool"];
+pub(crate) const TEST_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3", "sockperf", "bpftool"];
 
 fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -29,9 +28,7 @@ fn cache_dir() -> PathBuf {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -54,21 +51,12 @@ pub(crate) fn bpf_linker() -> Result<PathBuf> {
             .with_context(|| format!("rustc -vV has no {k}"))
     };
     let llvm_version = field("LLVM version:")?;
-    let llvm_major = llvm_version
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let llvm_major = llvm_version.split('.').next().unwrap_or_default().to_owned();
     let rustc_hash = field("commit-hash:")?;
     let short = &rustc_hash[..rustc_hash.len().min(12)];
     let root = cache_dir().join(format!("bpf-linker-{BPF_LINKER_VERSION}-rustc-{short}"));
     let bin = root.join("bin/bpf-linker");
-    if bin.exists()
-        && Command::new(&bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    {
+    if bin.exists() && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
         return Ok(bin);
     }
 
@@ -78,25 +66,23 @@ pub(crate) fn bpf_linker() -> Result<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
-            })
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
         })
-        .context(
-            "the active rustc ships no libLLVM shared library; cannot build bpf-linker against it",
-        )?;
+        .context("the active rustc ships no libLLVM shared library; cannot build bpf-linker against it")?;
     let prefix = root.join("llvm");
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib)?;
-    for name in [
-        "libLLVM.so".to_owned(),
-        libllvm.file_name().unwrap().to_string_lossy().into_owned(),
-    ] {
+    for name in ["libLLVM.so".to_owned(), libllvm.file_name().unwrap().to_string_lossy().into_owned()] {
         let link = lib.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&libllvm, &link)?;
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {llvm_version} (once, cached in {})", root.display());
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {llvm_version} (once, cached in {})",
+        root.display()
+    );
     run(Command::new("cargo")
         .args(["install", "--locked", "--force", "--no-default-features"])
         .args(["--features", &format!("llvm-{llvm_major}")])
@@ -155,13 +141,7 @@ pub(crate) fn ensure_target(triple: &str, host: &str) -> Result<()> {
         "powerpc64le" => "powerpc64le-linux-gnu",
         _ => return Ok(()),
     };
-    let cross = [
-        format!("gcc-{gnu}"),
-        format!(
-            "libc6-dev-{}-cross",
-            gnu.split('-').next().unwrap_or_default()
-        ),
-    ];
+    let cross = [format!("gcc-{gnu}"), format!("libc6-dev-{}-cross", gnu.split('-').next().unwrap_or_default())];
     let cross: Vec<&str> = cross.iter().map(String::as_str).collect();
     ensure_debs(&cross)
 }

@@ -26,13 +26,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             continue;
         }
         writeln!(out, "\n{}", d.direction.title())?;
-        let w = d
-            .pairs
-            .iter()
-            .map(|p| p.from_label().len() + p.to_label().len() + 4)
-            .max()
-            .unwrap_or(0)
-            .max(8);
+        let w = d.pairs.iter().map(|p| p.from_label().len() + p.to_label().len() + 4).max().unwrap_or(0).max(8);
         writeln!(
             out,
             "  {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -91,11 +85,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             d.packets,
             dir,
             d.last_hop,
-            if d.last_dev.is_empty() {
-                String::new()
-            } else {
-                format!("@{}", d.last_dev)
-            }
+            if d.last_dev.is_empty() { String::new() } else { format!("@{}", d.last_dev) }
         )?;
     }
     let t = &r.tracking;
@@ -119,26 +109,18 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
 /// many hops are not and the first reason why, so no number is read without
 /// knowing what was not observed.
 pub fn write_coverage(r: &Report, out: &mut dyn Write) -> Result<()> {
-    let attached: Vec<String> = r
-        .coverage
-        .iter()
-        .filter_map(|c| c.backend.as_ref().map(|b| format!("{} ({b})", c.hop)))
-        .collect();
-    writeln!(
-        out,
-        "hops attached ({}/{}): {}",
-        attached.len(),
-        r.coverage.len(),
-        attached.join(", ")
-    )?;
-    let mut paths: Vec<&str> = r.coverage.iter().map(|c| c.path.as_str()).collect();
-    paths.dedup();
+    let attached: Vec<String> =
+        r.coverage.iter().filter_map(|c| c.backend.as_ref().map(|b| format!("{} ({b})", c.hop))).collect();
+    writeln!(out, "hops attached ({}/{}): {}", attached.len(), r.coverage.len(), attached.join(", "))?;
+    let mut paths: Vec<&str> = Vec::new();
+    for c in &r.coverage {
+        if !paths.contains(&c.path.as_str()) {
+            paths.push(&c.path);
+        }
+    }
     for path in paths {
-        let missing: Vec<&super::CoverageEntry> = r
-            .coverage
-            .iter()
-            .filter(|c| c.path == path && c.backend.is_none())
-            .collect();
+        let missing: Vec<&super::CoverageEntry> =
+            r.coverage.iter().filter(|c| c.path == path && c.backend.is_none()).collect();
         if let Some(first) = missing.first() {
             writeln!(
                 out,
@@ -155,26 +137,14 @@ pub fn write_coverage(r: &Report, out: &mut dyn Write) -> Result<()> {
 /// `netprobe probes`: one line per catalog hop.
 pub fn write_probes(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "netprobe {} on Linux {}", r.netprobe_version, r.kernel)?;
-    writeln!(
-        out,
-        "{:<22} {:<24} {:<44} {:<11} why not better / why none",
-        "hop", "path", "site", "backend"
-    )?;
+    writeln!(out, "{:<22} {:<24} {:<44} {:<11} why not better / why none", "hop", "path", "site", "backend")?;
     for c in &r.coverage {
         let backend = match (&c.backend, c.time_inside) {
             (Some(b), true) => format!("{b}+exit"),
             (Some(b), false) => b.clone(),
             (None, _) => "-".to_owned(),
         };
-        writeln!(
-            out,
-            "{:<22} {:<24} {:<44} {:<11} {}",
-            c.hop,
-            c.path,
-            c.site,
-            backend,
-            c.notes.join("; ")
-        )?;
+        writeln!(out, "{:<22} {:<24} {:<44} {:<11} {}", c.hop, c.path, c.site, backend, c.notes.join("; "))?;
     }
     Ok(())
 }
