@@ -153,8 +153,30 @@ impl Backend {
 }
 
 /// Kernel-function hops attach through generic programs, one per slot and
-/// backend; the loader tells each slot its hop and where its skb is.
-pub const MAX_SLOTS: usize = 40;
+/// backend; the loader tells each slot its hop and whether its skb argument
+/// is a `struct sk_buff **`.
+pub const MAX_SLOTS: usize = 48;
+
+/// The argument each slot's programs read the skb from, fixed at compile
+/// time: the verifier accepts context reads only at constant offsets.
+/// [`SlotConfig::NO_SKB`] slots read none. The loader gives a function a
+/// slot whose position matches its skb argument.
+pub const SLOT_ARG: [u8; MAX_SLOTS] = {
+    let mut t = [SlotConfig::NO_SKB; MAX_SLOTS];
+    let mut i = 0;
+    while i < MAX_SLOTS {
+        t[i] = match i {
+            0..=13 => 0,
+            14..=25 => 1,
+            26..=28 => 2,
+            29..=31 => 3,
+            32..=33 => 4,
+            _ => SlotConfig::NO_SKB,
+        };
+        i += 1;
+    }
+    t
+};
 
 /// Where a function's `struct sk_buff *` is among its arguments.
 #[repr(C)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use netprobe_common::{SlotConfig, MAX_SLOTS};
+use netprobe_common::{SlotConfig, MAX_SLOTS, SLOT_ARG};
 
 use crate::{cfg, fn_returned, slot_entry};
 
@@ -23,18 +23,32 @@ fn slot(n: usize) -> SlotConfig {
     }
 }
 
-/// The slot's skb from its arguments (`arg(i)`), dereferenced for
-/// `struct sk_buff **` parameters.
+/// The skb of slot `n`'s function: argument `SLOT_ARG[n]`, a constant, so
+/// only that context read is compiled (the verifier accepts context reads
+/// at constant offsets only).
+macro_rules! skb_arg {
+    ($n:literal, $s:ident, $read:expr) => {{
+        const POS: u8 = SLOT_ARG[$n];
+        if $s.skb_arg == SlotConfig::NO_SKB {
+            0
+        } else {
+            let read = $read;
+            let raw: u64 = match POS {
+                0 => read(0),
+                1 => read(1),
+                2 => read(2),
+                3 => read(3),
+                4 => read(4),
+                _ => 0,
+            };
+            deref_skb($s, raw)
+        }
+    }};
+}
+
+/// The skb itself, dereferenced for `struct sk_buff **` parameters.
 #[inline(always)]
-fn skb_of(s: SlotConfig, arg: impl Fn(usize) -> u64) -> u64 {
-    let raw = match s.skb_arg {
-        0 => arg(0),
-        1 => arg(1),
-        2 => arg(2),
-        3 => arg(3),
-        4 => arg(4),
-        _ => return 0,
-    };
+fn deref_skb(s: SlotConfig, raw: u64) -> u64 {
     if s.skb_indirect != 0 && raw >= 4096 {
         unsafe { bpf_probe_read_kernel(raw as *const u64) }.unwrap_or(0)
     } else {
@@ -47,7 +61,7 @@ macro_rules! slots {
         #[fentry]
         fn $fentry(ctx: FEntryContext) -> u32 {
             let s = slot($n);
-            slot_entry(s.hop, skb_of(s, |i| ctx.arg(i)));
+            slot_entry(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i)));
             0
         }
 
@@ -60,7 +74,7 @@ macro_rules! slots {
         #[kprobe]
         fn $kprobe(ctx: ProbeContext) -> u32 {
             let s = slot($n);
-            slot_entry(s.hop, skb_of(s, |i| ctx.arg(i).unwrap_or(0)));
+            slot_entry(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i).unwrap_or(0)));
             0
         }
 
@@ -113,4 +127,12 @@ slots! {
     37 => fentry_37, fexit_37, kprobe_37, kretprobe_37;
     38 => fentry_38, fexit_38, kprobe_38, kretprobe_38;
     39 => fentry_39, fexit_39, kprobe_39, kretprobe_39;
+    40 => fentry_40, fexit_40, kprobe_40, kretprobe_40;
+    41 => fentry_41, fexit_41, kprobe_41, kretprobe_41;
+    42 => fentry_42, fexit_42, kprobe_42, kretprobe_42;
+    43 => fentry_43, fexit_43, kprobe_43, kretprobe_43;
+    44 => fentry_44, fexit_44, kprobe_44, kretprobe_44;
+    45 => fentry_45, fexit_45, kprobe_45, kretprobe_45;
+    46 => fentry_46, fexit_46, kprobe_46, kretprobe_46;
+    47 => fentry_47, fexit_47, kprobe_47, kretprobe_47;
 }

@@ -10,7 +10,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use netprobe_common::{hop_flags, names, Backend, Config, SlotConfig, MAX_SLOTS};
+use netprobe_common::{hop_flags, names, Backend, Config, SlotConfig, MAX_SLOTS, SLOT_ARG};
 use serde::Serialize;
 
 use crate::{
@@ -132,17 +132,25 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
                 }
             }
             Site::Function { .. } => {
-                let n = slots.len();
-                if n >= MAX_SLOTS {
-                    continue;
-                }
-                slots.insert(h.id, n);
-                let (arg, indirect) = match p.skb {
-                    SkbArg::None => (SlotConfig::NO_SKB, 0),
-                    SkbArg::Arg(i) => (i, 0),
-                    SkbArg::Indirect(i) => (i, 1),
+                // A slot whose compiled-in argument position is the skb's;
+                // functions without an skb prefer slots that read none.
+                let want = match p.skb {
+                    SkbArg::None => SlotConfig::NO_SKB,
+                    SkbArg::Arg(i) | SkbArg::Indirect(i) => i,
                 };
-                config.slots[n] = SlotConfig { hop: h.id, skb_arg: arg, skb_indirect: indirect, _pad: 0 };
+                let free = |n: &usize| !slots.values().any(|v| v == n);
+                let n = (0..MAX_SLOTS)
+                    .filter(free)
+                    .find(|&n| SLOT_ARG[n] == want)
+                    .or_else(|| (want == SlotConfig::NO_SKB).then(|| (0..MAX_SLOTS).find(free)).flatten());
+                let Some(n) = n else { continue };
+                slots.insert(h.id, n);
+                config.slots[n] = SlotConfig {
+                    hop: h.id,
+                    skb_arg: want,
+                    skb_indirect: matches!(p.skb, SkbArg::Indirect(_)) as u8,
+                    _pad: 0,
+                };
             }
         }
     }
@@ -216,7 +224,7 @@ impl Attached {
                             }
                         })
                     }
-                    None => Err(anyhow::anyhow!("all {MAX_SLOTS} function slots in use")),
+                    None => Err(anyhow::anyhow!("no free function slot reads the skb from this argument")),
                 },
             };
             match res {
@@ -224,7 +232,12 @@ impl Attached {
                     chosen = Some(backend);
                     break;
                 }
-                Err(e) => notes.push(format!("{}: {}", backend.label(), first_line(&format!("{e:#}")))),
+                Err(e) => {
+                    if std::env::var_os("NETPROBE_DEBUG").is_some() {
+                        eprintln!("netprobe: {} via {}: {e:#}", p.hop.label, backend.label());
+                    }
+                    notes.push(format!("{}: {}", backend.label(), first_line(&format!("{e:#}"))))
+                }
             }
         }
         Coverage {

@@ -246,7 +246,7 @@ impl Topology {
             return Ok(());
         }
         for (from, to) in [("1", "2"), ("2", "1")] {
-            let flow = format!("in_port({from})");
+            let flow = format!("in_port({from}),eth()");
             sh("ip", &["netns", "exec", &self.host_ns, "ovs-dpctl", "add-flow", &self.switch, &flow, to])?;
         }
         Ok(())

@@ -80,6 +80,12 @@ enum Cmd {
         #[command(flatten)]
         probe: ProbeArgs,
     },
+    /// Print a report saved with `--format json` (as a table, or again as JSON).
+    Report {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Show, for every hop of the catalog, the backend this kernel allows
     /// (proved by loading and attaching it for a moment) or why none.
     Probes {
@@ -146,6 +152,12 @@ fn run(cli: Cli) -> Result<()> {
             print(&rec.report(interrupted)?, probe.format)
         }
         Cmd::Demo { topology, probe } => run_demo(topology, &probe),
+        Cmd::Report { file, format } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let report: Report = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a netprobe JSON report", file.display()))?;
+            print(&report, format)
+        }
         Cmd::Probes { probe, save_facts } => {
             let rec = Recorder::start(&options(&probe, Vec::new()))?;
             let report = rec.report(false)?;

@@ -4,6 +4,7 @@
 //! so a fresh machine needs nothing but stable Rust.
 
 mod build;
+mod lab;
 mod tools;
 
 use std::process::Command;
@@ -37,6 +38,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot Debian's stock kernel under QEMU and run the demo scenarios
+    /// inside (fentry, kprobe and OVS hops live); results in target/lab/.
+    Lab(lab::LabOpts),
     /// Run the whole test suite: formatting, lints, unit and privileged
     /// integration tests.
     Test {
@@ -68,6 +72,7 @@ fn main() -> Result<()> {
             let bin = build::build_all(&build::BuildOpts::default())?;
             run(Command::new(bin).arg("demo").args(args))?;
         }
+        Cmd::Lab(opts) => lab::lab(&opts)?,
         Cmd::Test { no_lint, no_cross, args } => test(no_lint, no_cross, &args)?,
     }
     Ok(())

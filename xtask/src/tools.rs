@@ -19,7 +19,7 @@ pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// Debian packages the test suite needs on top of the demo's.
 pub(crate) const TEST_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3", "sockperf", "bpftool"];
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
