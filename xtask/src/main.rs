@@ -50,6 +50,9 @@ enum Cmd {
         /// Skip the s390x cross-build check.
         #[arg(long)]
         no_cross: bool,
+        /// Skip the QEMU lab (its tests then read older results, or skip).
+        #[arg(long)]
+        no_lab: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -73,15 +76,21 @@ fn main() -> Result<()> {
             run(Command::new(bin).arg("demo").args(args))?;
         }
         Cmd::Lab(opts) => lab::lab(&opts)?,
-        Cmd::Test { no_lint, no_cross, args } => test(no_lint, no_cross, &args)?,
+        Cmd::Test { no_lint, no_cross, no_lab, args } => test(no_lint, no_cross, no_lab, &args)?,
     }
     Ok(())
 }
 
-fn test(no_lint: bool, no_cross: bool, args: &[String]) -> Result<()> {
+fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<()> {
     tools::ensure_debs(tools::TEST_DEBS)?;
     if !no_cross {
         build::check_s390x_build()?;
+    }
+    if !no_lab {
+        // Fresh lab results for the lab tests (tests/tests/lab.rs).
+        let dir = build::workspace_root().join("target/lab/amd64");
+        let _ = std::fs::remove_dir_all(&dir);
+        lab::lab(&lab::LabOpts { scenarios: vec!["macvtap".into(), "bridge".into(), "ovs".into()], timeout: 900 })?;
     }
     let bin = build::build_all(&build::BuildOpts::default())?;
     if !no_lint {
