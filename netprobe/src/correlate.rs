@@ -25,6 +25,9 @@ pub struct Context<'a> {
     pub drop_reasons: &'a BTreeMap<u32, String>,
     pub duration_s: f64,
     pub interrupted: bool,
+    /// Devices known (from --iface) to be guest-facing; needed where the
+    /// kernel side cannot tell a device's kind (classic tracepoints).
+    pub guest_facing: &'a [String],
 }
 
 fn cstr(b: &[u8; 16]) -> String {
@@ -44,7 +47,7 @@ fn dev_name(devs: &BTreeMap<u64, DevInfo>, key: u64) -> String {
 
 /// Guest-facing devices are where a guest's packets enter the host: the
 /// macvtap or tap device QEMU/vhost writes into.
-fn is_guest_facing(devs: &BTreeMap<u64, DevInfo>, key: u64) -> bool {
+fn is_guest_facing(devs: &BTreeMap<u64, DevInfo>, key: u64, known: &[String]) -> bool {
     let Some(d) = devs.get(&key) else {
         return false;
     };
@@ -52,8 +55,12 @@ fn is_guest_facing(devs: &BTreeMap<u64, DevInfo>, key: u64) -> bool {
     if !kind.is_empty() {
         return kind == "macvtap" || kind == "tun";
     }
-    // Classic tracepoints carry names only: ask sysfs (this namespace).
+    // Classic tracepoints carry names only: what --iface told us, else
+    // sysfs (this namespace).
     let name = cstr(&d.name);
+    if known.contains(&name) {
+        return true;
+    }
     let sys = std::path::Path::new("/sys/class/net").join(&name);
     sys.join("tun_flags").exists() || sys.join("macvtap").exists()
 }
@@ -75,7 +82,7 @@ fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
 
 pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
     let direction = |origin: u64| {
-        if is_guest_facing(&s.devs, origin) {
+        if is_guest_facing(&s.devs, origin, cx.guest_facing) {
             Direction::ToWire
         } else {
             Direction::ToGuest

@@ -37,6 +37,19 @@ impl Default for RecordOptions {
 pub struct Recorder {
     attached: Attached,
     started: Instant,
+    /// Names of the --iface devices that are guest-facing (macvtap, tap).
+    guest_facing: Vec<String>,
+}
+
+/// Whether an interface is a macvtap or tun/tap device, asked of iproute2
+/// (works across namespaces, unlike sysfs).
+fn is_guest_facing(ns: Option<&str>, name: &str) -> bool {
+    let mut args = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-d", "-o", "link", "show", "dev", name]);
+    netns::ip(&args).is_ok_and(|out| out.split_whitespace().any(|w| w == "macvtap" || w == "tun"))
 }
 
 /// Parses `NETNS/NAME` or `NAME`.
@@ -51,6 +64,7 @@ impl Recorder {
     pub fn start(opts: &RecordOptions) -> Result<Recorder> {
         // Resolve interfaces before touching the kernel: a typo fails fast.
         let mut resolved = Vec::new();
+        let mut guest_facing = Vec::new();
         for spec in &opts.ifaces {
             let (ns, name) = split_iface(spec);
             if name.is_empty() || name.len() > 15 {
@@ -58,6 +72,9 @@ impl Recorder {
             }
             let ifindex = netns::ifindex(ns, name)?;
             let inum = netns::inode(ns)?;
+            if is_guest_facing(ns, name) {
+                guest_facing.push(name.to_owned());
+            }
             resolved.push((name.to_owned(), inum, ifindex));
         }
         let mut attached = attach::attach(&AttachOptions {
@@ -79,7 +96,7 @@ impl Recorder {
             };
             filter.insert(key, 1, 0)?;
         }
-        Ok(Recorder { attached, started: Instant::now() })
+        Ok(Recorder { attached, started: Instant::now(), guest_facing })
     }
 
     pub fn coverage(&self) -> &[attach::Coverage] {
@@ -108,6 +125,7 @@ impl Recorder {
                 drop_reasons: &self.attached.drop_reasons,
                 duration_s: self.started.elapsed().as_secs_f64(),
                 interrupted,
+                guest_facing: &self.guest_facing,
             },
         ))
     }

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 fn lab_result(name: &str) -> Option<Value> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lab/amd64").join(format!("{name}.json"));
+    arch_result("amd64", name)
+}
+
+fn arch_result(arch: &str, name: &str) -> Option<Value> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lab").join(arch).join(format!("{name}.json"));
     match std::fs::read_to_string(&p) {
         Ok(text) => Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))),
         Err(_) => {
@@ -120,4 +124,36 @@ fn bridge_hops_are_measured() {
     let Some(r) = lab_result("bridge") else { return };
     assert_measured(pair(&r, "to-wire", "br_rx", "br_forward"), 20, "to-wire br_rx -> br_forward");
     assert_measured(pair(&r, "to-guest", "br_forward", "br_xmit"), 20, "to-guest br_forward -> br_xmit");
+}
+
+fn s390x_result(name: &str) -> Option<Value> {
+    arch_result("s390x", name)
+}
+
+#[test]
+fn s390x_without_btf_uses_classic_tracepoints_and_kprobes_with_qeth_attached() {
+    let Some(p) = s390x_result("probes") else { return };
+    let hops = &p["hops"];
+    for tp in ["queue", "xmit", "netif_rx", "receive", "copy_out", "consumed", "dropped"] {
+        assert_eq!(backend(hops, tp), "tracepoint", "{tp} on a kernel without BTF");
+    }
+    // The qeth driver's hops attach (QEMU emulates no OSA/HiperSockets
+    // device, so they carry no traffic): l2/l3 transmit, HiperSockets queue
+    // selection, NAPI receive poll, transmit completion poll.
+    for h in ["qeth_l2_xmit", "qeth_l3_xmit", "qeth_xmit", "qeth_iqd_select_queue", "qeth_rx_poll", "qeth_tx_poll"] {
+        assert_eq!(backend(hops, h), "kprobe", "{h}");
+    }
+    let fentry_note =
+        hops.as_array().unwrap().iter().find(|c| c["hop"] == "qeth_l2_xmit").unwrap()["notes"].to_string();
+    assert!(fentry_note.contains("no BTF"), "{fentry_note}");
+}
+
+#[test]
+fn s390x_macvtap_hops_carry_counts_and_latencies() {
+    let Some(r) = s390x_result("macvtap") else { return };
+    assert_measured(pair(&r, "to-wire", "queue", "xmit"), 20, "s390x to-wire queue -> xmit");
+    assert_measured(pair(&r, "to-wire", "xmit", "macvlan_xmit"), 20, "s390x to-wire xmit -> macvlan_xmit");
+    assert_measured(pair(&r, "to-guest", "macvlan_rx", "tap_enqueue"), 20, "s390x to-guest macvlan_rx -> tap_enqueue");
+    assert_measured(pair(&r, "to-guest", "tap_enqueue", "copy_out"), 20, "s390x to-guest tap_enqueue -> copy_out");
+    assert!(r["kernel"].as_str().unwrap().ends_with("-s390x"), "{}", r["kernel"]);
 }

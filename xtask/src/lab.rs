@@ -16,9 +16,31 @@ use anyhow::{bail, Context, Result};
 
 use crate::{build, run, tools};
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arch {
+    /// Debian's amd64 kernel: BTF, fentry, kprobes, openvswitch.
+    #[value(name = "x86_64")]
+    X86_64,
+    /// Debian's s390x kernel: no BTF, kprobes, qeth.
+    S390x,
+}
+
+impl Arch {
+    fn deb_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::S390x => "s390x",
+        }
+    }
+}
+
 #[derive(clap::Args, Clone)]
 pub(crate) struct LabOpts {
-    /// Scenarios to run in the VM (comma separated).
+    /// Architectures to boot (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "x86_64,s390x")]
+    pub(crate) arch: Vec<Arch>,
+    /// Scenarios to run in the x86_64 VM (comma separated); the s390x VM
+    /// runs the macvtap scenario.
     #[arg(long, value_delimiter = ',', default_value = "macvtap,bridge,ovs")]
     pub(crate) scenarios: Vec<String>,
     /// Give up on the VM after this many seconds.
@@ -27,14 +49,40 @@ pub(crate) struct LabOpts {
 }
 
 /// Modules the scenarios need, loaded with their dependencies.
-const MODULES: &[&str] = &[
-    "kernel/crypto/crc32c_generic.ko",
-    "kernel/drivers/net/veth.ko",
-    "kernel/drivers/net/macvtap.ko",
-    "kernel/drivers/net/tun.ko",
-    "kernel/drivers/vhost/vhost_net.ko",
-    "kernel/net/bridge/bridge.ko",
-    "kernel/net/openvswitch/openvswitch.ko",
+fn modules(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::X86_64 => &["crc32c_generic", "veth", "macvtap", "tun", "vhost_net", "bridge", "openvswitch"],
+        Arch::S390x => &["veth", "macvtap", "tun", "vhost_net", "bridge", "ccwgroup", "qeth", "qeth_l2", "qeth_l3"],
+    }
+}
+
+/// s390x userspace for the VM: busybox, iproute2 and the libraries it
+/// needs (`apt-cache depends --recurse iproute2:s390x`, libraries only).
+const S390X_DEBS: &[&str] = &[
+    "busybox-static",
+    "iproute2",
+    "libbpf1",
+    "libbsd0",
+    "libc6",
+    "libcap2",
+    "libcom-err2",
+    "libdb5.3",
+    "libelf1",
+    "libgcc-s1",
+    "libgssapi-krb5-2",
+    "libk5crypto3",
+    "libkeyutils1",
+    "libkrb5-3",
+    "libkrb5support0",
+    "libmd0",
+    "libmnl0",
+    "libpcre2-8-0",
+    "libselinux1",
+    "libssl3",
+    "libtirpc3",
+    "libxtables12",
+    "zlib1g",
+    "libzstd1",
 ];
 
 /// Host programs copied into the VM with their shared libraries.
@@ -43,8 +91,8 @@ const PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/bin/ping", "/usr/bin/iperf3", 
 const BEGIN: &str = "=== NETPROBE-LAB BEGIN";
 const END: &str = "=== NETPROBE-LAB END";
 
-fn cache_dir() -> PathBuf {
-    tools::cache_dir().join("lab/amd64")
+fn cache_dir(arch: Arch) -> PathBuf {
+    tools::cache_dir().join("lab").join(arch.deb_arch())
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -55,28 +103,42 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Downloads (once) and unpacks Debian's stock amd64 kernel and Open
-/// vSwitch userspace; returns (unpacked tree, kernel release).
-fn debian_parts() -> Result<(PathBuf, String)> {
-    let cache = cache_dir();
+/// Downloads (once) and unpacks Debian's stock kernel for `arch` and the
+/// userspace the VM needs; returns (unpacked tree, kernel release).
+fn debian_parts(arch: Arch) -> Result<(PathBuf, String)> {
+    let cache = cache_dir(arch);
     std::fs::create_dir_all(&cache)?;
-    let depends = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    if arch == Arch::S390x {
+        let foreign = output(Command::new("dpkg").arg("--print-foreign-architectures"))?;
+        if !foreign.lines().any(|l| l.trim() == "s390x") {
+            run(Command::new("dpkg").args(["--add-architecture", "s390x"]))?;
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+        }
+    }
+    // The kernel the distro's metapackage points at (s390x may lag amd64).
+    let meta = format!("linux-image-{0}:{0}", arch.deb_arch());
+    let depends = output(Command::new("apt-cache").args(["depends", &meta]))?;
     let pkg = depends
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))
         .filter(|p| p.starts_with("linux-image-"))
-        .map(str::to_owned)
-        .context("apt-cache knows no linux-image-amd64 (run apt-get update)")?;
+        .map(|p| p.split(':').next().unwrap_or(p).to_owned())
+        .with_context(|| format!("apt-cache knows no {meta} (run apt-get update)"))?;
     let release = pkg.trim_start_matches("linux-image-").to_owned();
     let tree = cache.join(format!("root-{release}"));
     if tree.join("boot").join(format!("vmlinuz-{release}")).exists() {
         return Ok((tree, release));
     }
-    eprintln!("xtask lab: fetching {pkg} and openvswitch-switch from Debian's archive (cached in {})", cache.display());
-    let debs = [pkg.as_str(), "openvswitch-switch", "openvswitch-common"];
-    if !Command::new("apt-get").args(["download"]).args(debs).current_dir(&cache).status()?.success() {
+    let mut debs: Vec<String> = vec![pkg.clone()];
+    match arch {
+        Arch::X86_64 => debs.extend(["openvswitch-switch".to_owned(), "openvswitch-common".to_owned()]),
+        Arch::S390x => debs.extend(S390X_DEBS.iter().map(|d| (*d).to_owned())),
+    }
+    let qualified: Vec<String> = debs.iter().map(|d| format!("{d}:{}", arch.deb_arch())).collect();
+    eprintln!("xtask lab: fetching {} packages from Debian's archive (cached in {})", qualified.len(), cache.display());
+    if !Command::new("apt-get").arg("download").args(&qualified).current_dir(&cache).status()?.success() {
         run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get").args(["download"]).args(debs).current_dir(&cache))?;
+        run(Command::new("apt-get").arg("download").args(&qualified).current_dir(&cache))?;
     }
     let tmp = cache.join("unpack.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -96,7 +158,7 @@ fn debian_parts() -> Result<(PathBuf, String)> {
 }
 
 /// Module load order: each module after its dependencies (modules.dep).
-fn module_order(tree: &Path, release: &str) -> Result<Vec<String>> {
+fn module_order(tree: &Path, release: &str, arch: Arch) -> Result<Vec<String>> {
     let dep = std::fs::read_to_string(tree.join("lib/modules").join(release).join("modules.dep"))?;
     let deps: std::collections::HashMap<&str, Vec<&str>> =
         dep.lines().filter_map(|l| l.split_once(':')).map(|(m, d)| (m, d.split_whitespace().collect())).collect();
@@ -116,10 +178,12 @@ fn module_order(tree: &Path, release: &str) -> Result<Vec<String>> {
     }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for m in MODULES {
-        if !deps.contains_key(m) {
-            bail!("module {m} is not in the Debian kernel package");
-        }
+    for name in modules(arch) {
+        let file = format!("/{name}.ko");
+        let m = deps
+            .keys()
+            .find(|k| k.ends_with(&file))
+            .with_context(|| format!("module {name} is not in the Debian kernel package"))?;
         visit(m, &deps, &mut seen, &mut out);
     }
     Ok(out)
@@ -149,6 +213,7 @@ fn copy_with_libs(bin: &Path, root: &Path, dest: &Path) -> Result<()> {
 }
 
 fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> String {
+    // (Same script for both architectures: busybox provides the basics.)
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -179,8 +244,19 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
 }
 
 pub(crate) fn lab(opts: &LabOpts) -> Result<()> {
+    for &arch in &opts.arch {
+        lab_arch(arch, opts)?;
+    }
+    Ok(())
+}
+
+fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
+    let (qemu_pkg, triple) = match arch {
+        Arch::X86_64 => ("qemu-system-x86", None),
+        Arch::S390x => ("qemu-system-misc", Some("s390x-unknown-linux-gnu".to_owned())),
+    };
     tools::ensure_debs(&[
-        "qemu-system-x86",
+        qemu_pkg,
         "busybox-static",
         "cpio",
         "kmod",
@@ -191,22 +267,45 @@ pub(crate) fn lab(opts: &LabOpts) -> Result<()> {
         "libxdp1",
     ])?;
     let started = Instant::now();
-    let bin = build::build_all(&build::BuildOpts::default())?;
-    let (tree, release) = debian_parts()?;
-    let work = build::workspace_root().join("target/lab/amd64");
+    let host_bin = build::build_all(&build::BuildOpts::default())?;
+    let bin = match &triple {
+        None => host_bin.clone(),
+        Some(t) => build::build_all(&build::BuildOpts { target: Some(t.clone()), debug: false })?,
+    };
+    let (tree, release) = debian_parts(arch)?;
+    let scenarios: Vec<String> = match arch {
+        Arch::X86_64 => opts.scenarios.clone(),
+        Arch::S390x => vec!["macvtap".to_owned()],
+    };
+    let work = build::workspace_root().join("target/lab").join(arch.deb_arch());
     let root = work.join("root");
     let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("bin"))?;
-    for d in ["proc", "sys", "dev", "run", "tmp", "etc", "usr/bin", "usr/sbin"] {
+    for d in ["bin", "proc", "sys", "dev", "run", "tmp", "etc", "usr/bin", "usr/sbin"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
-    for p in PROGRAMS {
-        copy_with_libs(Path::new(p), &root, Path::new(p))?;
+    match arch {
+        Arch::X86_64 => {
+            std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+            for p in PROGRAMS {
+                copy_with_libs(Path::new(p), &root, Path::new(p))?;
+            }
+            copy_with_libs(&bin, &root, Path::new("/usr/bin/netprobe"))?;
+            copy_with_libs(&tree.join("usr/bin/ovs-dpctl"), &root, Path::new("/usr/bin/ovs-dpctl"))?;
+        }
+        Arch::S390x => {
+            // Debian's s390x userspace as unpacked (busybox, iproute2 and its
+            // libraries), and the static s390x netprobe.
+            for d in ["bin", "sbin", "lib", "usr"] {
+                if tree.join(d).exists() {
+                    run(Command::new("cp").arg("-a").arg(tree.join(d)).arg(&root))?;
+                }
+            }
+            let _ = std::fs::remove_dir_all(root.join("lib/modules"));
+            let _ = std::fs::remove_dir_all(root.join("usr/share"));
+            std::fs::copy(&bin, root.join("usr/bin/netprobe"))?;
+        }
     }
-    copy_with_libs(&bin, &root, Path::new("/usr/bin/netprobe"))?;
-    copy_with_libs(&tree.join("usr/bin/ovs-dpctl"), &root, Path::new("/usr/bin/ovs-dpctl"))?;
-    let modules = module_order(&tree, &release)?;
+    let modules = module_order(&tree, &release, arch)?;
     for m in &modules {
         let rel = Path::new("lib/modules").join(&release).join(m);
         std::fs::create_dir_all(root.join(&rel).parent().unwrap())?;
@@ -214,7 +313,7 @@ pub(crate) fn lab(opts: &LabOpts) -> Result<()> {
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     let init = root.join("init");
-    std::fs::write(&init, init_script(&release, &modules, &opts.scenarios))?;
+    std::fs::write(&init, init_script(&release, &modules, &scenarios))?;
     run(Command::new("chmod").arg("+x").arg(&init))?;
     let initrd = work.join("initrd.gz");
     run(Command::new("sh").arg("-c").arg(format!(
@@ -225,21 +324,33 @@ pub(crate) fn lab(opts: &LabOpts) -> Result<()> {
 
     let console = work.join("console.log");
     // Software emulation (TCG) always: the same on every machine, KVM or not.
-    eprintln!("xtask lab: booting Debian {release} under qemu-system-x86_64 (TCG), scenarios {:?}", opts.scenarios);
+    eprintln!("xtask lab: booting Debian {release} under QEMU (TCG), scenarios {scenarios:?}");
     let boot = Instant::now();
     let log = std::fs::File::create(&console)?;
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .args(["-accel", "tcg", "-cpu", "max"])
-        .arg("-kernel")
-        .arg(tree.join("boot").join(format!("vmlinuz-{release}")))
+    let kernel = tree.join("boot").join(format!("vmlinuz-{release}"));
+    let mut qemu = match arch {
+        Arch::X86_64 => {
+            let mut q = Command::new("qemu-system-x86_64");
+            q.args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+                .args(["-accel", "tcg", "-cpu", "max"])
+                .args(["-append", "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=3"]);
+            q
+        }
+        Arch::S390x => {
+            let mut q = Command::new("qemu-system-s390x");
+            q.args(["-M", "s390-ccw-virtio", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+                .args(["-append", "console=ttysclp0 panic=-1 rdinit=/init quiet loglevel=3"]);
+            q
+        }
+    };
+    qemu.arg("-kernel")
+        .arg(&kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=3"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    let mut child = qemu.spawn().context("cannot start qemu-system-x86_64")?;
+    let mut child = qemu.spawn().with_context(|| format!("cannot start {qemu:?}"))?;
     let deadline = Instant::now() + Duration::from_secs(opts.timeout);
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -255,11 +366,11 @@ pub(crate) fn lab(opts: &LabOpts) -> Result<()> {
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     let tail = || text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     if status.is_none() {
-        bail!("the lab VM did not finish within {} s; console tail:\n{}", opts.timeout, tail());
+        bail!("the {arch:?} lab VM did not finish within {} s; console tail:\n{}", opts.timeout, tail());
     }
     let mut failed = Vec::new();
     let mut sections = vec!["probes".to_owned()];
-    sections.extend(opts.scenarios.iter().cloned());
+    sections.extend(scenarios.iter().cloned());
     for sc in &sections {
         let Some(json) = section(&text, sc) else {
             failed.push(sc.clone());
@@ -272,18 +383,18 @@ pub(crate) fn lab(opts: &LabOpts) -> Result<()> {
         let out = work.join(format!("{sc}.json"));
         std::fs::write(&out, &json)?;
         if sc != "probes" {
-            eprintln!("\n===== lab scenario {sc} (Debian {release}) =====");
-            let _ = Command::new(&bin).arg("report").arg(&out).status();
+            eprintln!("\n===== lab {arch:?} scenario {sc} (Debian {release}) =====");
+            let _ = Command::new(&host_bin).arg("report").arg(&out).status();
         }
     }
     eprintln!(
-        "\nxtask lab: VM ran {:.0} s, whole lab {:.0} s; results in {}",
+        "\nxtask lab: {arch:?} VM ran {:.0} s, whole {arch:?} lab {:.0} s; results in {}",
         boot.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64(),
         work.display()
     );
     if !failed.is_empty() {
-        bail!("lab scenarios without a valid result: {failed:?}; console tail:\n{}", tail());
+        bail!("{arch:?} lab scenarios without a valid result: {failed:?}; console tail:\n{}", tail());
     }
     Ok(())
 }

@@ -88,9 +88,12 @@ fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<
     }
     if !no_lab {
         // Fresh lab results for the lab tests (tests/tests/lab.rs).
-        let dir = build::workspace_root().join("target/lab/amd64");
-        let _ = std::fs::remove_dir_all(&dir);
-        lab::lab(&lab::LabOpts { scenarios: vec!["macvtap".into(), "bridge".into(), "ovs".into()], timeout: 900 })?;
+        let _ = std::fs::remove_dir_all(build::workspace_root().join("target/lab"));
+        lab::lab(&lab::LabOpts {
+            arch: vec![lab::Arch::X86_64, lab::Arch::S390x],
+            scenarios: vec!["macvtap".into(), "bridge".into(), "ovs".into()],
+            timeout: 900,
+        })?;
     }
     let bin = build::build_all(&build::BuildOpts::default())?;
     if !no_lint {
