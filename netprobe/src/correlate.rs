@@ -274,8 +274,16 @@ mod tests {
         // wire -> guest: receive@eth0 -> copy_out@macvtap0 -> consumed
         s.pairs.insert(k(0x20, hop::NETIF_RECEIVE_SKB, 0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10), hist(&[5000]));
         s.pairs.insert(k(0x20, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10, hop::CONSUME_SKB, 0), hist(&[300]));
-        let r =
-            build(&s, &Context { coverage: &[], drop_reasons: &BTreeMap::new(), duration_s: 1.0, interrupted: false });
+        let r = build(
+            &s,
+            &Context {
+                coverage: &[],
+                drop_reasons: &BTreeMap::new(),
+                duration_s: 1.0,
+                interrupted: false,
+                guest_facing: &[],
+            },
+        );
         let wire = &r.directions[0];
         assert_eq!(wire.direction, Direction::ToWire);
         let order: Vec<String> = wire.pairs.iter().map(|p| format!("{} -> {}", p.from_label(), p.to_label())).collect();
