@@ -196,4 +196,80 @@ mod tests {
         assert_eq!(chosen(&plans, "queue").0, Some(Backend::RawTp));
         assert!(plans.iter().all(|p| p.candidates.iter().all(|b| *b == Backend::RawTp)));
     }
+
+    #[test]
+    fn debian_amd64_functions_fentry_first_then_kprobe_with_skb_from_btf() {
+        let f = fixture("debian-6.1-amd64");
+        let plans = plan(&f, with_btf(&f));
+        for tp in ["queue", "xmit", "receive", "copy_out", "dropped", "ovs_action", "ovs_upcall_tp"] {
+            assert_eq!(chosen(&plans, tp).0, Some(Backend::TpBtf), "{tp}");
+        }
+        for func in [
+            "ip_rcv",
+            "tap_enqueue",
+            "tap_read",
+            "macvlan_rx",
+            "macvlan_xmit",
+            "tun_xmit",
+            "vhost_tx",
+            "vhost_rx",
+            "ovs_rx_hook",
+            "ovs_vport_rx",
+            "ovs_flow_lookup",
+            "ovs_upcall",
+            "ovs_execute",
+            "ovs_output",
+            "ovs_vport_send",
+            "br_rx",
+            "br_forward",
+            "br_xmit",
+        ] {
+            let p = plans.iter().find(|p| p.hop.label == func).unwrap();
+            assert_eq!(p.candidates, vec![Backend::Fentry, Backend::Kprobe], "{func}: {:?}", p.notes);
+        }
+        let hook = plans.iter().find(|p| p.hop.label == "ovs_rx_hook").unwrap();
+        assert_eq!((hook.skb, hook.skb_from), (SkbArg::Indirect(0), SkbSource::Btf));
+        let send = plans.iter().find(|p| p.hop.label == "ovs_vport_send").unwrap();
+        assert_eq!((send.skb, send.skb_from), (SkbArg::Arg(1), SkbSource::Btf));
+        // Inlined in this build, and s390-only: both said plainly.
+        assert!(chosen(&plans, "macvlan_fwd").1[0].contains("inlined"));
+        assert!(chosen(&plans, "qeth_l2_xmit").1[0].contains("module qeth_l2 not loaded"));
+    }
+
+    #[test]
+    fn debian_s390x_without_btf_classic_tracepoints_and_kprobes_for_qeth() {
+        let f = fixture("debian-6.1-s390x");
+        assert!(!f.btf);
+        let plans = plan(&f, with_btf(&f));
+        for tp in ["queue", "xmit", "netif_rx", "receive", "gro", "copy_out", "consumed", "dropped"] {
+            let (b, notes) = chosen(&plans, tp);
+            assert_eq!(b, Some(Backend::Tracepoint), "{tp}");
+            assert!(notes.iter().any(|n| n.contains("tp_btf: the kernel has no BTF")), "{notes:?}");
+        }
+        for func in [
+            "qeth_l2_xmit",
+            "qeth_l3_xmit",
+            "qeth_xmit",
+            "qeth_fill_buffer",
+            "qeth_flush",
+            "qeth_iqd_select_queue",
+            "qeth_tx_poll",
+            "qeth_notify_skbs",
+            "qeth_rx_poll",
+            "qeth_rx_refill",
+            "tap_enqueue",
+            "macvlan_rx",
+        ] {
+            let p = plans.iter().find(|p| p.hop.label == func).unwrap();
+            assert_eq!(p.candidates, vec![Backend::Kprobe], "{func}: {:?}", p.notes);
+            assert!(p.notes.iter().any(|n| n == "fentry: the kernel has no BTF"), "{func}");
+        }
+        // No BTF: the skb position is the catalog's (Linux 6.1).
+        let iqd = plans.iter().find(|p| p.hop.label == "qeth_iqd_select_queue").unwrap();
+        assert_eq!((iqd.skb, iqd.skb_from), (SkbArg::Arg(1), SkbSource::Catalog));
+        for inlined in ["qeth_extract_skb", "qeth_tx_complete"] {
+            assert!(chosen(&plans, inlined).1[0].contains("inlined"), "{inlined}");
+        }
+        assert!(chosen(&plans, "ovs_flow_lookup").1[0].contains("module openvswitch not loaded"));
+    }
 }

@@ -89,6 +89,7 @@ const S390X_DEBS: &[&str] = &[
 const PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/bin/ping", "/usr/bin/iperf3", "/usr/sbin/sysctl"];
 
 const BEGIN: &str = "=== NETPROBE-LAB BEGIN";
+const FACT_FILES: [&str; 4] = ["kernel.txt", "kallsyms.txt", "btf_funcs.txt", "tracepoints.txt"];
 const END: &str = "=== NETPROBE-LAB END";
 
 fn cache_dir(arch: Arch) -> PathBuf {
@@ -232,8 +233,13 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
         s += &format!("insmod /lib/modules/{release}/{m} || echo 'lab: insmod {m} failed'\n");
     }
     s += &format!(
-        "echo '{BEGIN} probes'\nNETPROBE_DEBUG=1 /usr/bin/netprobe probes --format json 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n"
+        "echo '{BEGIN} probes'\nNETPROBE_DEBUG=1 /usr/bin/netprobe probes --format json --save-facts /tmp/facts 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n"
     );
+    // This kernel's facts (kallsyms, BTF records, tracepoints, what a trial
+    // load showed), the fixtures netprobe's planning tests use.
+    for f in FACT_FILES {
+        s += &format!("echo '{BEGIN} facts/{f}'\ncat /tmp/facts/{f}\necho '{END} facts/{f}'\n");
+    }
     for sc in scenarios {
         s += &format!(
             "echo '{BEGIN} {sc}'\n/usr/bin/netprobe demo --topology {sc} --format json 2>/tmp/{sc}.err\nrc=$?\necho '{END} {sc}'\necho \"lab: scenario {sc} exit $rc\"; cat /tmp/{sc}.err\n"
@@ -367,6 +373,13 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
     let tail = || text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     if status.is_none() {
         bail!("the {arch:?} lab VM did not finish within {} s; console tail:\n{}", opts.timeout, tail());
+    }
+    let facts = work.join("facts");
+    std::fs::create_dir_all(&facts)?;
+    for f in FACT_FILES {
+        if let Some(text) = section(&text, &format!("facts/{f}")) {
+            std::fs::write(facts.join(f), text)?;
+        }
     }
     let mut failed = Vec::new();
     let mut sections = vec!["probes".to_owned()];
