@@ -82,6 +82,8 @@ pub mod names {
     pub const CONFIG: &str = "NP_CONFIG";
     pub const TRACK: &str = "NP_TRACK";
     pub const HOPS: &str = "NP_HOPS";
+    /// Per-CPU direct-mapped cache of hop-pair histograms ([`crate::PairSlot`]).
+    pub const PAIRS: &str = "NP_PAIRS";
     pub const DROPS: &str = "NP_DROPS";
     pub const DEVS: &str = "NP_DEVS";
     pub const FILTER: &str = "NP_FILTER";
@@ -91,7 +93,7 @@ pub mod names {
     pub const ENTRY: &str = "NP_ENTRY";
     /// Time inside hop functions: `u32` hop id -> histogram.
     pub const FUNCS: &str = "NP_FUNCS";
-    pub const ALL_MAPS: [&str; 9] = [TRACK, HOPS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS];
+    pub const ALL_MAPS: [&str; 10] = [TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS];
 }
 
 /// How a kernel program is attached; also the prefix of its program name.
@@ -275,10 +277,25 @@ impl Config {
     }
 }
 
-/// Tracking state of one packet, keyed by its skb address in `NP_TRACK`.
+/// Entries of the packet tracking table `NP_TRACK`: a direct-mapped array
+/// indexed by a hash of the skb address (a power of two). An array lookup
+/// is inlined by the verifier, where a hash map costs a call, hashing and
+/// locking on every hop; a slot taken by another packet is counted.
+pub const TRACK_SLOTS: u32 = 1 << 16;
+
+/// The `NP_TRACK` slot of an skb address.
+#[inline(always)]
+pub fn track_slot(skb: u64) -> u32 {
+    // sk_buffs are 256-byte slab objects: drop the low bits, then mix.
+    (((skb >> 8).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 40) as u32 & (TRACK_SLOTS - 1)
+}
+
+/// Tracking state of one packet, in its slot of `NP_TRACK`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrackState {
+    /// The skb address this slot follows; 0 when free.
+    pub skb: u64,
     /// Time of the last hop (ns, CLOCK_MONOTONIC).
     pub ts: u64,
     /// Device key of the last hop that had a device.
@@ -307,6 +324,30 @@ pub struct PairKey {
     pub to_hop: u8,
     pub origin_hop: u8,
     pub _pad: [u8; 5],
+}
+
+/// Entries of the per-CPU hop-pair cache `NP_PAIRS` (a power of two): a
+/// direct-mapped array in front of the `NP_HOPS` hash map, so the common
+/// pairs cost an inlined array lookup instead of a hash map call per hop.
+pub const PAIR_SLOTS: u32 = 256;
+
+/// The `NP_PAIRS` slot of a pair. Only the fields the kernel side holds as
+/// numbers enter the hash (the current device is a typed pointer there).
+#[inline(always)]
+pub fn pair_slot(origin: u64, from_dev: u64, from_hop: u8, to_hop: u8) -> u32 {
+    let x = origin.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ from_dev.rotate_left(17).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ ((from_hop as u64) << 8 | to_hop as u64).wrapping_mul(0x1656_67B1_9E37_79F9);
+    ((x ^ (x >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 48) as u32 & (PAIR_SLOTS - 1)
+}
+
+/// One slot of `NP_PAIRS`: the pair it holds (all zero: free) and its
+/// histogram on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PairSlot {
+    pub key: PairKey,
+    pub hist: hist::Hist,
 }
 
 /// Key of the drop aggregates in `NP_DROPS`; the value is a per-CPU count.
@@ -354,38 +395,36 @@ pub mod counter {
     pub const TRACK_ENDED: u32 = 1;
     /// Tracking state found older than `max_gap_ns` and restarted.
     pub const TRACK_STALE: u32 = 2;
-    /// Tracking state could not be inserted (map full).
-    pub const TRACK_INSERT_FAILED: u32 = 3;
+    /// A tracked packet lost its slot to another packet (hash collision
+    /// in `NP_TRACK`, or a packet whose free no hop saw): its journey ends
+    /// unmeasured.
+    pub const TRACK_EVICTED: u32 = 3;
     /// A hop-pair aggregate could not be created (map full): sample lost.
     pub const PAIR_LOST: u32 = 4;
     /// A drop aggregate could not be created (map full): drop not counted by reason.
     pub const DROP_LOST: u32 = 5;
-    /// Hop events seen in total (tracked or not).
-    pub const HOP_EVENTS: u32 = 6;
     /// Reading a kernel field failed.
-    pub const READ_FAILED: u32 = 7;
-    /// Hop-pair samples aggregated.
-    pub const PAIR_SAMPLES: u32 = 8;
+    pub const READ_FAILED: u32 = 6;
     /// A tracked skb address reappeared as another packet (another data
     /// buffer, a transmit or receive in another namespace right after a
-    /// receive, any hop
-    /// after delivery): a recycled sk_buff whose free no hop saw. The old
-    /// journey ends unmeasured instead of being joined to the new one.
-    pub const TRACK_REUSED: u32 = 9;
+    /// receive, any hop after delivery): a recycled sk_buff whose free no
+    /// hop saw. The old journey ends unmeasured instead of being joined to
+    /// the new one.
+    pub const TRACK_REUSED: u32 = 7;
     /// A function returned without its entry on record (entry map full or
     /// the program attached mid-call): its time inside is not measured.
-    pub const EXIT_UNMATCHED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    pub const EXIT_UNMATCHED: u32 = 8;
+    pub const COUNT: u32 = 9;
+    // (Samples per pair are the histograms' counts: no counter on the
+    // per-hop fast path for them.)
     pub const NAMES: [&str; COUNT as usize] = [
         "track_started",
         "track_ended",
         "track_stale",
-        "track_insert_failed",
+        "track_evicted",
         "pair_lost",
         "drop_lost",
-        "hop_events",
         "read_failed",
-        "pair_samples",
         "track_reused",
         "exit_unmatched",
     ];
@@ -418,12 +457,13 @@ const _: () = {
     assert!(core::mem::size_of::<Offsets>() == 40);
     assert!(core::mem::size_of::<ClassicFields>() == 8);
     assert!(core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS);
-    assert!(core::mem::size_of::<TrackState>() == 48);
+    assert!(core::mem::size_of::<TrackState>() == 56);
     assert!(core::mem::size_of::<PairKey>() == 32);
     assert!(core::mem::size_of::<DropKey>() == 24);
     assert!(core::mem::size_of::<DevInfo>() == 40);
     assert!(core::mem::size_of::<EntryKey>() == 16);
     assert!(core::mem::size_of::<SlotConfig>() == 4);
+    assert!(core::mem::size_of::<PairSlot>() == 32 + core::mem::size_of::<hist::Hist>());
     assert!(core::mem::size_of::<hist::Hist>() == 32 + 8 * hist::BUCKETS);
 };
 
@@ -437,5 +477,6 @@ mod pod {
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DevInfo {}
     unsafe impl aya::Pod for super::EntryKey {}
+    unsafe impl aya::Pod for super::PairSlot {}
     unsafe impl aya::Pod for super::hist::Hist {}
 }

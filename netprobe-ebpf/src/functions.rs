@@ -61,7 +61,7 @@ macro_rules! slots {
         #[fentry]
         fn $fentry(ctx: FEntryContext) -> u32 {
             let s = slot($n);
-            slot_entry(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i)));
+            slot_entry::<true>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i)));
             0
         }
 
@@ -74,7 +74,7 @@ macro_rules! slots {
         #[kprobe]
         fn $kprobe(ctx: ProbeContext) -> u32 {
             let s = slot($n);
-            slot_entry(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i).unwrap_or(0)));
+            slot_entry::<false>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i).unwrap_or(0)));
             0
         }
 

@@ -24,12 +24,13 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use netprobe_common::{
     counter,
     hist::{bucket_of, Hist, BUCKETS},
-    hop_flags, name_key, Config, DevInfo, DropKey, EntryKey, PairKey, TrackState, MAX_HOPS,
+    hop_flags, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, PairKey, PairSlot, TrackState,
+    MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
 };
 
 /// Load-time configuration, written by the loader before loading.
@@ -37,10 +38,13 @@ use netprobe_common::{
 static NP_CONFIG: Config = Config::zeroed();
 
 #[map(name = "NP_TRACK")]
-static NP_TRACK: LruHashMap<u64, TrackState> = LruHashMap::with_max_entries(65536, 0);
+static NP_TRACK: Array<TrackState> = Array::with_max_entries(TRACK_SLOTS, 0);
 
 #[map(name = "NP_HOPS")]
 static NP_HOPS: PerCpuHashMap<PairKey, Hist> = PerCpuHashMap::with_max_entries(2048, 0);
+
+#[map(name = "NP_PAIRS")]
+static NP_PAIRS: PerCpuArray<PairSlot> = PerCpuArray::with_max_entries(PAIR_SLOTS, 0);
 
 #[map(name = "NP_DROPS")]
 static NP_DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(2048, 0);
@@ -88,6 +92,21 @@ fn flags_of(hop: u8) -> u16 {
 fn bump(idx: u32) {
     if let Some(c) = NP_COUNTERS.get_ptr_mut(idx) {
         unsafe { *c += 1 };
+    }
+}
+
+/// A kernel read: a plain load where the verifier knows the pointer's BTF
+/// type (tp_btf and fentry arguments: it checks the field and the JIT
+/// makes the load fault-safe, no helper call), else bpf_probe_read_kernel.
+#[inline(always)]
+fn load_u64<const DIRECT: bool>(addr: u64) -> u64 {
+    if DIRECT {
+        if addr < 4096 {
+            return 0;
+        }
+        unsafe { core::ptr::read_volatile(addr as *const u64) }
+    } else {
+        read_u64(addr)
     }
 }
 
@@ -202,6 +221,29 @@ fn note_dev_name(name: &[u8; 16]) {
 
 #[inline(always)]
 fn aggregate(key: &PairKey, gap: u64, dev: Dev<'_>) {
+    // The per-CPU pair cache first: an inlined array lookup.
+    if let Some(slot) = NP_PAIRS.get_ptr_mut(pair_slot(key.origin, key.from_dev, key.from_hop, key.to_hop)) {
+        let slot = unsafe { &mut *slot };
+        let k = &slot.key;
+        let same = k.origin == key.origin
+            && k.from_dev == key.from_dev
+            && k.to_dev == key.to_dev
+            && k.from_hop == key.from_hop
+            && k.to_hop == key.to_hop
+            && k.origin_hop == key.origin_hop;
+        if same {
+            add_sample(&mut slot.hist, gap);
+            return;
+        }
+        if k.from_hop == 0 && k.to_hop == 0 {
+            // Free on this CPU: claim it (first sample of the pair here).
+            slot.key = *key;
+            note_new_pair(key, dev);
+            add_sample(&mut slot.hist, gap);
+            return;
+        }
+    }
+    // Taken by another pair: the hash map behind it.
     let h = match NP_HOPS.get_ptr_mut(key) {
         Some(h) => h,
         None => {
@@ -214,7 +256,6 @@ fn aggregate(key: &PairKey, gap: u64, dev: Dev<'_>) {
         }
     };
     add_sample(unsafe { &mut *h }, gap);
-    bump(counter::PAIR_SAMPLES);
 }
 
 #[inline(always)]
@@ -279,6 +320,13 @@ fn new_pair(key: &PairKey, dev: Dev<'_>) -> *mut Hist {
         return core::ptr::null_mut();
     };
     let _ = NP_HOPS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
+    note_new_pair(key, dev);
+    NP_HOPS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut())
+}
+
+/// Describes the devices of a pair seen for the first time (on this CPU).
+#[inline(always)]
+fn note_new_pair(key: &PairKey, dev: Dev<'_>) {
     match dev {
         Dev::Ptr(p) => note_dev_ptr(p),
         Dev::Name(n) => note_dev_name(n),
@@ -290,7 +338,6 @@ fn new_pair(key: &PairKey, dev: Dev<'_>) -> *mut Hist {
     if key.origin & netprobe_common::NAME_KEY_BIT == 0 {
         note_dev_ptr(key.origin);
     }
-    NP_HOPS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut())
 }
 
 #[inline(never)]
@@ -308,17 +355,30 @@ fn count_drop(key: &DropKey) {
     }
 }
 
+/// A pointer's address as a plain number. tp_btf and fentry arguments are
+/// typed pointers on which the verifier refuses arithmetic (hashing), and
+/// it refuses to refill them from the stack by halves; copied by the probe
+/// helper, the copy is a scalar. `DIRECT` says the pointer is typed.
+#[inline(always)]
+fn scalar_of<const DIRECT: bool>(p: u64) -> u64 {
+    if !DIRECT {
+        return p;
+    }
+    let spill = [p];
+    unsafe { bpf_probe_read_kernel(spill.as_ptr()) }.unwrap_or(0)
+}
+
 /// The heart of netprobe's kernel side: one hop of one packet.
 #[inline(always)]
 fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reason: u32) {
     if skb == 0 {
         return;
     }
-    bump(counter::HOP_EVENTS);
     let now = unsafe { bpf_ktime_get_ns() };
     let devkey = dev.key();
-    if let Some(st) = NP_TRACK.get_ptr_mut(&skb) {
-        let st = unsafe { &mut *st };
+    let Some(st) = NP_TRACK.get_ptr_mut(track_slot(skb)) else { return };
+    let st = unsafe { &mut *st };
+    if st.skb == skb {
         let gap = now.wrapping_sub(st.ts);
         let prev = flags_of(st.hop);
         // Signs that this skb address now carries another packet.
@@ -334,11 +394,20 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             // or the packet sat longer than max_gap: restart, never join.
             bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
             if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev) {
-                *st =
-                    TrackState { ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: [0; 6] };
+                *st = TrackState {
+                    skb,
+                    ts: now,
+                    dev: devkey,
+                    origin: devkey,
+                    head,
+                    net,
+                    hop,
+                    origin_hop: hop,
+                    _pad: [0; 6],
+                };
                 bump(counter::TRACK_STARTED);
             } else {
-                let _ = NP_TRACK.remove(&skb);
+                st.skb = 0;
             }
             return;
         }
@@ -363,7 +432,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             });
         }
         if flags & hop_flags::TERMINAL != 0 {
-            let _ = NP_TRACK.remove(&skb);
+            st.skb = 0;
             bump(counter::TRACK_ENDED);
         } else {
             st.ts = now;
@@ -381,25 +450,25 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
     if !passes_filter(dev) {
         return;
     }
-    let st = TrackState { ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: [0; 6] };
-    if NP_TRACK.insert(&skb, &st, 0).is_err() {
-        bump(counter::TRACK_INSERT_FAILED);
-    } else {
-        bump(counter::TRACK_STARTED);
+    if st.skb != 0 {
+        // Another packet's state: it loses its slot, counted.
+        bump(counter::TRACK_EVICTED);
     }
+    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: [0; 6] };
+    bump(counter::TRACK_STARTED);
 }
 
 /// Entry of a function hop in slot `slot`, its skb already fetched (0 if
 /// the function has none): time inside, then the packet's hop.
 #[inline(always)]
-fn slot_entry(hop: u8, skb: u64) {
+fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64) {
     let flags = flags_of(hop);
     if flags & hop_flags::ENABLED == 0 {
         return;
     }
     fn_entered(hop);
     if skb != 0 {
-        ptr_hop(hop, skb, 0, 0);
+        ptr_hop::<DIRECT>(hop, skb, 0, 0);
     }
 }
 
@@ -407,7 +476,7 @@ fn slot_entry(hop: u8, skb: u64) {
 /// the traced function's (skb first; the device second for
 /// `net_dev_start_xmit`; the drop reason third for `kfree_skb`).
 #[inline(always)]
-fn ptr_hop(hop: u8, skb: u64, arg1: u64, arg2: u64) {
+fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u64) {
     let flags = flags_of(hop);
     if flags & hop_flags::ENABLED == 0 {
         return;
@@ -419,7 +488,7 @@ fn ptr_hop(hop: u8, skb: u64, arg1: u64, arg2: u64) {
         if off == 0 {
             0
         } else {
-            read_u64(skb + off)
+            load_u64::<DIRECT>(skb + off)
         }
     } else {
         0
@@ -427,12 +496,12 @@ fn ptr_hop(hop: u8, skb: u64, arg1: u64, arg2: u64) {
     let dev = if dev == 0 { Dev::None } else { Dev::Ptr(dev) };
     let reason = if flags & hop_flags::DROP != 0 { arg2 as u32 } else { 0 };
     let head_off = unsafe { core::ptr::read_volatile(&cfg().off.skb_head) } as u64;
-    let head = if head_off == 0 { 0 } else { read_u64(skb + head_off) };
+    let head = if head_off == 0 { 0 } else { load_u64::<DIRECT>(skb + head_off) };
     let net = match dev {
-        Dev::Ptr(p) => read_u64(p + unsafe { core::ptr::read_volatile(&cfg().off.dev_nd_net) } as u64),
+        Dev::Ptr(p) => load_u64::<DIRECT>(p + unsafe { core::ptr::read_volatile(&cfg().off.dev_nd_net) } as u64),
         _ => 0,
     };
-    track(hop, flags, skb, head, net, dev, reason);
+    track(hop, flags, scalar_of::<DIRECT>(skb), head, net, dev, reason);
 }
 
 /// Entry for classic tracefs tracepoints: fields at the offsets the loader

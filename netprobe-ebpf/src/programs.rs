@@ -39,14 +39,14 @@ macro_rules! hop_programs {
         #[btf_tracepoint(function = $tp)]
         fn $btf(ctx: BtfTracePointContext) -> i32 {
             let (skb, a1, a2) = args!(ctx, $args);
-            ptr_hop($hop, skb, a1, a2);
+            ptr_hop::<true>($hop, skb, a1, a2);
             0
         }
 
         #[raw_tracepoint(tracepoint = $tp)]
         fn $raw(ctx: RawTracePointContext) -> i32 {
             let (skb, a1, a2) = args!(ctx, $args);
-            ptr_hop($hop, skb, a1, a2);
+            ptr_hop::<false>($hop, skb, a1, a2);
             0
         }
 

@@ -117,7 +117,8 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         let h = p.hop;
         // Every hop is configured, attached or not, so one whose module
         // loads later can still be attached by a rescan.
-        config.hop_flags[h.id as usize] = h.flags | hop_flags::ENABLED;
+        config.hop_flags[h.id as usize] =
+            if std::env::var_os("NETPROBE_EMPTY_PROGRAMS").is_some() { 0 } else { h.flags | hop_flags::ENABLED };
         match h.site {
             Site::Tracepoint(t) => {
                 if let Ok(fs) = &tracefs {

@@ -9,7 +9,7 @@ use aya::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     Ebpf,
 };
-use netprobe_common::{counter, hist::Hist, names, DevInfo, DropKey, PairKey};
+use netprobe_common::{counter, hist::Hist, names, DevInfo, DropKey, PairKey, PairSlot};
 
 /// The kernel's aggregates at one moment.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +31,15 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
         let acc = s.pairs.entry(k).or_insert_with(Hist::zeroed);
         for h in per_cpu.iter() {
             acc.merge(h);
+        }
+    }
+    let cache: PerCpuArray<_, PairSlot> =
+        PerCpuArray::try_from(ebpf.map(names::PAIRS).context("map NP_PAIRS missing")?)?;
+    for i in 0..netprobe_common::PAIR_SLOTS {
+        for slot in cache.get(&i, 0)?.iter() {
+            if slot.hist.count > 0 {
+                s.pairs.entry(slot.key).or_insert_with(Hist::zeroed).merge(&slot.hist);
+            }
         }
     }
     s.pairs.retain(|_, h| h.count > 0);

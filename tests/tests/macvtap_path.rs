@@ -93,7 +93,7 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         "drop reasons should be named: {drops:#?}"
     );
     assert_eq!(r["tracking"]["pair_lost"], 0);
-    assert_eq!(r["tracking"]["track_insert_failed"], 0);
+    assert_eq!(r["tracking"]["track_evicted"], 0);
 
     drop(t);
     let left = netprobe_programs_loaded();

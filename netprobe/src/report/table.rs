@@ -93,12 +93,12 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "\ntracking: {} packets followed, {} ended; journeys cut short: {} skb reused unseen, {} stale; \
-         lost: {} not tracked (map full), {} samples, {} drops not counted by reason",
+         lost: {} evicted from the tracking table, {} samples, {} drops not counted by reason",
         get("track_started"),
         get("track_ended"),
         get("track_reused"),
         get("track_stale"),
-        get("track_insert_failed"),
+        get("track_evicted"),
         get("pair_lost"),
         get("drop_lost"),
     )?;
