@@ -93,7 +93,9 @@ pub mod names {
     pub const ENTRY: &str = "NP_ENTRY";
     /// Time inside hop functions: `u32` hop id -> histogram.
     pub const FUNCS: &str = "NP_FUNCS";
-    pub const ALL_MAPS: [&str; 10] = [TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS];
+    /// Ring buffer of [`crate::HopEvent`]s (trace mode).
+    pub const EVENTS: &str = "NP_EVENTS";
+    pub const ALL_MAPS: [&str; 11] = [TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS];
 }
 
 /// How a kernel program is attached; also the prefix of its program name.
@@ -246,7 +248,9 @@ pub struct Config {
     pub max_gap_ns: u64,
     /// Nonzero: only packets first seen on a device in `NP_FILTER` are tracked.
     pub filter_enabled: u32,
-    pub _pad: u32,
+    /// Nonzero: per-packet trace mode, every hop-pair sample is also sent
+    /// to userspace as a [`HopEvent`] on `NP_EVENTS` (lost ones counted).
+    pub trace: u32,
     pub hop_flags: [u16; MAX_HOPS],
     pub classic: [ClassicFields; MAX_HOPS],
     pub slots: [SlotConfig; MAX_SLOTS],
@@ -269,7 +273,7 @@ impl Config {
             },
             max_gap_ns: 0,
             filter_enabled: 0,
-            _pad: 0,
+            trace: 0,
             hop_flags: [0; MAX_HOPS],
             classic: [ClassicFields { skbaddr: 0, name_loc: 0, reason: 0, reason_size: 0 }; MAX_HOPS],
             slots: [SlotConfig { hop: 0, skb_arg: SlotConfig::NO_SKB, skb_indirect: 0, _pad: 0 }; MAX_SLOTS],
@@ -364,6 +368,26 @@ pub struct DropKey {
     pub _pad: [u8; 2],
 }
 
+/// One hop-pair sample of one packet (trace mode), on `NP_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopEvent {
+    /// Time of the later hop (ns, CLOCK_MONOTONIC).
+    pub ts: u64,
+    /// The packet (its skb address).
+    pub skb: u64,
+    pub from_dev: u64,
+    pub to_dev: u64,
+    /// Time since the packet's previous hop.
+    pub gap_ns: u32,
+    pub from_hop: u8,
+    pub to_hop: u8,
+    pub _pad: u16,
+}
+
+/// Default size of `NP_EVENTS` in bytes (a power of two).
+pub const EVENTS_BYTES: u32 = 1 << 22;
+
 /// A function hop's entry, waiting for its return on the same thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -414,7 +438,10 @@ pub mod counter {
     /// A function returned without its entry on record (entry map full or
     /// the program attached mid-call): its time inside is not measured.
     pub const EXIT_UNMATCHED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Trace mode: events the ring buffer had no room for (userspace
+    /// too slow); each one is counted here, never silently dropped.
+    pub const EVENTS_LOST: u32 = 9;
+    pub const COUNT: u32 = 10;
     // (Samples per pair are the histograms' counts: no counter on the
     // per-hop fast path for them.)
     pub const NAMES: [&str; COUNT as usize] = [
@@ -427,6 +454,7 @@ pub mod counter {
         "read_failed",
         "track_reused",
         "exit_unmatched",
+        "events_lost",
     ];
 }
 
@@ -462,6 +490,7 @@ const _: () = {
     assert!(core::mem::size_of::<DropKey>() == 24);
     assert!(core::mem::size_of::<DevInfo>() == 40);
     assert!(core::mem::size_of::<EntryKey>() == 16);
+    assert!(core::mem::size_of::<HopEvent>() == 40);
     assert!(core::mem::size_of::<SlotConfig>() == 4);
     assert!(core::mem::size_of::<PairSlot>() == 32 + core::mem::size_of::<hist::Hist>());
     assert!(core::mem::size_of::<hist::Hist>() == 32 + 8 * hist::BUCKETS);
@@ -478,5 +507,6 @@ mod pod {
     unsafe impl aya::Pod for super::DevInfo {}
     unsafe impl aya::Pod for super::EntryKey {}
     unsafe impl aya::Pod for super::PairSlot {}
+    unsafe impl aya::Pod for super::HopEvent {}
     unsafe impl aya::Pod for super::hist::Hist {}
 }

@@ -21,16 +21,16 @@ pub mod functions;
 pub mod programs;
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netprobe_common::{
     counter,
     hist::{bucket_of, Hist, BUCKETS},
-    hop_flags, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, PairKey, PairSlot, TrackState,
-    MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
+    hop_flags, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, HopEvent, PairKey, PairSlot,
+    TrackState, EVENTS_BYTES, MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
 };
 
 /// Load-time configuration, written by the loader before loading.
@@ -41,10 +41,16 @@ static NP_CONFIG: Config = Config::zeroed();
 static NP_TRACK: Array<TrackState> = Array::with_max_entries(TRACK_SLOTS, 0);
 
 #[map(name = "NP_HOPS")]
-static NP_HOPS: PerCpuHashMap<PairKey, Hist> = PerCpuHashMap::with_max_entries(2048, 0);
+// Histograms are 4.7 KiB per CPU: allocated on first use (BPF_F_NO_PREALLOC),
+// not for every possible entry on every CPU up front.
+static NP_HOPS: PerCpuHashMap<PairKey, Hist> = PerCpuHashMap::with_max_entries(2048, BPF_F_NO_PREALLOC);
 
 #[map(name = "NP_PAIRS")]
 static NP_PAIRS: PerCpuArray<PairSlot> = PerCpuArray::with_max_entries(PAIR_SLOTS, 0);
+
+/// Trace mode's per-packet events (bounded; losses counted).
+#[map(name = "NP_EVENTS")]
+static NP_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map(name = "NP_DROPS")]
 static NP_DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(2048, 0);
@@ -64,7 +70,7 @@ static NP_ENTRY: LruHashMap<EntryKey, u64> = LruHashMap::with_max_entries(16384,
 
 /// Time spent inside each hop function, from entry/exit pairs.
 #[map(name = "NP_FUNCS")]
-static NP_FUNCS: PerCpuHashMap<u32, Hist> = PerCpuHashMap::with_max_entries(256, 0);
+static NP_FUNCS: PerCpuHashMap<u32, Hist> = PerCpuHashMap::with_max_entries(256, BPF_F_NO_PREALLOC);
 
 /// One all-zero histogram, the initial value of a new hop-pair aggregate
 /// (too large for the BPF stack). Never written.
@@ -421,6 +427,23 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             _pad: [0; 5],
         };
         aggregate(&key, gap, dev);
+        if unsafe { core::ptr::read_volatile(&cfg().trace) } != 0 {
+            let ev = HopEvent {
+                ts: now,
+                skb,
+                from_dev: key.from_dev,
+                to_dev: key.to_dev,
+                gap_ns: if gap > u32::MAX as u64 { u32::MAX } else { gap as u32 },
+                from_hop: key.from_hop,
+                to_hop: hop,
+                _pad: 0,
+            };
+            // No wakeup per event (an irq_work each): the reader drains in
+            // batches on its own clock.
+            if NP_EVENTS.output::<HopEvent>(&ev, aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64).is_err() {
+                bump(counter::EVENTS_LOST);
+            }
+        }
         if flags & hop_flags::DROP != 0 {
             count_drop(&DropKey {
                 origin: st.origin,

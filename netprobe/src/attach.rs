@@ -44,6 +44,8 @@ pub struct AttachOptions {
     pub backend: Option<Backend>,
     pub max_gap_ns: u64,
     pub filter_enabled: bool,
+    /// Per-packet trace mode (events on `NP_EVENTS`).
+    pub trace: bool,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -89,6 +91,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     let mut config = Config::zeroed();
     config.max_gap_ns = opts.max_gap_ns;
     config.filter_enabled = opts.filter_enabled as u32;
+    config.trace = opts.trace as u32;
     let mut drop_reasons = BTreeMap::new();
     let mut global_notes = Vec::new();
     if let Some(btf) = &btf_rs {

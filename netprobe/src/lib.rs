@@ -17,3 +17,4 @@ pub mod netns;
 pub mod plan;
 pub mod record;
 pub mod report;
+pub mod trace;

@@ -61,6 +61,10 @@ struct ProbeArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Per-packet trace mode: every hop of every followed packet also goes
+    /// to userspace as an event (bounded ring buffer; losses counted).
+    #[arg(long)]
+    trace: bool,
 }
 
 #[derive(Subcommand)]
@@ -118,7 +122,13 @@ fn main() -> ExitCode {
 }
 
 fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
-    RecordOptions { ifaces, btf_file: p.btf.clone(), backend: p.backend.map(Backend::from), max_gap: p.max_gap }
+    RecordOptions {
+        ifaces,
+        btf_file: p.btf.clone(),
+        backend: p.backend.map(Backend::from),
+        max_gap: p.max_gap,
+        trace: p.trace,
+    }
 }
 
 fn print(report: &Report, format: Format) -> Result<()> {

@@ -26,16 +26,25 @@ pub struct RecordOptions {
     pub backend: Option<Backend>,
     /// A packet unseen for this long is considered gone.
     pub max_gap: Duration,
+    /// Per-packet trace mode on top of the always-on aggregates.
+    pub trace: bool,
 }
 
 impl Default for RecordOptions {
     fn default() -> Self {
-        RecordOptions { ifaces: Vec::new(), btf_file: None, backend: None, max_gap: Duration::from_secs(1) }
+        RecordOptions {
+            ifaces: Vec::new(),
+            btf_file: None,
+            backend: None,
+            max_gap: Duration::from_secs(1),
+            trace: false,
+        }
     }
 }
 
 pub struct Recorder {
     attached: Attached,
+    trace: Option<std::sync::Mutex<crate::trace::TraceReader>>,
     started: Instant,
     /// Names of the --iface devices that are guest-facing (macvtap, tap).
     guest_facing: Vec<String>,
@@ -82,6 +91,7 @@ impl Recorder {
             backend: opts.backend,
             max_gap_ns: opts.max_gap.as_nanos() as u64,
             filter_enabled: !resolved.is_empty(),
+            trace: opts.trace,
         })?;
         let classic = attached.classic_only;
         let mut filter: HashMap<_, u64, u8> =
@@ -96,7 +106,14 @@ impl Recorder {
             };
             filter.insert(key, 1, 0)?;
         }
-        Ok(Recorder { attached, started: Instant::now(), guest_facing })
+        let trace = if opts.trace {
+            let map = attached.ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
+            let ring = aya::maps::RingBuf::try_from(map)?;
+            Some(std::sync::Mutex::new(crate::trace::TraceReader::start(ring)?))
+        } else {
+            None
+        };
+        Ok(Recorder { attached, trace, started: Instant::now(), guest_facing })
     }
 
     pub fn coverage(&self) -> &[attach::Coverage] {
@@ -117,8 +134,11 @@ impl Recorder {
     /// Reads the aggregates and builds the report (the programs stay
     /// attached until the recorder is dropped).
     pub fn report(&self, interrupted: bool) -> Result<Report> {
+        // Trace mode: the kernel is still sending; stop the consumer after
+        // it drained the queue, so the aggregates below see no later event.
+        let trace = self.trace.as_ref().map(|t| t.lock().map(|mut t| t.finish()).unwrap_or_default());
         let snap = collect::snapshot(&self.attached.ebpf)?;
-        Ok(correlate::build(
+        let mut report = correlate::build(
             &snap,
             &correlate::Context {
                 coverage: &self.attached.coverage,
@@ -127,7 +147,13 @@ impl Recorder {
                 interrupted,
                 guest_facing: &self.guest_facing,
             },
-        ))
+        );
+        if let Some(t) = trace {
+            report.tracking.insert("events_received".to_owned(), t.events);
+            report.tracking.insert("events_malformed".to_owned(), t.malformed);
+            report.tracking.insert("trace_reader_cpu_us".to_owned(), t.cpu_ns / 1000);
+        }
+        Ok(report)
     }
 }
 

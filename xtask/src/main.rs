@@ -3,6 +3,7 @@
 //! against the active rustc's LLVM, Debian packages for the demo and tests)
 //! so a fresh machine needs nothing but stable Rust.
 
+mod bench;
 mod build;
 mod lab;
 mod tools;
@@ -38,6 +39,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks: what netprobe costs the datapath (ratios to untraced,
+    /// against bpftrace), per-hop cost, trace delivery, memory.
+    Bench(bench::BenchOpts),
     /// Boot Debian's stock kernel under QEMU and run the demo scenarios
     /// inside (fentry, kprobe and OVS hops live); results in target/lab/.
     Lab(lab::LabOpts),
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
             run(Command::new(bin).arg("demo").args(args))?;
         }
         Cmd::Lab(opts) => lab::lab(&opts)?,
+        Cmd::Bench(opts) => bench::bench(&opts)?,
         Cmd::Test { no_lint, no_cross, no_lab, args } => test(no_lint, no_cross, no_lab, &args)?,
     }
     Ok(())
