@@ -46,6 +46,8 @@ pub struct AttachOptions {
     pub filter_enabled: bool,
     /// Per-packet trace mode (events on `NP_EVENTS`).
     pub trace: bool,
+    /// Keep what a later rescan needs (the parsed kernel BTF, ~30 MiB).
+    pub rescan: bool,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -200,6 +202,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         let why: Vec<String> = att.coverage.iter().flat_map(|c| c.notes.clone()).collect();
         bail!("no hop could be attached on this kernel: {}", why.join("; "));
     }
+    if !opts.rescan {
+        att.btf = None;
+    }
+    // Parsing BTF (vmlinux and module BTF, twice: btf-rs and aya) peaks at
+    // ~90 MiB of heap that is free again now; hand it back to the system so
+    // a long recording's RSS is what it really holds.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     Ok(att)
 }
 

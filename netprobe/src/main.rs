@@ -123,6 +123,7 @@ fn main() -> ExitCode {
 
 fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
     RecordOptions {
+        wait_for_modules: false,
         ifaces,
         btf_file: p.btf.clone(),
         backend: p.backend.map(Backend::from),
@@ -149,7 +150,7 @@ fn print(report: &Report, format: Format) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Record { duration, ifaces, wait_for_modules, probe } => {
-            let mut rec = Recorder::start(&options(&probe, ifaces))?;
+            let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces) })?;
             eprintln!(
                 "netprobe: recording {}; Ctrl-C to stop early",
                 duration.map_or("until Ctrl-C".to_owned(), |d| format!("for {:.1} s", d.as_secs_f64()))

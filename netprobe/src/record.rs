@@ -28,6 +28,8 @@ pub struct RecordOptions {
     pub max_gap: Duration,
     /// Per-packet trace mode on top of the always-on aggregates.
     pub trace: bool,
+    /// Attach hops whose module loads later (`rescan`).
+    pub wait_for_modules: bool,
 }
 
 impl Default for RecordOptions {
@@ -38,6 +40,7 @@ impl Default for RecordOptions {
             backend: None,
             max_gap: Duration::from_secs(1),
             trace: false,
+            wait_for_modules: false,
         }
     }
 }
@@ -92,6 +95,7 @@ impl Recorder {
             max_gap_ns: opts.max_gap.as_nanos() as u64,
             filter_enabled: !resolved.is_empty(),
             trace: opts.trace,
+            rescan: opts.wait_for_modules,
         })?;
         let classic = attached.classic_only;
         let mut filter: HashMap<_, u64, u8> =
