@@ -1,0 +1,102 @@
+//! Failure modes: missing privileges, bad arguments, SIGKILL mid-run,
+//! devices vanishing mid-run. Each must end cleanly and leave nothing of
+//! netprobe in the kernel.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use netprobe::demo::Topology;
+use netprobe_tests::{netprobe_bin, require_root, Recording};
+
+/// netprobe's programs still loaded in the kernel (bpftool).
+fn netprobe_programs() -> Vec<String> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("name ").nth(1))
+        .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
+        .filter(|n| {
+            ["btf_", "raw_", "tp_", "fentry_", "fexit_", "kprobe_", "kretprobe_"].iter().any(|p| n.starts_with(p))
+                && (n.contains("net") || n.contains("skb") || n.chars().last().is_some_and(|c| c.is_ascii_digit()))
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_mid_run_leaves_no_program_attached() {
+    if !require_root("sigkill_mid_run_leaves_no_program_attached") {
+        return;
+    }
+    let mut child = Command::new(netprobe_bin())
+        .args(["record", "--trace"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is attached.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    assert!(line.contains("recording"), "{line}");
+    assert!(!netprobe_programs().is_empty(), "netprobe's programs should be loaded while it runs");
+    child.kill().unwrap(); // SIGKILL: no chance to clean up by itself
+    child.wait().unwrap();
+    // Links and programs die with their last file descriptor.
+    let mut left = netprobe_programs();
+    for _ in 0..20 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = netprobe_programs();
+    }
+    assert!(left.is_empty(), "programs left after SIGKILL: {left:?}");
+}
+
+#[test]
+fn without_privileges_the_error_names_the_capabilities() {
+    if !require_root("without_privileges_the_error_names_the_capabilities") {
+        return; // needs root to drop to an unprivileged user
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(netprobe_bin())
+        .args(["record", "--duration", "1s"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
+
+#[test]
+fn malformed_duration_is_a_clear_error() {
+    let out = Command::new(netprobe_bin()).args(["record", "--duration", "ten"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a duration") && err.contains("10s"), "{err}");
+}
+
+#[test]
+fn devices_vanishing_mid_run_end_their_part_and_the_report_still_comes() {
+    if !require_root("devices_vanishing_mid_run_end_their_part_and_the_report_still_comes") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let rec = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    assert_eq!(t.ping(10, "0.02").unwrap(), 10);
+    let macvtap = t.macvtap.clone();
+    drop(t); // the namespaces, the macvtap and the veths disappear mid-run
+    std::thread::sleep(Duration::from_millis(300));
+    let r = rec.interrupt();
+    let to_wire = netprobe_tests::pairs(&r, "to-wire");
+    let p = to_wire
+        .iter()
+        .find(|(f, t, _)| *f == format!("queue@{macvtap}") && *t == format!("xmit@{macvtap}"))
+        .unwrap_or_else(|| panic!("what was measured before the devices vanished is kept: {r:#}"));
+    assert!(p.2["packets"].as_u64().unwrap() >= 10);
+}
