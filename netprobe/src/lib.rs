@@ -16,5 +16,6 @@ pub mod kernel;
 pub mod netns;
 pub mod plan;
 pub mod record;
+pub mod recording;
 pub mod report;
 pub mod trace;

@@ -22,6 +22,7 @@ struct Cli {
 enum Format {
     Table,
     Json,
+    Csv,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,6 +78,10 @@ enum Cmd {
         /// Only follow packets first seen on these interfaces (NAME or NETNS/NAME; repeatable).
         #[arg(long = "iface", value_name = "IFACE")]
         ifaces: Vec<String>,
+        /// Also write the recording (full-resolution histograms, coverage,
+        /// host facts) to FILE, for `netprobe report` later.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
         /// Keep looking for hops whose module is not loaded yet (openvswitch,
         /// qeth...) and attach them when it is.
         #[arg(long)]
@@ -84,7 +89,8 @@ enum Cmd {
         #[command(flatten)]
         probe: ProbeArgs,
     },
-    /// Print a report saved with `--format json` (as a table, or again as JSON).
+    /// Print the report of a recording (`record -o FILE`) or of a report
+    /// saved with `--format json`.
     Report {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
@@ -106,6 +112,9 @@ enum Cmd {
         /// bridge), ovs (tap + OVS kernel datapath, HiperSockets-like).
         #[arg(long, value_enum, default_value = "macvtap")]
         topology: demo::Kind,
+        /// Also write the recording to FILE.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
         #[command(flatten)]
         probe: ProbeArgs,
     },
@@ -137,6 +146,7 @@ fn print(report: &Report, format: Format) -> Result<()> {
     let res = match format {
         Format::Table => report::table::write(report, &mut out),
         Format::Json => report::json::write(report, &mut out),
+        Format::Csv => report::csv::write(report, &mut out),
     };
     match res.and_then(|()| out.flush().map_err(Into::into)) {
         // A closed pipe (`| head`) is a normal end, not an error.
@@ -149,7 +159,10 @@ fn print(report: &Report, format: Format) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Record { duration, ifaces, wait_for_modules, probe } => {
+        Cmd::Record { duration, ifaces, wait_for_modules, output, probe } => {
+            if let Some(path) = &output {
+                check_writable(path)?;
+            }
             let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces) })?;
             eprintln!(
                 "netprobe: recording {}; Ctrl-C to stop early",
@@ -160,13 +173,29 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 record::wait(duration)?
             };
-            print(&rec.report(interrupted)?, probe.format)
+            let recording = rec.recording(interrupted)?;
+            if let Some(path) = &output {
+                recording.write(path)?;
+                eprintln!("netprobe: recording written to {}", path.display());
+            }
+            print(&recording.report()?, probe.format)
         }
-        Cmd::Demo { topology, probe } => run_demo(topology, &probe),
+        Cmd::Demo { topology, output, probe } => {
+            if let Some(path) = &output {
+                check_writable(path)?;
+            }
+            run_demo(topology, output.as_deref(), &probe)
+        }
         Cmd::Report { file, format } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let report: Report = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a netprobe JSON report", file.display()))?;
+            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let report = if netprobe::recording::looks_like_recording(&data) {
+                netprobe::recording::Recording::from_bytes(&data)
+                    .with_context(|| file.display().to_string())?
+                    .report()?
+            } else {
+                serde_json::from_slice::<Report>(&data)
+                    .with_context(|| format!("{} is neither a netprobe recording nor a JSON report", file.display()))?
+            };
             print(&report, format)
         }
         Cmd::Probes { probe, save_facts } => {
@@ -197,14 +226,14 @@ fn run(cli: Cli) -> Result<()> {
                     )?;
                     writeln!(out)?;
                 }
-                Format::Table => report::table::write_probes(&report, &mut out)?,
+                Format::Table | Format::Csv => report::table::write_probes(&report, &mut out)?,
             }
             Ok(())
         }
     }
 }
 
-fn run_demo(kind: demo::Kind, probe: &ProbeArgs) -> Result<()> {
+fn run_demo(kind: demo::Kind, output: Option<&std::path::Path>, probe: &ProbeArgs) -> Result<()> {
     eprintln!("netprobe demo: building the {kind:?} topology in network namespaces");
     let topo = std::sync::Arc::new(Topology::create_kind(kind)?);
     let rec = Recorder::start(&options(probe, topo.ifaces()))?;
@@ -246,8 +275,13 @@ fn run_demo(kind: demo::Kind, probe: &ProbeArgs) -> Result<()> {
         Ok(())
     });
     let interrupted = record::wait_for(None, Some(rx), None)?;
-    let report = rec.report(interrupted)?;
+    let recording = rec.recording(interrupted)?;
     drop(rec);
+    if let Some(path) = output {
+        recording.write(path)?;
+        eprintln!("netprobe demo: recording written to {}", path.display());
+    }
+    let report = recording.report()?;
     if !interrupted {
         traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
     }
@@ -262,4 +296,27 @@ fn last_summary(iperf: &str) -> String {
         .find(|l| l.contains("receiver") || l.contains("sender"))
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// Fails early, before anything is attached, when the output cannot be
+/// written.
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        anyhow::bail!(
+            "{} is a symbolic link; netprobe does not write through links (choose another path)",
+            path.display()
+        );
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: access(2) with a valid C string.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        anyhow::bail!(
+            "cannot write the recording to {}: directory {} is not writable ({})",
+            path.display(),
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }

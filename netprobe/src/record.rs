@@ -14,8 +14,9 @@ use netprobe_common::{name_key, names, Backend};
 
 use crate::{
     attach::{self, AttachOptions, Attached},
-    collect, correlate, netns,
-    report::Report,
+    collect, netns,
+    recording::{Meta, Recording},
+    report::{CoverageEntry, Report},
 };
 
 #[derive(Clone, Debug)]
@@ -138,26 +139,30 @@ impl Recorder {
     /// Reads the aggregates and builds the report (the programs stay
     /// attached until the recorder is dropped).
     pub fn report(&self, interrupted: bool) -> Result<Report> {
+        self.recording(interrupted)?.report()
+    }
+
+    /// Reads the aggregates into a recording: what `-o` writes and what
+    /// every report is made from, so the two never differ.
+    pub fn recording(&self, interrupted: bool) -> Result<Recording> {
         // Trace mode: the kernel is still sending; stop the consumer after
         // it drained the queue, so the aggregates below see no later event.
         let trace = self.trace.as_ref().map(|t| t.lock().map(|mut t| t.finish()).unwrap_or_default());
         let snap = collect::snapshot(&self.attached.ebpf)?;
-        let mut report = correlate::build(
-            &snap,
-            &correlate::Context {
-                coverage: &self.attached.coverage,
-                drop_reasons: &self.attached.drop_reasons,
-                duration_s: self.started.elapsed().as_secs_f64(),
-                interrupted,
-                guest_facing: &self.guest_facing,
-            },
-        );
+        let mut extra = std::collections::BTreeMap::new();
         if let Some(t) = trace {
-            report.tracking.insert("events_received".to_owned(), t.events);
-            report.tracking.insert("events_malformed".to_owned(), t.malformed);
-            report.tracking.insert("trace_reader_cpu_us".to_owned(), t.cpu_ns / 1000);
+            extra.insert("events_received".to_owned(), t.events);
+            extra.insert("events_malformed".to_owned(), t.malformed);
+            extra.insert("trace_reader_cpu_us".to_owned(), t.cpu_ns / 1000);
         }
-        Ok(report)
+        Ok(Recording::new(
+            &snap,
+            Meta::now(self.started.elapsed().as_secs_f64(), interrupted),
+            self.attached.coverage.iter().map(CoverageEntry::from).collect(),
+            self.attached.drop_reasons.clone(),
+            self.guest_facing.clone(),
+            extra,
+        ))
     }
 }
 

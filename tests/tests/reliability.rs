@@ -100,3 +100,48 @@ fn devices_vanishing_mid_run_end_their_part_and_the_report_still_comes() {
         .unwrap_or_else(|| panic!("what was measured before the devices vanished is kept: {r:#}"));
     assert!(p.2["packets"].as_u64().unwrap() >= 10);
 }
+
+#[test]
+fn recording_written_on_sigint_reads_back_and_damaged_copies_are_rejected() {
+    if !require_root("recording_written_on_sigint_reads_back_and_damaged_copies_are_rejected") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("netprobe-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.rec");
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let f = file.to_str().unwrap();
+    let rec = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "-o", f]);
+    assert_eq!(t.ping(10, "0.02").unwrap(), 10);
+    let live = rec.interrupt(); // SIGINT: the recording is still written whole
+    drop(t);
+    let report = |path: &std::path::Path| {
+        Command::new(netprobe_bin()).args(["report", "--format", "json"]).arg(path).output().unwrap()
+    };
+    let out = report(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["directions"], live["directions"], "report FILE must equal the live report");
+
+    let bytes = std::fs::read(&file).unwrap();
+    let damaged = [
+        ("truncated", bytes[..bytes.len() * 2 / 3].to_vec()),
+        ("flipped", {
+            let mut b = bytes.clone();
+            let i = b.len() / 2;
+            b[i] ^= 0x10;
+            b
+        }),
+    ];
+    for (what, data) in damaged {
+        let p = dir.join(format!("{what}.rec"));
+        std::fs::write(&p, data).unwrap();
+        let out = report(&p);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} recording accepted");
+        assert!(err.contains("truncated") || err.contains("corrupted"), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,6 +2,7 @@
 //! model is plain data (serde), built by `correlate` from what the kernel
 //! recorded; each format is one module that only reads it.
 
+pub mod csv;
 pub mod json;
 pub mod table;
 
