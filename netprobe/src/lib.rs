@@ -9,6 +9,7 @@
 pub mod attach;
 pub mod catalog;
 pub mod collect;
+pub mod compare;
 pub mod correlate;
 pub mod demo;
 pub mod facts;

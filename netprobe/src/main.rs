@@ -96,6 +96,14 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Compare two recordings hop by hop (e.g. macvtap vs ovs): matching
+    /// hop pairs side by side, the rest by path stage.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Show, for every hop of the catalog, the backend this kernel allows
     /// (proved by loading and attaching it for a moment) or why none.
     Probes {
@@ -148,13 +156,7 @@ fn print(report: &Report, format: Format) -> Result<()> {
         Format::Json => report::json::write(report, &mut out),
         Format::Csv => report::csv::write(report, &mut out),
     };
-    match res.and_then(|()| out.flush().map_err(Into::into)) {
-        // A closed pipe (`| head`) is a normal end, not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
-            Ok(())
-        }
-        r => r,
-    }
+    ignore_broken_pipe(res.and_then(|()| out.flush().map_err(Into::into)))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -186,16 +188,20 @@ fn run(cli: Cli) -> Result<()> {
             }
             run_demo(topology, output.as_deref(), &probe)
         }
-        Cmd::Report { file, format } => {
-            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let report = if netprobe::recording::looks_like_recording(&data) {
-                netprobe::recording::Recording::from_bytes(&data)
-                    .with_context(|| file.display().to_string())?
-                    .report()?
-            } else {
-                serde_json::from_slice::<Report>(&data)
-                    .with_context(|| format!("{} is neither a netprobe recording nor a JSON report", file.display()))?
+        Cmd::Compare { a, b, format } => {
+            let (ra, rb) = (load_report(&a)?, load_report(&b)?);
+            let c = netprobe::compare::compare(&a.display().to_string(), &ra, &b.display().to_string(), &rb);
+            let mut out = std::io::stdout().lock();
+            let res = match format {
+                Format::Json => serde_json::to_writer_pretty(&mut out, &c)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| writeln!(out).map_err(Into::into)),
+                Format::Table | Format::Csv => netprobe::compare::write_table(&c, &mut out),
             };
+            ignore_broken_pipe(res)
+        }
+        Cmd::Report { file, format } => {
+            let report = load_report(&file)?;
             print(&report, format)
         }
         Cmd::Probes { probe, save_facts } => {
@@ -319,4 +325,29 @@ fn check_writable(path: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A report from a recording, or from a report saved as JSON.
+fn load_report(file: &std::path::Path) -> Result<Report> {
+    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if netprobe::recording::looks_like_recording(&data) {
+        netprobe::recording::Recording::from_bytes(&data).with_context(|| file.display().to_string())?.report()
+    } else {
+        serde_json::from_slice::<Report>(&data)
+            .with_context(|| format!("{} is neither a netprobe recording nor a JSON report", file.display()))
+    }
+}
+
+/// A closed pipe (`| head`) is a normal end of output, not an error.
+fn ignore_broken_pipe(r: Result<()>) -> Result<()> {
+    match r {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
 }

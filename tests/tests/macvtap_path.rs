@@ -176,3 +176,46 @@ fn probes_lists_every_catalog_hop_with_a_backend_or_a_reason() {
     let left = netprobe_programs_loaded();
     assert!(left.is_empty(), "programs left after probes: {left:?}");
 }
+
+#[test]
+fn compare_macvtap_and_bridge_recordings_side_by_side() {
+    if !require_root("compare_macvtap_and_bridge_recordings_side_by_side") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("netprobe-cmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for topo in ["macvtap", "bridge"] {
+        let out = Command::new(netprobe_tests::netprobe_bin())
+            .args(["demo", "--topology", topo, "--format", "json", "-o"])
+            .arg(dir.join(format!("{topo}.rec")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{topo}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = Command::new(netprobe_tests::netprobe_bin())
+        .args(["compare", "--format", "json"])
+        .arg(dir.join("macvtap.rec"))
+        .arg(dir.join("bridge.rec"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = c["rows"].as_array().unwrap();
+    let find = |dir: &str, stage: &str, from: &str, to: &str| {
+        rows.iter().find(|r| r["direction"] == dir && r["stage"] == stage && r["from_hop"] == from && r["to_hop"] == to)
+    };
+    // The uplink veth's transmit exists in both configurations: both sides
+    // and a difference.
+    let both = find("to-wire", "uplink", "xmit", "netif_rx").expect("uplink xmit -> netif_rx in both");
+    assert!(both["a"]["packets"].as_u64().unwrap() > 0 && both["b"]["packets"].as_u64().unwrap() > 0, "{both}");
+    assert!(both["p50_diff_ns"].is_i64());
+    // macvtap hands off straight to the uplink; the bridge forwards from the
+    // tap's receive: each configuration's own hops, kept with their stage
+    // (the other side has none, or a stray packet).
+    let pkts = |r: &Value, side: &str| r[side]["packets"].as_u64().unwrap_or(0);
+    let own_a = find("to-wire", "uplink", "xmit", "queue").expect("macvtap's xmit -> queue");
+    assert!(pkts(own_a, "a") >= 100 && pkts(own_a, "b") * 100 < pkts(own_a, "a"), "{own_a}");
+    let own_b = find("to-wire", "uplink", "receive", "queue").expect("the bridge's receive -> queue");
+    assert!(pkts(own_b, "b") >= 100 && pkts(own_b, "a") * 100 < pkts(own_b, "b"), "{own_b}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
