@@ -206,6 +206,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         kernel: kernel_release(),
         duration_s: cx.duration_s,
         interrupted: cx.interrupted,
+        workload: None,
         coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
         directions,
         drops,

@@ -88,6 +88,10 @@ enum Cmd {
         wait_for_modules: bool,
         #[command(flatten)]
         probe: ProbeArgs,
+        /// A workload to run: the recording lasts exactly as long as it runs
+        /// (and at most --duration), and is tagged with it.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Print the report of a recording (`record -o FILE`) or of a report
     /// saved with `--format json`.
@@ -161,21 +165,26 @@ fn print(report: &Report, format: Format) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Record { duration, ifaces, wait_for_modules, output, probe } => {
+        Cmd::Record { duration, ifaces, wait_for_modules, output, probe, command } => {
             if let Some(path) = &output {
                 check_writable(path)?;
             }
             let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces) })?;
-            eprintln!(
-                "netprobe: recording {}; Ctrl-C to stop early",
-                duration.map_or("until Ctrl-C".to_owned(), |d| format!("for {:.1} s", d.as_secs_f64()))
-            );
-            let interrupted = if wait_for_modules {
-                record::wait_for(duration, None, Some(&mut || rec.rescan()))?
-            } else {
-                record::wait(duration)?
+            let until = match (&duration, command.is_empty()) {
+                (Some(d), true) => format!("for {:.1} s", d.as_secs_f64()),
+                (None, true) => "until Ctrl-C".to_owned(),
+                (_, false) => format!("while `{}` runs", command.join(" ")),
             };
-            let recording = rec.recording(interrupted)?;
+            eprintln!("netprobe: recording {until}; Ctrl-C to stop early");
+            let mut workload = if command.is_empty() { None } else { Some(record::Workload::start(&command)?) };
+            let done = workload.as_mut().and_then(record::Workload::take_done);
+            let interrupted = if wait_for_modules {
+                record::wait_for(duration, done, Some(&mut || rec.rescan()))?
+            } else {
+                record::wait_for(duration, done, None)?
+            };
+            let mut recording = rec.recording(interrupted)?;
+            recording.meta.workload = workload.map(record::Workload::finish);
             if let Some(path) = &output {
                 recording.write(path)?;
                 eprintln!("netprobe: recording written to {}", path.display());

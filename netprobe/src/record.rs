@@ -257,3 +257,67 @@ mod tests {
         assert_eq!(split_iface("ns1/macvtap0"), (Some("ns1"), "macvtap0"));
     }
 }
+
+/// A workload netprobe runs and records (`record -- CMD ARGS`). Its
+/// standard output goes to netprobe's standard error, so the report alone
+/// is on standard output.
+pub struct Workload {
+    command: Vec<String>,
+    started: f64,
+    done: Option<std::sync::mpsc::Receiver<()>>,
+    status: std::sync::Arc<std::sync::Mutex<Option<(std::process::ExitStatus, f64)>>>,
+    pid: u32,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+impl Workload {
+    pub fn start(command: &[String]) -> Result<Workload> {
+        use std::os::fd::AsFd;
+        let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+        let mut child = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .stdout(std::process::Stdio::from(stderr))
+            .spawn()
+            .with_context(|| format!("cannot start the workload `{}`", command.join(" ")))?;
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let status = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let slot = status.clone();
+        std::thread::spawn(move || {
+            if let Ok(s) = child.wait() {
+                if let Ok(mut g) = slot.lock() {
+                    *g = Some((s, unix_now()));
+                }
+            }
+            let _ = tx.send(());
+        });
+        Ok(Workload { command: command.to_vec(), started: unix_now(), done: Some(rx), status, pid })
+    }
+
+    /// Fires when the workload exits (for [`wait_for`]); there is one.
+    pub fn take_done(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
+        self.done.take()
+    }
+
+    /// What ran, when, and how it ended. A workload still running (the
+    /// recording ended first) is asked to stop with SIGTERM.
+    pub fn finish(self) -> crate::report::Workload {
+        use std::os::unix::process::ExitStatusExt;
+        let running = self.status.lock().map(|g| g.is_none()).unwrap_or(false);
+        if running {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        }
+        let ended = self.status.lock().ok().and_then(|g| *g);
+        crate::report::Workload {
+            command: self.command,
+            started_unix_s: self.started,
+            ended_unix_s: ended.map_or_else(unix_now, |(_, t)| t),
+            exit_status: ended.and_then(|(s, _)| s.code()),
+            signal: ended.and_then(|(s, _)| s.signal()),
+        }
+    }
+}

@@ -43,6 +43,9 @@ pub struct Meta {
     pub duration_s: f64,
     pub interrupted: bool,
     pub command_line: Vec<String>,
+    /// The workload netprobe ran and recorded (`record -- CMD ARGS`).
+    #[serde(default)]
+    pub workload: Option<crate::report::Workload>,
 }
 
 impl Meta {
@@ -63,6 +66,7 @@ impl Meta {
             duration_s,
             interrupted,
             command_line: std::env::args().collect(),
+            workload: None,
         }
     }
 }
@@ -266,6 +270,7 @@ impl Recording {
         r.coverage = self.coverage.clone();
         r.kernel = self.meta.kernel.clone();
         r.netprobe_version = self.meta.netprobe_version.clone();
+        r.workload = self.meta.workload.clone();
         for (k, v) in &self.counters {
             r.tracking.entry(k.clone()).or_insert(*v);
         }

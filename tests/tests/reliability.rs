@@ -145,3 +145,27 @@ fn recording_written_on_sigint_reads_back_and_damaged_copies_are_rejected() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_workload_bounds_the_recording_and_tags_it() {
+    if !require_root("a_workload_bounds_the_recording_and_tags_it") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let out = Command::new(netprobe_bin())
+        .args(["record", "--format", "json", "--duration", "30s", "--", "sh", "-c", "sleep 1; exit 3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the recording should end with the workload, not at --duration"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = &r["workload"];
+    assert_eq!(w["command"], serde_json::json!(["sh", "-c", "sleep 1; exit 3"]));
+    assert_eq!(w["exit_status"], 3);
+    let ran = w["ended_unix_s"].as_f64().unwrap() - w["started_unix_s"].as_f64().unwrap();
+    assert!((0.9..10.0).contains(&ran), "workload ran {ran} s");
+    assert_eq!(r["interrupted"], false);
+}

@@ -19,6 +19,9 @@ pub struct Report {
     pub duration_s: f64,
     /// True when Ctrl-C or SIGTERM ended the recording before its duration.
     pub interrupted: bool,
+    /// The workload recorded, when netprobe ran it (`record -- CMD ARGS`).
+    #[serde(default)]
+    pub workload: Option<Workload>,
     pub coverage: Vec<CoverageEntry>,
     pub directions: Vec<DirectionReport>,
     pub drops: Vec<DropReport>,
@@ -27,6 +30,18 @@ pub struct Report {
     pub devices: Vec<DeviceReport>,
     /// Kernel-side accounting: packets followed, and every loss.
     pub tracking: BTreeMap<String, u64>,
+}
+
+/// A workload netprobe started and recorded exactly while it ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub command: Vec<String>,
+    pub started_unix_s: f64,
+    pub ended_unix_s: f64,
+    /// Exit code, when it exited by itself.
+    pub exit_status: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -17,6 +17,14 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         r.duration_s,
         if r.interrupted { " (interrupted)" } else { "" }
     )?;
+    if let Some(w) = &r.workload {
+        let end = match (w.exit_status, w.signal) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            _ => "still running when the recording ended".to_owned(),
+        };
+        writeln!(out, "workload: `{}`, {:.1} s, {end}", w.command.join(" "), w.ended_unix_s - w.started_unix_s)?;
+    }
     write_coverage(r, out)?;
     if r.directions.iter().all(|d| d.pairs.is_empty()) {
         writeln!(out, "\nno packet was followed across two hops")?;
