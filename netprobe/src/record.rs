@@ -236,28 +236,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("0s").is_err());
-    }
-
-    #[test]
-    fn iface_specs() {
-        assert_eq!(split_iface("eth0"), (None, "eth0"));
-        assert_eq!(split_iface("ns1/macvtap0"), (Some("ns1"), "macvtap0"));
-    }
-}
-
 /// A workload netprobe runs and records (`record -- CMD ARGS`). Its
 /// standard output goes to netprobe's standard error, so the report alone
 /// is on standard output.
@@ -319,5 +297,27 @@ impl Workload {
             exit_status: ended.and_then(|(s, _)| s.code()),
             signal: ended.and_then(|(s, _)| s.signal()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn iface_specs() {
+        assert_eq!(split_iface("eth0"), (None, "eth0"));
+        assert_eq!(split_iface("ns1/macvtap0"), (Some("ns1"), "macvtap0"));
     }
 }
