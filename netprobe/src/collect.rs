@@ -71,3 +71,15 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
     }
     Ok(s)
 }
+
+/// Only the loss and tracking counters: cheap enough for a status line
+/// every second.
+pub fn counters(ebpf: &Ebpf) -> Result<[u64; counter::COUNT as usize]> {
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(names::COUNTERS).context("map NP_COUNTERS missing")?)?;
+    let mut out = [0u64; counter::COUNT as usize];
+    for i in 0..counter::COUNT {
+        out[i as usize] = counters.get(&i, 0)?.iter().sum();
+    }
+    Ok(out)
+}

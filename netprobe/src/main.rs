@@ -1,6 +1,11 @@
 //! The netprobe command line: argument parsing and output selection only.
 
-use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -62,6 +67,9 @@ struct ProbeArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// No live status line on stderr (it is shown only on a terminal).
+    #[arg(long, short = 'q')]
+    quiet: bool,
     /// Per-packet trace mode: every hop of every followed packet also goes
     /// to userspace as an event (bounded ring buffer; losses counted).
     #[arg(long)]
@@ -178,11 +186,26 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("netprobe: recording {until}; Ctrl-C to stop early");
             let mut workload = if command.is_empty() { None } else { Some(record::Workload::start(&command)?) };
             let done = workload.as_mut().and_then(record::Workload::take_done);
-            let interrupted = if wait_for_modules {
-                record::wait_for(duration, done, Some(&mut || rec.rescan()))?
-            } else {
-                record::wait_for(duration, done, None)?
-            };
+            let status = !probe.quiet && std::io::stderr().is_terminal();
+            let interrupted = record::wait_for(
+                duration,
+                done,
+                Some(&mut || {
+                    if wait_for_modules {
+                        rec.rescan();
+                    }
+                    if status {
+                        rec.status_line(duration);
+                    }
+                }),
+            )?;
+            if status {
+                eprintln!();
+            }
+            // A second Ctrl-C from now on ends netprobe at once; the
+            // recording is written by rename, so FILE is whole or untouched.
+            // SAFETY: restoring the default disposition of SIGINT.
+            unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
             let mut recording = rec.recording(interrupted)?;
             recording.meta.workload = workload.map(record::Workload::finish);
             if let Some(path) = &output {

@@ -125,6 +125,21 @@ impl Recorder {
         &self.attached.coverage
     }
 
+    /// One status line on stderr (rewritten in place): elapsed and
+    /// remaining time, packets followed, events lost, hops active.
+    pub fn status_line(&self, duration: Option<Duration>) {
+        let Ok(c) = collect::counters(&self.attached.ebpf) else { return };
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let remaining =
+            duration.map_or(String::new(), |d| format!(", {:.0} s left", (d.as_secs_f64() - elapsed).max(0.0)));
+        let hops = self.attached.coverage.iter().filter(|c| c.backend.is_some()).count();
+        let lost = c[netprobe_common::counter::EVENTS_LOST as usize] + c[netprobe_common::counter::PAIR_LOST as usize];
+        eprint!(
+            "\r\x1b[K[netprobe] {elapsed:.0} s{remaining}, {} packets followed, {lost} events lost, {hops} hops active",
+            c[netprobe_common::counter::TRACK_STARTED as usize]
+        );
+    }
+
     /// Attaches hops whose module appeared since (`--wait-for-modules`).
     pub fn rescan(&mut self) {
         match self.attached.rescan() {

@@ -169,3 +169,21 @@ fn a_workload_bounds_the_recording_and_tags_it() {
     assert!((0.9..10.0).contains(&ran), "workload ran {ran} s");
     assert_eq!(r["interrupted"], false);
 }
+
+#[test]
+fn live_status_line_on_a_terminal_only() {
+    if !require_root("live_status_line_on_a_terminal_only") {
+        return;
+    }
+    // On a terminal (script(1) gives it one): the status line.
+    let cmd = format!("{} record --duration 2500ms", netprobe_bin().display());
+    let tty = Command::new("script").args(["-qc", &cmd, "/dev/null"]).output().expect("script (bsdutils)");
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(text.contains("[netprobe]") && text.contains("hops active") && text.contains("s left"), "{text}");
+    // Not a terminal, or --quiet: none.
+    let piped = Command::new(netprobe_bin()).args(["record", "--duration", "1500ms"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("[netprobe]"));
+    let cmd = format!("{} record --quiet --duration 1500ms", netprobe_bin().display());
+    let quiet = Command::new("script").args(["-qc", &cmd, "/dev/null"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&quiet.stdout).contains("[netprobe]"));
+}
