@@ -67,7 +67,7 @@ fn is_guest_facing(devs: &BTreeMap<u64, DevInfo>, key: u64, known: &[String]) ->
 
 /// HdrHistogram of a kernel histogram (each bucket at its midpoint) and
 /// the percentiles reported, clamped to the exact min/max.
-fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
+pub(crate) fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
     let mut hd = Histogram::<u64>::new_with_bounds(1, 1 << 42, 3).expect("valid bounds");
     for (i, &c) in h.buckets.iter().enumerate() {
         if c > 0 {
@@ -207,6 +207,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         duration_s: cx.duration_s,
         interrupted: cx.interrupted,
         workload: None,
+        intervals: Vec::new(),
         coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
         directions,
         drops,
@@ -214,6 +215,44 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         devices,
         tracking,
     }
+}
+
+/// The interval series in report form: devices named, directions decided
+/// the same way as for the whole recording.
+pub fn intervals(
+    recs: &[crate::recording::IntervalRec],
+    s: &Snapshot,
+    guest_facing: &[String],
+) -> Vec<crate::report::IntervalReport> {
+    let at = |hop: u8, dev: u64| {
+        let d = dev_name(&s.devs, dev);
+        if d.is_empty() {
+            catalog::label(hop)
+        } else {
+            format!("{}@{d}", catalog::label(hop))
+        }
+    };
+    recs.iter()
+        .map(|r| crate::report::IntervalReport {
+            t_s: r.t_s,
+            pairs: r
+                .pairs
+                .iter()
+                .map(|p| crate::report::IntervalPairReport {
+                    direction: if is_guest_facing(&s.devs, p.origin, guest_facing) {
+                        Direction::ToWire
+                    } else {
+                        Direction::ToGuest
+                    },
+                    from: at(p.from_hop, p.from_dev),
+                    to: at(p.to_hop, p.to_dev),
+                    packets: p.packets,
+                    p50_ns: p.p50_ns,
+                    p99_ns: p.p99_ns,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 fn kernel_release() -> String {

@@ -259,10 +259,8 @@ impl Topology {
 
     /// Pings the peer from the guest; returns the replies received.
     pub fn ping(&self, count: u32, interval: &str) -> Result<u32> {
-        let out = Command::ns(
-            &self.guest_ns,
-            &["ping", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", PEER_ADDR],
-        );
+        let out =
+            in_ns(&self.guest_ns, &["ping", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", PEER_ADDR]);
         let out = out.unwrap_or_else(|e| format!("{e:#}"));
         // "N packets transmitted, M received"
         let received = out
@@ -300,22 +298,18 @@ impl Topology {
         if udp {
             args.extend(["-u", "-b", "20M", "-l", "512"]);
         }
-        let res = Command::ns(&self.guest_ns, &args);
+        let res = in_ns(&self.guest_ns, &args);
         let _ = server.kill();
         let _ = server.wait();
         res
     }
 }
 
-/// Running commands inside a namespace.
-struct Command;
-
-impl Command {
-    fn ns(ns: &str, args: &[&str]) -> Result<String> {
-        let mut a = vec!["netns", "exec", ns];
-        a.extend_from_slice(args);
-        sh("ip", &a)
-    }
+/// Runs a command inside a namespace, returning its output.
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["netns", "exec", ns];
+    a.extend_from_slice(args);
+    sh("ip", &a)
 }
 
 impl Drop for Topology {

@@ -194,11 +194,13 @@ fn run(cli: Cli) -> Result<()> {
                     if wait_for_modules {
                         rec.rescan();
                     }
+                    rec.sample();
                     if status {
                         rec.status_line(duration);
                     }
                 }),
             )?;
+            rec.sample(); // the last, partial interval
             if status {
                 eprintln!();
             }
@@ -312,7 +314,9 @@ fn run_demo(kind: demo::Kind, output: Option<&std::path::Path>, probe: &ProbeArg
         drop(tx);
         Ok(())
     });
-    let interrupted = record::wait_for(None, Some(rx), None)?;
+    let mut rec = rec;
+    let interrupted = record::wait_for(None, Some(rx), Some(&mut || rec.sample()))?;
+    rec.sample();
     let recording = rec.recording(interrupted)?;
     drop(rec);
     if let Some(path) = output {

@@ -8,14 +8,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 use aya::maps::HashMap;
+use netprobe_common::{hist::Hist, PairKey};
 use netprobe_common::{name_key, names, Backend};
 
 use crate::{
     attach::{self, AttachOptions, Attached},
     collect, netns,
-    recording::{Meta, Recording},
+    recording::{IntervalPair, IntervalRec, Meta, Recording},
     report::{CoverageEntry, Report},
 };
 
@@ -52,6 +55,10 @@ pub struct Recorder {
     started: Instant,
     /// Names of the --iface devices that are guest-facing (macvtap, tap).
     guest_facing: Vec<String>,
+    /// The time series: cumulative histograms at the last sample, and the
+    /// intervals so far.
+    last_sample: BTreeMap<PairKey, Hist>,
+    intervals: Vec<IntervalRec>,
 }
 
 /// Whether an interface is a macvtap or tun/tap device, asked of iproute2
@@ -118,11 +125,55 @@ impl Recorder {
         } else {
             None
         };
-        Ok(Recorder { attached, trace, started: Instant::now(), guest_facing })
+        Ok(Recorder {
+            attached,
+            trace,
+            started: Instant::now(),
+            guest_facing,
+            last_sample: BTreeMap::new(),
+            intervals: Vec::new(),
+        })
     }
 
     pub fn coverage(&self) -> &[attach::Coverage] {
         &self.attached.coverage
+    }
+
+    /// Closes one interval of the time series: what each hop pair saw
+    /// since the previous sample (call about once a second).
+    pub fn sample(&mut self) {
+        let Ok(snap) = collect::snapshot(&self.attached.ebpf) else { return };
+        let mut pairs = Vec::new();
+        for (k, h) in &snap.pairs {
+            let mut delta = *h;
+            if let Some(prev) = self.last_sample.get(k) {
+                delta.count = h.count.saturating_sub(prev.count);
+                for (d, p) in delta.buckets.iter_mut().zip(prev.buckets.iter()) {
+                    *d = d.saturating_sub(*p);
+                }
+            }
+            if delta.count == 0 {
+                continue;
+            }
+            // The interval's own extremes are unknown; bound by the buckets.
+            let lo = delta.buckets.iter().position(|&c| c > 0).map_or(0, |i| netprobe_common::hist::bucket_bounds(i).0);
+            let hi =
+                delta.buckets.iter().rposition(|&c| c > 0).map_or(0, |i| netprobe_common::hist::bucket_bounds(i).1);
+            (delta.min_ns, delta.max_ns) = (lo.max(1), hi);
+            let (p50, _, p99, _) = crate::correlate::percentiles(&delta);
+            pairs.push(IntervalPair {
+                origin: k.origin,
+                from_dev: k.from_dev,
+                to_dev: k.to_dev,
+                from_hop: k.from_hop,
+                to_hop: k.to_hop,
+                packets: delta.count,
+                p50_ns: p50,
+                p99_ns: p99,
+            });
+        }
+        self.intervals.push(IntervalRec { t_s: self.started.elapsed().as_secs_f64(), pairs });
+        self.last_sample = snap.pairs;
     }
 
     /// One status line on stderr (rewritten in place): elapsed and
@@ -170,14 +221,16 @@ impl Recorder {
             extra.insert("events_malformed".to_owned(), t.malformed);
             extra.insert("trace_reader_cpu_us".to_owned(), t.cpu_ns / 1000);
         }
-        Ok(Recording::new(
+        let mut rec = Recording::new(
             &snap,
             Meta::now(self.started.elapsed().as_secs_f64(), interrupted),
             self.attached.coverage.iter().map(CoverageEntry::from).collect(),
             self.attached.drop_reasons.clone(),
             self.guest_facing.clone(),
             extra,
-        ))
+        );
+        rec.intervals = self.intervals.clone();
+        Ok(rec)
     }
 }
 

@@ -128,6 +128,26 @@ pub struct DevRec {
     pub netns: u32,
 }
 
+/// One hop pair in one interval: what happened in that interval only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntervalPair {
+    pub origin: u64,
+    pub from_dev: u64,
+    pub to_dev: u64,
+    pub from_hop: u8,
+    pub to_hop: u8,
+    pub packets: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+}
+
+/// One interval of the time series (seconds since the recording started).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntervalRec {
+    pub t_s: f64,
+    pub pairs: Vec<IntervalPair>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Recording {
     pub meta: Meta,
@@ -142,6 +162,9 @@ pub struct Recording {
     /// Time inside hop functions: (hop id, histogram).
     pub functions: Vec<(u8, HistRec)>,
     pub counters: BTreeMap<String, u64>,
+    /// Per-interval packets and percentiles per hop pair.
+    #[serde(default)]
+    pub intervals: Vec<IntervalRec>,
 }
 
 fn name16(s: &str) -> [u8; 16] {
@@ -211,6 +234,7 @@ impl Recording {
                 .collect(),
             functions: snap.funcs.iter().map(|(&id, h)| (id as u8, HistRec::from_hist(h))).collect(),
             counters,
+            intervals: Vec::new(),
         }
     }
 
@@ -271,6 +295,7 @@ impl Recording {
         r.kernel = self.meta.kernel.clone();
         r.netprobe_version = self.meta.netprobe_version.clone();
         r.workload = self.meta.workload.clone();
+        r.intervals = correlate::intervals(&self.intervals, &snap, &self.guest_facing);
         for (k, v) in &self.counters {
             r.tracking.entry(k.clone()).or_insert(*v);
         }

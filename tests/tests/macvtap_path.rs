@@ -92,6 +92,18 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         drops.iter().all(|d| !d["reason"].as_str().unwrap().starts_with("reason ")),
         "drop reasons should be named: {drops:#?}"
     );
+    // The interval series adds up to the whole recording.
+    let total = pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"))["packets"].as_u64().unwrap();
+    let in_series: u64 = r["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|iv| iv["pairs"].as_array().unwrap())
+        .filter(|p| p["direction"] == "to-wire" && p["from"] == format!("queue@{m}") && p["to"] == format!("xmit@{m}"))
+        .map(|p| p["packets"].as_u64().unwrap())
+        .sum();
+    assert!(in_series <= total && in_series + 5 >= total, "series {in_series} vs total {total}");
+    assert!(r["intervals"].as_array().unwrap().len() >= 2, "one interval per second of the run");
     assert_eq!(r["tracking"]["pair_lost"], 0);
     assert_eq!(r["tracking"]["track_evicted"], 0);
 

@@ -30,6 +30,26 @@ pub struct Report {
     pub devices: Vec<DeviceReport>,
     /// Kernel-side accounting: packets followed, and every loss.
     pub tracking: BTreeMap<String, u64>,
+    /// Time series: per interval, each hop pair's packets and percentiles.
+    #[serde(default)]
+    pub intervals: Vec<IntervalReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntervalReport {
+    /// End of the interval, seconds since the recording started.
+    pub t_s: f64,
+    pub pairs: Vec<IntervalPairReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntervalPairReport {
+    pub direction: Direction,
+    pub from: String,
+    pub to: String,
+    pub packets: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
 }
 
 /// A workload netprobe started and recorded exactly while it ran.

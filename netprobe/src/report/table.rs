@@ -77,6 +77,25 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             )?;
         }
     }
+    if !r.intervals.is_empty() {
+        // The busiest hop pair of each interval, to spot a moment that
+        // stands out; the whole series is in the JSON and the recording.
+        writeln!(out, "\ninterval series ({} intervals): busiest hop pair per interval", r.intervals.len())?;
+        for iv in &r.intervals {
+            if let Some(p) = iv.pairs.iter().max_by_key(|p| p.packets) {
+                writeln!(
+                    out,
+                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}",
+                    iv.t_s,
+                    p.packets,
+                    fmt_ns(p.p50_ns),
+                    fmt_ns(p.p99_ns),
+                    p.from,
+                    p.to
+                )?;
+            }
+        }
+    }
     writeln!(out, "\ndrops by reason")?;
     if r.drops.is_empty() {
         writeln!(out, "  none")?;
