@@ -114,3 +114,23 @@ pub fn pair<'a>(report: &'a Value, direction: &str, from: &str, to: &str) -> &'a
         panic!("no {direction} pair {from} -> {to}; have: {have:#?}")
     })
 }
+
+/// Names of netprobe's programs loaded in the kernel right now (bpftool):
+/// tracepoint programs (`btf_`, `raw_`, `tp_` + a net/skb tracepoint) and
+/// function slots (`fentry_N`, `fexit_N`, `kprobe_N`, `kretprobe_N`).
+pub fn netprobe_programs() -> Vec<String> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool (Debian's bpftool)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("name ").nth(1))
+        .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
+        .filter(|n| {
+            let tracepoint =
+                ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p)) && (n.contains("net") || n.contains("skb"));
+            let slot = ["fentry_", "fexit_", "kprobe_", "kretprobe_"].iter().any(|p| {
+                n.strip_prefix(p).is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()))
+            });
+            tracepoint || slot
+        })
+        .collect()
+}

@@ -26,18 +26,6 @@ fn generic_tracepoints(r: &Value) -> Vec<&Value> {
         .collect()
 }
 
-fn netprobe_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool (Debian's bpftool)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split("name ").nth(1))
-        .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
-        .filter(|n| {
-            ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p)) && (n.contains("net") || n.contains("skb"))
-        })
-        .collect()
-}
-
 #[test]
 fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
     if !require_root("macvtap_hops_in_both_directions_and_a_blackhole_drop") {
@@ -108,7 +96,7 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
     assert_eq!(r["tracking"]["track_evicted"], 0);
 
     drop(t);
-    let left = netprobe_programs_loaded();
+    let left = netprobe_tests::netprobe_programs();
     assert!(left.is_empty(), "netprobe programs still loaded after exit: {left:?}");
 }
 
@@ -185,7 +173,7 @@ fn probes_lists_every_catalog_hop_with_a_backend_or_a_reason() {
     if tap["backend"].is_null() && facts.btf {
         assert!(notes.contains("fentry"), "{notes}");
     }
-    let left = netprobe_programs_loaded();
+    let left = netprobe_tests::netprobe_programs();
     assert!(left.is_empty(), "programs left after probes: {left:?}");
 }
 

@@ -10,20 +10,6 @@ use std::{
 use netprobe::demo::Topology;
 use netprobe_tests::{netprobe_bin, require_root, Recording};
 
-/// netprobe's programs still loaded in the kernel (bpftool).
-fn netprobe_programs() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split("name ").nth(1))
-        .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
-        .filter(|n| {
-            ["btf_", "raw_", "tp_", "fentry_", "fexit_", "kprobe_", "kretprobe_"].iter().any(|p| n.starts_with(p))
-                && (n.contains("net") || n.contains("skb") || n.chars().last().is_some_and(|c| c.is_ascii_digit()))
-        })
-        .collect()
-}
-
 #[test]
 fn sigkill_mid_run_leaves_no_program_attached() {
     if !require_root("sigkill_mid_run_leaves_no_program_attached") {
@@ -40,17 +26,17 @@ fn sigkill_mid_run_leaves_no_program_attached() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut err, &mut line).unwrap();
     assert!(line.contains("recording"), "{line}");
-    assert!(!netprobe_programs().is_empty(), "netprobe's programs should be loaded while it runs");
+    assert!(!netprobe_tests::netprobe_programs().is_empty(), "netprobe's programs should be loaded while it runs");
     child.kill().unwrap(); // SIGKILL: no chance to clean up by itself
     child.wait().unwrap();
     // Links and programs die with their last file descriptor.
-    let mut left = netprobe_programs();
+    let mut left = netprobe_tests::netprobe_programs();
     for _ in 0..20 {
         if left.is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        left = netprobe_programs();
+        left = netprobe_tests::netprobe_programs();
     }
     assert!(left.is_empty(), "programs left after SIGKILL: {left:?}");
 }
