@@ -95,7 +95,14 @@ pub mod names {
     pub const FUNCS: &str = "NP_FUNCS";
     /// Ring buffer of [`crate::HopEvent`]s (trace mode).
     pub const EVENTS: &str = "NP_EVENTS";
-    pub const ALL_MAPS: [&str; 11] = [TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS];
+    /// On-CPU time per thread ([`crate::CpuTime`]).
+    pub const CPU: &str = "NP_CPU";
+    /// Per-CPU time of the last context switch.
+    pub const CPU_LAST: &str = "NP_CPU_LAST";
+    /// Per-CPU softirq time by vector, and entry times.
+    pub const SOFTIRQ: &str = "NP_SOFTIRQ";
+    pub const ALL_MAPS: [&str; 14] =
+        [TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS, CPU, CPU_LAST, SOFTIRQ];
 }
 
 /// How a kernel program is attached; also the prefix of its program name.
@@ -254,6 +261,10 @@ pub struct Config {
     pub hop_flags: [u16; MAX_HOPS],
     pub classic: [ClassicFields; MAX_HOPS],
     pub slots: [SlotConfig; MAX_SLOTS],
+    /// Offset of `vec` in the classic `irq:softirq_entry/exit` records
+    /// (from their tracefs format files).
+    pub softirq_vec_off: u32,
+    pub _pad2: u32,
 }
 
 impl Config {
@@ -277,6 +288,8 @@ impl Config {
             hop_flags: [0; MAX_HOPS],
             classic: [ClassicFields { skbaddr: 0, name_loc: 0, reason: 0, reason_size: 0 }; MAX_HOPS],
             slots: [SlotConfig { hop: 0, skb_arg: SlotConfig::NO_SKB, skb_indirect: 0, _pad: 0 }; MAX_SLOTS],
+            softirq_vec_off: 0,
+            _pad2: 0,
         }
     }
 }
@@ -388,6 +401,23 @@ pub struct HopEvent {
 /// Default size of `NP_EVENTS` in bytes (a power of two).
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
+/// On-CPU time of one thread, from `sched:sched_switch` (in `NP_CPU`,
+/// keyed by `pid_tgid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub ns: u64,
+    pub comm: [u8; 16],
+}
+
+/// The CPU-accounting programs (not packet hops): `<backend prefix>_<name>`.
+pub const CPU_TRACEPOINTS: [(&str, &str); 3] =
+    [("sched", "sched_switch"), ("irq", "softirq_entry"), ("irq", "softirq_exit")];
+
+/// Softirq vectors counted in `NP_SOFTIRQ` (per CPU, ns).
+pub const NET_TX_SOFTIRQ: u32 = 2;
+pub const NET_RX_SOFTIRQ: u32 = 3;
+
 /// A function hop's entry, waiting for its return on the same thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -484,13 +514,14 @@ pub fn name_key(name: &[u8; 16]) -> u64 {
 const _: () = {
     assert!(core::mem::size_of::<Offsets>() == 40);
     assert!(core::mem::size_of::<ClassicFields>() == 8);
-    assert!(core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS);
+    assert!(core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8);
     assert!(core::mem::size_of::<TrackState>() == 56);
     assert!(core::mem::size_of::<PairKey>() == 32);
     assert!(core::mem::size_of::<DropKey>() == 24);
     assert!(core::mem::size_of::<DevInfo>() == 40);
     assert!(core::mem::size_of::<EntryKey>() == 16);
     assert!(core::mem::size_of::<HopEvent>() == 40);
+    assert!(core::mem::size_of::<CpuTime>() == 24);
     assert!(core::mem::size_of::<SlotConfig>() == 4);
     assert!(core::mem::size_of::<PairSlot>() == 32 + core::mem::size_of::<hist::Hist>());
     assert!(core::mem::size_of::<hist::Hist>() == 32 + 8 * hist::BUCKETS);
@@ -508,5 +539,6 @@ mod pod {
     unsafe impl aya::Pod for super::EntryKey {}
     unsafe impl aya::Pod for super::PairSlot {}
     unsafe impl aya::Pod for super::HopEvent {}
+    unsafe impl aya::Pod for super::CpuTime {}
     unsafe impl aya::Pod for super::hist::Hist {}
 }

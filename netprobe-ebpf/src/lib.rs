@@ -17,6 +17,7 @@
 // would be copied onto the 512-byte BPF stack (a histogram is 4.7 KiB).
 #![allow(clippy::needless_borrows_for_generic_args, reason = "see above")]
 
+pub mod cpu;
 pub mod functions;
 pub mod programs;
 

@@ -10,7 +10,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use netprobe_common::{hop_flags, names, Backend, Config, SlotConfig, MAX_SLOTS, SLOT_ARG};
+use netprobe_common::{hop_flags, names, Backend, Config, SlotConfig, CPU_TRACEPOINTS, MAX_SLOTS, SLOT_ARG};
 use serde::Serialize;
 
 use crate::{
@@ -63,6 +63,11 @@ pub struct Attached {
     slots: BTreeMap<u8, usize>,
     btf: Option<Btf>,
     plan_opts: PlanOptions,
+    /// The BTF used to load tp_btf programs (kept until attach is done).
+    btf_for_load: Option<Btf>,
+    /// CPU accounting programs attached, and what could not be.
+    pub cpu_backends: Vec<String>,
+    pub cpu_notes: Vec<String>,
 }
 
 pub fn check_privileges() -> Result<()> {
@@ -161,6 +166,12 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         }
     }
 
+    if let Ok(fs) = &tracefs {
+        if let Ok(fmt) = kernel::read_format(fs, "irq", "softirq_entry") {
+            config.softirq_vec_off = fmt.fields.get("vec").map_or(0, |f| f.0 as u32);
+        }
+    }
+
     let ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(names::CONFIG, &config, true)
@@ -176,12 +187,32 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         facts,
         config,
         slots,
-        btf: aya_btf,
+        btf: aya_btf.clone(),
         plan_opts,
+        btf_for_load: aya_btf,
+        cpu_backends: Vec::new(),
+        cpu_notes: Vec::new(),
     };
     for p in &plans {
         let c = att.attach_hop(p);
         att.coverage.push(c);
+    }
+    // CPU accounting (not a packet hop): the best backend that loads.
+    for (category, name) in CPU_TRACEPOINTS {
+        let mut why = Vec::new();
+        let ok = Backend::TRACEPOINT.into_iter().find(|&b| {
+            match attach_tracepoint(&mut att.ebpf, b, category, name, att.btf_for_load.as_ref()) {
+                Ok(()) => true,
+                Err(e) => {
+                    why.push(format!("{}: {}", b.label(), first_line(&format!("{e:#}"))));
+                    false
+                }
+            }
+        });
+        match ok {
+            Some(b) => att.cpu_backends.push(format!("{category}:{name} ({})", b.label())),
+            None => att.cpu_notes.push(format!("{category}:{name} not attached: {}", why.join("; "))),
+        }
     }
     let classic_used = att.coverage.iter().any(|c| c.backend == Some(Backend::Tracepoint.label()));
     let ptr_tracepoints = att
@@ -202,6 +233,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         let why: Vec<String> = att.coverage.iter().flat_map(|c| c.notes.clone()).collect();
         bail!("no hop could be attached on this kernel: {}", why.join("; "));
     }
+    att.btf_for_load = None;
     if !opts.rescan {
         att.btf = None;
     }

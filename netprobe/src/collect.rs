@@ -9,7 +9,9 @@ use aya::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     Ebpf,
 };
-use netprobe_common::{counter, hist::Hist, names, DevInfo, DropKey, PairKey, PairSlot};
+use netprobe_common::{
+    counter, hist::Hist, names, CpuTime, DevInfo, DropKey, PairKey, PairSlot, NET_RX_SOFTIRQ, NET_TX_SOFTIRQ,
+};
 
 /// The kernel's aggregates at one moment.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +22,11 @@ pub struct Snapshot {
     /// Time inside hop functions, by hop id.
     pub funcs: BTreeMap<u32, Hist>,
     pub counters: [u64; counter::COUNT as usize],
+    /// On-CPU ns per thread (`pid_tgid`), with its name.
+    pub cpu: BTreeMap<u64, CpuTime>,
+    /// NET_RX and NET_TX softirq ns, per CPU.
+    pub softirq_rx: Vec<u64>,
+    pub softirq_tx: Vec<u64>,
 }
 
 pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
@@ -59,6 +66,18 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
         }
     }
     s.funcs.retain(|_, h| h.count > 0);
+    if let Some(m) = ebpf.map(names::CPU) {
+        let cpu: HashMap<_, u64, CpuTime> = HashMap::try_from(m)?;
+        for item in cpu.iter() {
+            let (k, v) = item.context("reading NP_CPU")?;
+            s.cpu.insert(k, v);
+        }
+    }
+    if let Some(m) = ebpf.map(names::SOFTIRQ) {
+        let soft: PerCpuArray<_, u64> = PerCpuArray::try_from(m)?;
+        s.softirq_rx = soft.get(&NET_RX_SOFTIRQ, 0)?.iter().copied().collect();
+        s.softirq_tx = soft.get(&NET_TX_SOFTIRQ, 0)?.iter().copied().collect();
+    }
     let devs: HashMap<_, u64, DevInfo> = HashMap::try_from(ebpf.map(names::DEVS).context("map NP_DEVS missing")?)?;
     for item in devs.iter() {
         let (k, v) = item.context("reading NP_DEVS")?;

@@ -208,6 +208,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         interrupted: cx.interrupted,
         workload: None,
         intervals: Vec::new(),
+        cpu: cpu_report(s),
         coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
         directions,
         drops,
@@ -253,6 +254,53 @@ pub fn intervals(
                 .collect(),
         })
         .collect()
+}
+
+/// The role of a thread, by its name (QEMU and the kernel name theirs).
+pub fn role(comm: &str) -> &'static str {
+    if comm.starts_with("CPU ") && comm.ends_with("/KVM") {
+        "vcpu"
+    } else if comm.starts_with("vhost-") {
+        "vhost"
+    } else if comm.starts_with("ksoftirqd/") {
+        "ksoftirqd"
+    } else if comm.starts_with("handler") || comm.starts_with("revalidator") {
+        "ovs"
+    } else if comm.starts_with("netprobe") {
+        "netprobe"
+    } else {
+        "other"
+    }
+}
+
+fn cpu_report(s: &Snapshot) -> Option<crate::report::CpuReport> {
+    if s.cpu.is_empty() && s.softirq_rx.is_empty() {
+        return None;
+    }
+    let mut by_role: BTreeMap<String, u64> = BTreeMap::new();
+    let mut threads: Vec<crate::report::CpuThread> = s
+        .cpu
+        .iter()
+        .map(|(&id, c)| {
+            let comm = cstr(&c.comm);
+            let r = role(&comm);
+            *by_role.entry(r.to_owned()).or_default() += c.ns;
+            crate::report::CpuThread { tgid: (id >> 32) as u32, tid: id as u32, comm, role: r.to_owned(), ns: c.ns }
+        })
+        .collect();
+    threads.sort_by_key(|t| std::cmp::Reverse(t.ns));
+    threads.truncate(20);
+    let (rx, tx): (u64, u64) = (s.softirq_rx.iter().sum(), s.softirq_tx.iter().sum());
+    let packets = s.counters[counter::TRACK_STARTED as usize];
+    Some(crate::report::CpuReport {
+        by_role_ns: by_role,
+        softirq_net_rx_ns: rx,
+        softirq_net_tx_ns: tx,
+        softirq_net_rx_per_cpu_ns: s.softirq_rx.clone(),
+        softirq_net_tx_per_cpu_ns: s.softirq_tx.clone(),
+        softirq_ns_per_packet: if packets > 0 { (rx + tx) as f64 / packets as f64 } else { 0.0 },
+        threads,
+    })
 }
 
 fn kernel_release() -> String {
@@ -333,5 +381,14 @@ mod tests {
         assert_eq!(guest.direction, Direction::ToGuest);
         assert_eq!(guest.pairs[0].to_label(), "copy_out@macvtap0");
         assert_eq!(guest.pairs[1].to_label(), "consumed");
+    }
+
+    #[test]
+    fn thread_roles_by_name() {
+        assert_eq!(role("CPU 3/KVM"), "vcpu");
+        assert_eq!(role("vhost-4242"), "vhost");
+        assert_eq!(role("ksoftirqd/1"), "ksoftirqd");
+        assert_eq!(role("handler12"), "ovs");
+        assert_eq!(role("iperf3"), "other");
     }
 }

@@ -165,6 +165,22 @@ pub struct Recording {
     /// Per-interval packets and percentiles per hop pair.
     #[serde(default)]
     pub intervals: Vec<IntervalRec>,
+    /// On-CPU time per thread during the recording.
+    #[serde(default)]
+    pub cpu_threads: Vec<CpuRec>,
+    /// NET_RX / NET_TX softirq ns per CPU.
+    #[serde(default)]
+    pub softirq_net_rx_ns: Vec<u64>,
+    #[serde(default)]
+    pub softirq_net_tx_ns: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CpuRec {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub ns: u64,
 }
 
 fn name16(s: &str) -> [u8; 16] {
@@ -235,6 +251,13 @@ impl Recording {
             functions: snap.funcs.iter().map(|(&id, h)| (id as u8, HistRec::from_hist(h))).collect(),
             counters,
             intervals: Vec::new(),
+            cpu_threads: snap
+                .cpu
+                .iter()
+                .map(|(&id, c)| CpuRec { tgid: (id >> 32) as u32, tid: id as u32, comm: cstr(&c.comm), ns: c.ns })
+                .collect(),
+            softirq_net_rx_ns: snap.softirq_rx.clone(),
+            softirq_net_tx_ns: snap.softirq_tx.clone(),
         }
     }
 
@@ -274,6 +297,12 @@ impl Recording {
         for (i, n) in counter::NAMES.iter().enumerate() {
             s.counters[i] = self.counters.get(*n).copied().unwrap_or(0);
         }
+        for c in &self.cpu_threads {
+            let id = ((c.tgid as u64) << 32) | c.tid as u64;
+            s.cpu.insert(id, netprobe_common::CpuTime { ns: c.ns, comm: name16(&c.comm) });
+        }
+        s.softirq_rx = self.softirq_net_rx_ns.clone();
+        s.softirq_tx = self.softirq_net_tx_ns.clone();
         Ok(s)
     }
 

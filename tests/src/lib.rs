@@ -125,8 +125,8 @@ pub fn netprobe_programs() -> Vec<String> {
         .filter_map(|l| l.split("name ").nth(1))
         .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
         .filter(|n| {
-            let tracepoint =
-                ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p)) && (n.contains("net") || n.contains("skb"));
+            let tracepoint = ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p))
+                && ["net", "skb", "sched", "softirq", "ovs"].iter().any(|w| n.contains(w));
             let slot = ["fentry_", "fexit_", "kprobe_", "kretprobe_"].iter().any(|p| {
                 n.strip_prefix(p).is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()))
             });

@@ -92,6 +92,19 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         .sum();
     assert!(in_series <= total && in_series + 5 >= total, "series {in_series} vs total {total}");
     assert!(r["intervals"].as_array().unwrap().len() >= 2, "one interval per second of the run");
+    // CPU: the softirq that received the packets, and the guest stand-in
+    // (the relay threads of this test process) that moved them.
+    let cpu = &r["cpu"];
+    assert!(cpu["softirq_net_rx_ns"].as_u64().unwrap() > 0, "{cpu}");
+    let me = std::process::id() as u64;
+    let standin: u64 = cpu["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["tgid"].as_u64() == Some(me))
+        .map(|t| t["ns"].as_u64().unwrap())
+        .sum();
+    assert!(standin > 0, "no CPU attributed to the guest stand-in (pid {me}): {cpu}");
     assert_eq!(r["tracking"]["pair_lost"], 0);
     assert_eq!(r["tracking"]["track_evicted"], 0);
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use netprobe_common::{names, Backend, MAX_SLOTS, TRACEPOINT_HOPS};
+use netprobe_common::{names, Backend, CPU_TRACEPOINTS, MAX_SLOTS, TRACEPOINT_HOPS};
 
 use crate::{run, tools};
 
@@ -60,6 +60,11 @@ fn exports() -> Vec<String> {
     for tp in TRACEPOINT_HOPS {
         for b in Backend::TRACEPOINT {
             v.push(format!("{}_{}", b.prefix(), tp.name));
+        }
+    }
+    for (_, tp) in CPU_TRACEPOINTS {
+        for b in Backend::TRACEPOINT {
+            v.push(format!("{}_{tp}", b.prefix()));
         }
     }
     for slot in 0..MAX_SLOTS {

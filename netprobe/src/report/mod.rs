@@ -33,6 +33,34 @@ pub struct Report {
     /// Time series: per interval, each hop pair's packets and percentiles.
     #[serde(default)]
     pub intervals: Vec<IntervalReport>,
+    /// CPU time of the threads and softirqs that move packets.
+    #[serde(default)]
+    pub cpu: Option<CpuReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CpuReport {
+    /// On-CPU ns by role: vcpu (QEMU `CPU n/KVM`), vhost (`vhost-<pid>`),
+    /// ksoftirqd, ovs (handler/revalidator threads), netprobe, other.
+    pub by_role_ns: BTreeMap<String, u64>,
+    /// NET_RX / NET_TX softirq ns (all CPUs) and per CPU.
+    pub softirq_net_rx_ns: u64,
+    pub softirq_net_tx_ns: u64,
+    pub softirq_net_rx_per_cpu_ns: Vec<u64>,
+    pub softirq_net_tx_per_cpu_ns: Vec<u64>,
+    /// NET_RX + NET_TX softirq ns per packet followed. (Thread times also
+    /// include the softirqs that ran in their context: do not add them.)
+    pub softirq_ns_per_packet: f64,
+    pub threads: Vec<CpuThread>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CpuThread {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub role: String,
+    pub ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

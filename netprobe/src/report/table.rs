@@ -96,6 +96,20 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             }
         }
     }
+    if let Some(c) = &r.cpu {
+        writeln!(
+            out,
+            "\nCPU: softirq NET_RX {}, NET_TX {} ({:.0} ns per packet followed)",
+            fmt_ns(c.softirq_net_rx_ns),
+            fmt_ns(c.softirq_net_tx_ns),
+            c.softirq_ns_per_packet
+        )?;
+        let roles: Vec<String> = c.by_role_ns.iter().map(|(r, ns)| format!("{r} {}", fmt_ns(*ns))).collect();
+        writeln!(out, "  on-CPU by role: {}", roles.join(", "))?;
+        for t in c.threads.iter().take(5) {
+            writeln!(out, "  {:>10}  {} [{}/{}] ({})", fmt_ns(t.ns), t.comm, t.tgid, t.tid, t.role)?;
+        }
+    }
     writeln!(out, "\ndrops by reason")?;
     if r.drops.is_empty() {
         writeln!(out, "  none")?;

@@ -1,0 +1,134 @@
+//! CPU accounting, beside the packet hops: on-CPU time per thread from
+//! `sched:sched_switch` (the thread leaving the CPU is the current one, so
+//! no argument is read) and softirq time per vector from
+//! `irq:softirq_entry/exit`. Userspace gives threads their roles (vCPU,
+//! vhost, ksoftirqd, OVS handler, workload).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::{LruHashMap, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use netprobe_common::CpuTime;
+
+#[map(name = "NP_CPU")]
+static NP_CPU: LruHashMap<u64, CpuTime> = LruHashMap::with_max_entries(16384, 0);
+
+/// Index 0: time of the last switch on this CPU.
+#[map(name = "NP_CPU_LAST")]
+static NP_CPU_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Indices 0..16: softirq ns by vector; 16: entry time of the running one.
+#[map(name = "NP_SOFTIRQ")]
+static NP_SOFTIRQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(17, 0);
+
+#[inline(always)]
+fn switched() {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(last) = NP_CPU_LAST.get_ptr_mut(0) else { return };
+    let last = unsafe { &mut *last };
+    let since = if *last == 0 { 0 } else { now.wrapping_sub(*last) };
+    *last = now;
+    if since == 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if id as u32 == 0 {
+        return; // the idle task
+    }
+    match NP_CPU.get_ptr_mut(&id) {
+        // The name too: a thread may have exec'd since (ip netns exec ...).
+        Some(c) => unsafe {
+            (*c).ns += since;
+            if let Ok(comm) = bpf_get_current_comm() {
+                (*c).comm = comm;
+            }
+        },
+        None => {
+            let c = CpuTime { ns: since, comm: bpf_get_current_comm().unwrap_or([0; 16]) };
+            let _ = NP_CPU.insert(&id, &c, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn softirq(vec: u32, entry: bool) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(t0) = NP_SOFTIRQ.get_ptr_mut(16) else { return };
+    if entry {
+        unsafe { *t0 = now };
+        return;
+    }
+    let start = unsafe { *t0 };
+    if start == 0 || vec >= 16 {
+        return;
+    }
+    if let Some(acc) = NP_SOFTIRQ.get_ptr_mut(vec) {
+        unsafe { *acc += now.wrapping_sub(start) };
+    }
+}
+
+/// `vec` of a classic softirq record, at the offset its format file gives.
+#[inline(always)]
+fn classic_vec(ctx: &TracePointContext) -> u32 {
+    let off = unsafe { core::ptr::read_volatile(&crate::cfg().softirq_vec_off) } as usize;
+    if off == 0 {
+        return u32::MAX;
+    }
+    unsafe { ctx.read_at::<u32>(off) }.unwrap_or(u32::MAX)
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+fn btf_sched_switch(_ctx: BtfTracePointContext) -> i32 {
+    switched();
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+fn raw_sched_switch(_ctx: RawTracePointContext) -> i32 {
+    switched();
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_switch")]
+fn tp_sched_switch(_ctx: TracePointContext) -> u32 {
+    switched();
+    0
+}
+
+#[btf_tracepoint(function = "softirq_entry")]
+fn btf_softirq_entry(ctx: BtfTracePointContext) -> i32 {
+    softirq(ctx.arg(0), true);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "softirq_entry")]
+fn raw_softirq_entry(ctx: RawTracePointContext) -> i32 {
+    softirq(ctx.arg(0), true);
+    0
+}
+
+#[tracepoint(category = "irq", name = "softirq_entry")]
+fn tp_softirq_entry(ctx: TracePointContext) -> u32 {
+    softirq(classic_vec(&ctx), true);
+    0
+}
+
+#[btf_tracepoint(function = "softirq_exit")]
+fn btf_softirq_exit(ctx: BtfTracePointContext) -> i32 {
+    softirq(ctx.arg(0), false);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "softirq_exit")]
+fn raw_softirq_exit(ctx: RawTracePointContext) -> i32 {
+    softirq(ctx.arg(0), false);
+    0
+}
+
+#[tracepoint(category = "irq", name = "softirq_exit")]
+fn tp_softirq_exit(ctx: TracePointContext) -> u32 {
+    softirq(classic_vec(&ctx), false);
+    0
+}
