@@ -115,16 +115,20 @@ pub fn pair<'a>(report: &'a Value, direction: &str, from: &str, to: &str) -> &'a
     })
 }
 
-/// Names of netprobe's programs loaded in the kernel right now (bpftool):
-/// tracepoint programs (`btf_`, `raw_`, `tp_` + a net/skb tracepoint) and
-/// function slots (`fentry_N`, `fexit_N`, `kprobe_N`, `kretprobe_N`).
-pub fn netprobe_programs() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool (Debian's bpftool)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split("name ").nth(1))
-        .map(|n| n.split_whitespace().next().unwrap_or_default().to_owned())
-        .filter(|n| {
+/// netprobe's programs loaded in the kernel right now (bpftool), as (id,
+/// name): tracepoint programs (`btf_`, `raw_`, `tp_` + a net/skb
+/// tracepoint) and function slots (`fentry_N`, `fexit_N`, `kprobe_N`,
+/// `kretprobe_N`).
+fn loaded_programs() -> Vec<(u64, String)> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool (Debian's bpftool)");
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    progs
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
+        .filter(|(_, n)| {
             let tracepoint = ["btf_", "raw_", "tp_"].iter().any(|p| n.starts_with(p))
                 && ["net", "skb", "sched", "softirq", "ovs"].iter().any(|w| n.contains(w));
             let slot = ["fentry_", "fexit_", "kprobe_", "kretprobe_"].iter().any(|p| {
@@ -133,4 +137,39 @@ pub fn netprobe_programs() -> Vec<String> {
             tracepoint || slot
         })
         .collect()
+}
+
+/// BPF program ids each live process holds a file descriptor of (the
+/// program's own, or a link's: fdinfo `prog_id:`).
+fn held_programs() -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else { continue };
+        for fd in fds.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")) {
+                if let Ok(id) = id.trim().parse() {
+                    out.push((pid, id));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// netprobe's programs still in the kernel that no live process holds:
+/// what a netprobe that exited (however it ended) left behind. Programs
+/// of another netprobe running at the same time are held by it, so they
+/// do not count.
+pub fn netprobe_programs() -> Vec<String> {
+    let held = held_programs();
+    loaded_programs().into_iter().filter(|(id, _)| !held.iter().any(|(_, h)| h == id)).map(|(_, n)| n).collect()
+}
+
+/// netprobe's programs that process `pid` holds.
+pub fn netprobe_programs_of(pid: u32) -> Vec<String> {
+    let held = held_programs();
+    loaded_programs().into_iter().filter(|(id, _)| held.contains(&(pid, *id))).map(|(_, n)| n).collect()
 }

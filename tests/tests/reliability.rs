@@ -26,7 +26,10 @@ fn sigkill_mid_run_leaves_no_program_attached() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut err, &mut line).unwrap();
     assert!(line.contains("recording"), "{line}");
-    assert!(!netprobe_tests::netprobe_programs().is_empty(), "netprobe's programs should be loaded while it runs");
+    assert!(
+        !netprobe_tests::netprobe_programs_of(child.id()).is_empty(),
+        "netprobe's programs should be loaded while it runs"
+    );
     child.kill().unwrap(); // SIGKILL: no chance to clean up by itself
     child.wait().unwrap();
     // Links and programs die with their last file descriptor.
