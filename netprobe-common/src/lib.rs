@@ -230,7 +230,9 @@ pub struct Offsets {
     pub skb_head: u32,
     /// Nonzero when the offsets above are valid.
     pub valid: u32,
-    pub _pad: u32,
+    /// `struct sk_buff`, member `mac_header` (a `u16` offset from `head`):
+    /// where the flow filter finds the packet's Ethernet header.
+    pub skb_mac_header: u32,
 }
 
 /// Where a classic (tracefs) tracepoint keeps the fields netprobe reads,
@@ -265,6 +267,9 @@ pub struct Config {
     /// (from their tracefs format files).
     pub softirq_vec_off: u32,
     pub _pad2: u32,
+    /// The flow filter (`--filter`), applied where a packet's tracking
+    /// would start.
+    pub flow: FlowFilter,
 }
 
 impl Config {
@@ -280,7 +285,7 @@ impl Config {
                 link_ops_kind: 0,
                 skb_head: 0,
                 valid: 0,
-                _pad: 0,
+                skb_mac_header: 0,
             },
             max_gap_ns: 0,
             filter_enabled: 0,
@@ -290,7 +295,108 @@ impl Config {
             slots: [SlotConfig { hop: 0, skb_arg: SlotConfig::NO_SKB, skb_indirect: 0, _pad: 0 }; MAX_SLOTS],
             softirq_vec_off: 0,
             _pad2: 0,
+            flow: FlowFilter::zeroed(),
         }
+    }
+}
+
+/// Alternatives (OR) in a [`FlowFilter`].
+pub const FLOW_TERMS: usize = 8;
+/// Conditions (AND) in one alternative of a [`FlowFilter`].
+pub const FLOW_LITS: usize = 6;
+
+/// Packet header fields a [`FlowLit`] tests.
+pub mod flow_field {
+    /// EtherType (after one VLAN tag): `ip`, `ip6`, `arp`.
+    pub const ETHERTYPE: u8 = 1;
+    /// IP protocol / IPv6 next header: `tcp`, `udp`, `icmp`, `proto N`.
+    pub const PROTO: u8 = 2;
+    /// Source address (`value`/`mask` words in packet byte order; IPv4 in
+    /// word 0; [`super::FlowLit::family`] says which).
+    pub const SADDR: u8 = 3;
+    pub const DADDR: u8 = 4;
+    /// TCP/UDP/SCTP ports (host order in `value[0]`); false without ports.
+    pub const SPORT: u8 = 5;
+    pub const DPORT: u8 = 6;
+}
+
+/// One condition of the flow filter: `(field & mask) == value`, negated
+/// when `negate` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowLit {
+    /// A [`flow_field`] constant.
+    pub field: u8,
+    pub negate: u8,
+    /// 4 or 6 for address fields (the packet's family must match).
+    pub family: u8,
+    pub _pad: u8,
+    pub value: [u32; 4],
+    pub mask: [u32; 4],
+}
+
+/// The in-kernel flow filter in disjunctive normal form: a packet passes
+/// when all literals of at least one of the first `terms` alternatives
+/// hold. The loader compiles `--filter EXPR` into it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// Nonzero: the filter applies (then `terms == 0` matches nothing).
+    pub enabled: u32,
+    pub terms: u32,
+    /// Literals used in each alternative.
+    pub lits: [u8; FLOW_TERMS],
+    pub lit: [[FlowLit; FLOW_LITS]; FLOW_TERMS],
+}
+
+impl FlowFilter {
+    pub const fn zeroed() -> Self {
+        FlowFilter {
+            enabled: 0,
+            terms: 0,
+            lits: [0; FLOW_TERMS],
+            lit: [[FlowLit { field: 0, negate: 0, family: 0, _pad: 0, value: [0; 4], mask: [0; 4] }; FLOW_LITS];
+                FLOW_TERMS],
+        }
+    }
+}
+
+/// The header fields of one packet the flow filter looks at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowFields {
+    pub ethertype: u32,
+    /// 4, 6, or 0 when the packet is not IP.
+    pub family: u32,
+    pub proto: u32,
+    /// Nonzero when `sport`/`dport` were read (TCP, UDP, SCTP; first fragment).
+    pub has_ports: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+
+impl FlowLit {
+    /// Whether the literal holds for a packet (the kernel programs and the
+    /// loader's tests share this one definition).
+    #[inline(always)]
+    pub fn holds(&self, f: &FlowFields) -> bool {
+        let v = match self.field {
+            flow_field::ETHERTYPE => (f.ethertype & self.mask[0]) == self.value[0],
+            flow_field::PROTO => f.family != 0 && (f.proto & self.mask[0]) == self.value[0],
+            flow_field::SADDR | flow_field::DADDR => {
+                let a = if self.field == flow_field::SADDR { &f.saddr } else { &f.daddr };
+                f.family == self.family as u32
+                    && (a[0] & self.mask[0]) == self.value[0]
+                    && (a[1] & self.mask[1]) == self.value[1]
+                    && (a[2] & self.mask[2]) == self.value[2]
+                    && (a[3] & self.mask[3]) == self.value[3]
+            }
+            flow_field::SPORT => f.has_ports != 0 && (f.sport & self.mask[0]) == self.value[0],
+            flow_field::DPORT => f.has_ports != 0 && (f.dport & self.mask[0]) == self.value[0],
+            _ => false,
+        };
+        v != (self.negate != 0)
     }
 }
 
@@ -471,7 +577,10 @@ pub mod counter {
     /// Trace mode: events the ring buffer had no room for (userspace
     /// too slow); each one is counted here, never silently dropped.
     pub const EVENTS_LOST: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Sightings of a packet where tracking could start that the flow
+    /// filter (`--filter`) excluded (a packet is counted at each such hop).
+    pub const FLOW_EXCLUDED: u32 = 10;
+    pub const COUNT: u32 = 11;
     // (Samples per pair are the histograms' counts: no counter on the
     // per-hop fast path for them.)
     pub const NAMES: [&str; COUNT as usize] = [
@@ -485,6 +594,7 @@ pub mod counter {
         "track_reused",
         "exit_unmatched",
         "events_lost",
+        "flow_excluded",
     ];
 }
 
@@ -514,7 +624,12 @@ pub fn name_key(name: &[u8; 16]) -> u64 {
 const _: () = {
     assert!(core::mem::size_of::<Offsets>() == 40);
     assert!(core::mem::size_of::<ClassicFields>() == 8);
-    assert!(core::mem::size_of::<Config>() == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8);
+    assert!(core::mem::size_of::<FlowLit>() == 36);
+    assert!(core::mem::size_of::<FlowFilter>() == 8 + FLOW_TERMS + 36 * FLOW_TERMS * FLOW_LITS);
+    assert!(
+        core::mem::size_of::<Config>()
+            == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8 + core::mem::size_of::<FlowFilter>()
+    );
     assert!(core::mem::size_of::<TrackState>() == 56);
     assert!(core::mem::size_of::<PairKey>() == 32);
     assert!(core::mem::size_of::<DropKey>() == 24);

@@ -30,8 +30,8 @@ use aya_ebpf::{
 use netprobe_common::{
     counter,
     hist::{bucket_of, Hist, BUCKETS},
-    hop_flags, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, HopEvent, PairKey, PairSlot,
-    TrackState, EVENTS_BYTES, MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
+    hop, hop_flags, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, FlowFields, HopEvent, PairKey,
+    PairSlot, TrackState, EVENTS_BYTES, FLOW_LITS, FLOW_TERMS, MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
 };
 
 /// Load-time configuration, written by the loader before loading.
@@ -171,11 +171,134 @@ fn filter_key(dev: Dev<'_>) -> u64 {
     }
 }
 
-/// Whether a packet first seen on `dev` is to be followed.
+/// Whether a packet first seen on `dev` is to be followed: its device
+/// is among `--iface`'s, and its headers pass `--filter`.
 #[inline(always)]
-fn passes_filter(dev: Dev<'_>) -> bool {
+fn passes_filter(dev: Dev<'_>, skb: u64) -> bool {
     let enabled = unsafe { core::ptr::read_volatile(&cfg().filter_enabled) };
-    enabled == 0 || NP_FILTER.get_ptr(&filter_key(dev)).is_some()
+    if enabled != 0 && NP_FILTER.get_ptr(&filter_key(dev)).is_none() {
+        return false;
+    }
+    if unsafe { core::ptr::read_volatile(&cfg().flow.enabled) } == 0 {
+        return true;
+    }
+    if flow_passes(skb) != 0 {
+        return true;
+    }
+    bump(counter::FLOW_EXCLUDED);
+    false
+}
+
+#[inline(always)]
+fn read_bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
+    if addr < 4096 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(addr as *const [u8; N]) }.ok()
+}
+
+#[inline(always)]
+fn word(b: &[u8], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The header fields the flow filter tests, parsed from the packet's
+/// Ethernet header on (`skb->head + skb->mac_header`, one VLAN tag
+/// skipped): EtherType, IPv4/IPv6 addresses and protocol, TCP/UDP/SCTP
+/// ports. Fields it cannot read stay zero (the packet is then not IP).
+#[inline(always)]
+fn flow_fields(skb: u64) -> FlowFields {
+    let mut f = FlowFields::default();
+    let off = &cfg().off;
+    let (head_off, mac_off) = unsafe {
+        (core::ptr::read_volatile(&off.skb_head) as u64, core::ptr::read_volatile(&off.skb_mac_header) as u64)
+    };
+    if head_off == 0 || mac_off == 0 {
+        return f;
+    }
+    let head = read_u64(skb + head_off);
+    let Some(mac) = read_bytes::<2>(skb + mac_off) else { return f };
+    let mac = u16::from_ne_bytes(mac);
+    if mac == 0xffff {
+        return f; // no MAC header set yet
+    }
+    let mut l3 = head + mac as u64 + 14;
+    let Some(eth) = read_bytes::<4>(l3 - 2) else { return f };
+    let mut ethertype = u16::from_be_bytes([eth[0], eth[1]]) as u32;
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        let Some(tag) = read_bytes::<4>(l3) else { return f };
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]) as u32;
+        l3 += 4;
+    }
+    f.ethertype = ethertype;
+    let l4;
+    if ethertype == 0x0800 {
+        let Some(ip) = read_bytes::<20>(l3) else { return f };
+        f.family = 4;
+        f.proto = ip[9] as u32;
+        f.saddr[0] = word(&ip, 12);
+        f.daddr[0] = word(&ip, 16);
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            return f; // a later fragment: no ports
+        }
+        l4 = l3 + ((ip[0] & 0x0f) as u64) * 4;
+    } else if ethertype == 0x86dd {
+        let Some(ip) = read_bytes::<40>(l3) else { return f };
+        f.family = 6;
+        f.proto = ip[6] as u32;
+        let mut i = 0;
+        while i < 4 {
+            f.saddr[i] = word(&ip, 8 + 4 * i);
+            f.daddr[i] = word(&ip, 24 + 4 * i);
+            i += 1;
+        }
+        l4 = l3 + 40;
+    } else {
+        return f;
+    }
+    if f.proto == 6 || f.proto == 17 || f.proto == 132 {
+        if let Some(p) = read_bytes::<4>(l4) {
+            f.has_ports = 1;
+            f.sport = u16::from_be_bytes([p[0], p[1]]) as u32;
+            f.dport = u16::from_be_bytes([p[2], p[3]]) as u32;
+        }
+    }
+    f
+}
+
+/// The flow filter (`NP_CONFIG.flow`, disjunctive normal form) on one
+/// packet: 1 when it passes. Out of line: it runs only where tracking
+/// would start, and only with `--filter`.
+#[inline(never)]
+fn flow_passes(skb: u64) -> u32 {
+    let f = flow_fields(skb);
+    let flow = &cfg().flow;
+    let terms = unsafe { core::ptr::read_volatile(&flow.terms) } as usize;
+    let mut t = 0;
+    while t < FLOW_TERMS {
+        if t >= terms {
+            break;
+        }
+        let n = unsafe { core::ptr::read_volatile(&flow.lits[t]) } as usize;
+        let mut all = true;
+        let mut l = 0;
+        while l < FLOW_LITS {
+            if l >= n {
+                break;
+            }
+            let lit = unsafe { core::ptr::read_volatile(&flow.lit[t][l]) };
+            if !lit.holds(&f) {
+                all = false;
+                break;
+            }
+            l += 1;
+        }
+        if all {
+            return 1;
+        }
+        t += 1;
+    }
+    0
 }
 
 /// Records what a `struct net_device *` is (name, ifindex, namespace,
@@ -391,6 +514,14 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
         // Signs that this skb address now carries another packet.
         let reused = head != st.head
             || (prev & hop_flags::DELIVER != 0 && flags & (hop_flags::DELIVER | hop_flags::TERMINAL) == 0)
+            // Received on a device, then queued for transmit on that same
+            // device (both seen by the device tracepoints, whose device is
+            // exact): a local reply in a recycled sk_buff (UDP frees
+            // delivered skbs with no tracepoint), not a forwarded packet.
+            || ((st.hop == hop::NETIF_RX || st.hop == hop::NETIF_RECEIVE_SKB || st.hop == hop::NAPI_GRO_RECEIVE_ENTRY)
+                && (hop == hop::NET_DEV_QUEUE || hop == hop::NET_DEV_START_XMIT)
+                && devkey != 0
+                && devkey == st.dev)
             || (prev & hop_flags::RX != 0
                 && flags & (hop_flags::TX | hop_flags::RX) != 0
                 && net != 0
@@ -400,7 +531,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             // The skb address now holds another packet (a new data buffer),
             // or the packet sat longer than max_gap: restart, never join.
             bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
-            if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev) {
+            if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb) {
                 *st = TrackState {
                     skb,
                     ts: now,
@@ -471,7 +602,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
     if flags & hop_flags::START == 0 || devkey == 0 {
         return;
     }
-    if !passes_filter(dev) {
+    if !passes_filter(dev, skb) {
         return;
     }
     if st.skb != 0 {

@@ -44,6 +44,8 @@ pub struct AttachOptions {
     pub backend: Option<Backend>,
     pub max_gap_ns: u64,
     pub filter_enabled: bool,
+    /// The compiled `--filter` expression, if any.
+    pub flow: Option<netprobe_common::FlowFilter>,
     /// Per-packet trace mode (events on `NP_EVENTS`).
     pub trace: bool,
     /// Keep what a later rescan needs (the parsed kernel BTF, ~30 MiB).
@@ -107,6 +109,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
             Err(e) => global_notes.push(format!("struct offsets unavailable from BTF: {e:#}")),
         }
         drop_reasons = kernel::drop_reasons_from_btf(btf);
+    }
+    if let Some(flow) = opts.flow {
+        if config.off.valid == 0 {
+            bail!(
+                "--filter reads packet headers through struct sk_buff, whose layout comes from BTF, and this kernel                  has none (/sys/kernel/btf/vmlinux): pass --btf FILE with this kernel's BTF, or record without                  --filter (--iface still works)"
+            );
+        }
+        config.flow = flow;
     }
     let aya_btf = match &opts.btf_file {
         Some(p) => Some(

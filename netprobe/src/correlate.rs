@@ -28,9 +28,15 @@ pub struct Context<'a> {
     /// Devices known (from --iface) to be guest-facing; needed where the
     /// kernel side cannot tell a device's kind (classic tracepoints).
     pub guest_facing: &'a [String],
+    /// The workload, whose processes' threads get the role `workload`
+    /// and whose transactions normalise CPU time.
+    pub workload: Option<&'a crate::report::Workload>,
+    /// QEMU guests found during the recording.
+    pub guests: &'a [crate::guests::Guest],
 }
 
-fn cstr(b: &[u8; 16]) -> String {
+/// A NUL-padded kernel name as a string.
+pub fn cstr(b: &[u8; 16]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
@@ -207,8 +213,10 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         duration_s: cx.duration_s,
         interrupted: cx.interrupted,
         workload: None,
+        filter: None,
+        guests: guest_reports(s, cx.guests),
         intervals: Vec::new(),
-        cpu: cpu_report(s),
+        cpu: cpu_report(s, cx.workload),
         coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
         directions,
         drops,
@@ -252,13 +260,16 @@ pub fn intervals(
                     p99_ns: p.p99_ns,
                 })
                 .collect(),
+            packets: r.packets,
+            softirq_ns: r.softirq_ns,
+            cpu_ns_by_role: r.cpu_ns_by_role.clone(),
         })
         .collect()
 }
 
 /// The role of a thread, by its name (QEMU and the kernel name theirs).
 pub fn role(comm: &str) -> &'static str {
-    if comm.starts_with("CPU ") && comm.ends_with("/KVM") {
+    if comm.starts_with("CPU ") && (comm.ends_with("/KVM") || comm.ends_with("/TCG")) {
         "vcpu"
     } else if comm.starts_with("vhost-") {
         "vhost"
@@ -266,6 +277,9 @@ pub fn role(comm: &str) -> &'static str {
         "ksoftirqd"
     } else if comm.starts_with("handler") || comm.starts_with("revalidator") {
         "ovs"
+    } else if comm.starts_with(crate::demo::RELAY_THREAD) {
+        // The demo's guest stand-in, doing what QEMU/vhost do with a tap.
+        "guest"
     } else if comm.starts_with("netprobe") {
         "netprobe"
     } else {
@@ -273,7 +287,41 @@ pub fn role(comm: &str) -> &'static str {
     }
 }
 
-fn cpu_report(s: &Snapshot) -> Option<crate::report::CpuReport> {
+/// The role of a thread of process `tgid`: the workload's processes
+/// first, then by name.
+pub fn role_of(tgid: u32, comm: &str, workload: Option<&crate::report::Workload>) -> &'static str {
+    if workload.is_some_and(|w| w.tgids.contains(&tgid)) {
+        "workload"
+    } else {
+        role(comm)
+    }
+}
+
+/// Each guest with the CPU time of its vCPU and vhost threads.
+fn guest_reports(s: &Snapshot, guests: &[crate::guests::Guest]) -> Vec<crate::report::GuestReport> {
+    let ns_of =
+        |tids: &[u32]| -> u64 { s.cpu.iter().filter(|(id, _)| tids.contains(&(**id as u32))).map(|(_, c)| c.ns).sum() };
+    guests
+        .iter()
+        .map(|g| crate::report::GuestReport {
+            vcpu_ns: ns_of(&g.vcpu_tids),
+            vhost_ns: ns_of(&g.vhost_tids),
+            guest: g.clone(),
+        })
+        .collect()
+}
+
+/// `ns` per unit, for each entry (empty when there are no units).
+fn per_unit(by: &BTreeMap<String, u64>, softirq_ns: u64, units: u64) -> BTreeMap<String, f64> {
+    if units == 0 {
+        return BTreeMap::new();
+    }
+    let mut out: BTreeMap<String, f64> = by.iter().map(|(k, &v)| (k.clone(), v as f64 / units as f64)).collect();
+    out.insert("softirq".to_owned(), softirq_ns as f64 / units as f64);
+    out
+}
+
+fn cpu_report(s: &Snapshot, workload: Option<&crate::report::Workload>) -> Option<crate::report::CpuReport> {
     if s.cpu.is_empty() && s.softirq_rx.is_empty() {
         return None;
     }
@@ -283,16 +331,21 @@ fn cpu_report(s: &Snapshot) -> Option<crate::report::CpuReport> {
         .iter()
         .map(|(&id, c)| {
             let comm = cstr(&c.comm);
-            let r = role(&comm);
+            let tgid = (id >> 32) as u32;
+            let r = role_of(tgid, &comm, workload);
             *by_role.entry(r.to_owned()).or_default() += c.ns;
-            crate::report::CpuThread { tgid: (id >> 32) as u32, tid: id as u32, comm, role: r.to_owned(), ns: c.ns }
+            crate::report::CpuThread { tgid, tid: id as u32, comm, role: r.to_owned(), ns: c.ns }
         })
         .collect();
     threads.sort_by_key(|t| std::cmp::Reverse(t.ns));
     threads.truncate(20);
     let (rx, tx): (u64, u64) = (s.softirq_rx.iter().sum(), s.softirq_tx.iter().sum());
     let packets = s.counters[counter::TRACK_STARTED as usize];
+    let transactions = workload.and_then(|w| w.transactions).unwrap_or(0);
     Some(crate::report::CpuReport {
+        per_packet_ns: per_unit(&by_role, rx + tx, packets),
+        per_transaction_ns: per_unit(&by_role, rx + tx, transactions),
+        transactions: (transactions > 0).then_some(transactions),
         by_role_ns: by_role,
         softirq_net_rx_ns: rx,
         softirq_net_tx_ns: tx,
@@ -365,6 +418,8 @@ mod tests {
         let r = build(
             &s,
             &Context {
+                workload: None,
+                guests: &[],
                 coverage: &[],
                 drop_reasons: &BTreeMap::new(),
                 duration_s: 1.0,

@@ -38,6 +38,9 @@ pub const PEER_ADDR: &str = "198.18.0.2";
 /// on purpose in the peer's input path.
 pub const BLACKHOLE_NET: &str = "198.19.0.0/24";
 pub const BLACKHOLE_ADDR: &str = "198.19.0.1";
+/// Name prefix of the guest stand-in's relay threads (their CPU time is
+/// reported under the role `guest`).
+pub const RELAY_THREAD: &str = "guest-relay";
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
@@ -207,7 +210,13 @@ impl Topology {
                 if to_wire { (guest_fd.clone(), macvtap_fd.clone()) } else { (macvtap_fd.clone(), guest_fd.clone()) };
             let stop = self.stop.clone();
             let stats = self.stats.clone();
-            self.relay.push(std::thread::spawn(move || relay(&src, &dst, &stop, &stats, to_wire)));
+            let name = format!("{RELAY_THREAD}-{}", if to_wire { "tx" } else { "rx" });
+            self.relay.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || relay(&src, &dst, &stop, &stats, to_wire))
+                    .context("cannot start the guest stand-in")?,
+            );
         }
         Ok(())
     }

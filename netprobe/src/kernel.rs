@@ -98,7 +98,7 @@ pub fn offsets(btf: &Btf) -> Result<Offsets> {
         link_ops_kind: member_offset(btf, "rtnl_link_ops", &["kind"])?,
         skb_head: member_offset(btf, "sk_buff", &["head"])?,
         valid: 1,
-        _pad: 0,
+        skb_mac_header: member_offset(btf, "sk_buff", &["mac_header"])?,
     })
 }
 

@@ -13,6 +13,8 @@ pub mod compare;
 pub mod correlate;
 pub mod demo;
 pub mod facts;
+pub mod filter;
+pub mod guests;
 pub mod kernel;
 pub mod netns;
 pub mod plan;

@@ -70,6 +70,12 @@ struct ProbeArgs {
     /// No live status line on stderr (it is shown only on a terminal).
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Only follow packets matching this flow expression, applied in the
+    /// kernel (pcap-filter subset: tcp, udp, icmp, ip, ip6, arp, proto N,
+    /// [src|dst] host ADDR, [src|dst] net ADDR/LEN, [src|dst] port N,
+    /// and, or, not, parentheses), e.g. 'udp and dst port 5001'.
+    #[arg(long, value_name = "EXPR")]
+    filter: Option<String>,
     /// Per-packet trace mode: every hop of every followed packet also goes
     /// to userspace as an event (bounded ring buffer; losses counted).
     #[arg(long)]
@@ -96,6 +102,20 @@ enum Cmd {
         wait_for_modules: bool,
         #[command(flatten)]
         probe: ProbeArgs,
+        /// Follow a process already running (e.g. a benchmark or a QEMU
+        /// guest): its threads' CPU is the `workload` role; the recording
+        /// ends when it exits (or at --duration / Ctrl-C).
+        #[arg(long, value_name = "PID", conflicts_with = "cgroup")]
+        pid: Option<u32>,
+        /// Follow the processes of a cgroup v2 (path under /sys/fs/cgroup,
+        /// e.g. machine.slice/...): their CPU is the `workload` role.
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<String>,
+        /// Transactions the workload completes (e.g. request/response pairs),
+        /// for CPU per transaction; sockperf's own count is read from its
+        /// output when it is the workload.
+        #[arg(long, value_name = "N")]
+        transactions: Option<u64>,
         /// A workload to run: the recording lasts exactly as long as it runs
         /// (and at most --duration), and is tagged with it.
         #[arg(last = true, value_name = "CMD")]
@@ -158,6 +178,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
         backend: p.backend.map(Backend::from),
         max_gap: p.max_gap,
         trace: p.trace,
+        filter: p.filter.clone(),
     }
 }
 
@@ -173,18 +194,33 @@ fn print(report: &Report, format: Format) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Record { duration, ifaces, wait_for_modules, output, probe, command } => {
+        Cmd::Record { duration, ifaces, wait_for_modules, output, probe, pid, cgroup, transactions, command } => {
             if let Some(path) = &output {
                 check_writable(path)?;
             }
+            if !command.is_empty() && (pid.is_some() || cgroup.is_some()) {
+                anyhow::bail!("give either a workload command (-- CMD ARGS) or --pid/--cgroup, not both");
+            }
+            // Unknown PID or cgroup: fail before anything is attached.
+            let mut workload = match (pid, &cgroup) {
+                (Some(p), _) => Some(record::Workload::attach_pid(p, transactions)?),
+                (None, Some(c)) => Some(record::Workload::cgroup(c, transactions)?),
+                (None, None) => None,
+            };
             let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces) })?;
-            let until = match (&duration, command.is_empty()) {
-                (Some(d), true) => format!("for {:.1} s", d.as_secs_f64()),
-                (None, true) => "until Ctrl-C".to_owned(),
-                (_, false) => format!("while `{}` runs", command.join(" ")),
+            let until = match (&duration, command.is_empty(), &workload) {
+                (_, false, _) => format!("while `{}` runs", command.join(" ")),
+                (_, true, Some(_)) if pid.is_some() => format!("while PID {} runs", pid.unwrap_or_default()),
+                (Some(d), true, _) => format!("for {:.1} s", d.as_secs_f64()),
+                (None, true, _) => "until Ctrl-C".to_owned(),
             };
             eprintln!("netprobe: recording {until}; Ctrl-C to stop early");
-            let mut workload = if command.is_empty() { None } else { Some(record::Workload::start(&command)?) };
+            if !command.is_empty() {
+                workload = Some(record::Workload::start(&command, transactions)?);
+            }
+            if let Some(w) = workload.as_mut() {
+                rec.set_workload(w.refresh());
+            }
             let done = workload.as_mut().and_then(record::Workload::take_done);
             let status = !probe.quiet && std::io::stderr().is_terminal();
             let interrupted = record::wait_for(
@@ -193,6 +229,9 @@ fn run(cli: Cli) -> Result<()> {
                 Some(&mut || {
                     if wait_for_modules {
                         rec.rescan();
+                    }
+                    if let Some(w) = workload.as_mut() {
+                        rec.set_workload(w.refresh());
                     }
                     rec.sample();
                     if status {
@@ -208,8 +247,10 @@ fn run(cli: Cli) -> Result<()> {
             // recording is written by rename, so FILE is whole or untouched.
             // SAFETY: restoring the default disposition of SIGINT.
             unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
-            let mut recording = rec.recording(interrupted)?;
-            recording.meta.workload = workload.map(record::Workload::finish);
+            if let Some(w) = workload {
+                rec.set_workload(w.finish());
+            }
+            let recording = rec.recording(interrupted)?;
             if let Some(path) = &output {
                 recording.write(path)?;
                 eprintln!("netprobe: recording written to {}", path.display());

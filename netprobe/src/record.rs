@@ -34,6 +34,8 @@ pub struct RecordOptions {
     pub trace: bool,
     /// Attach hops whose module loads later (`rescan`).
     pub wait_for_modules: bool,
+    /// Flow filter expression (`--filter`), applied in the kernel.
+    pub filter: Option<String>,
 }
 
 impl Default for RecordOptions {
@@ -45,6 +47,7 @@ impl Default for RecordOptions {
             max_gap: Duration::from_secs(1),
             trace: false,
             wait_for_modules: false,
+            filter: None,
         }
     }
 }
@@ -58,7 +61,16 @@ pub struct Recorder {
     /// The time series: cumulative histograms at the last sample, and the
     /// intervals so far.
     last_sample: BTreeMap<PairKey, Hist>,
+    /// CPU counters at the last sample: per thread, softirq total, packets.
+    last_cpu: BTreeMap<u64, u64>,
+    last_softirq_ns: u64,
+    last_started: u64,
     intervals: Vec<IntervalRec>,
+    /// The workload's processes so far (their threads' role is `workload`).
+    workload: Option<crate::report::Workload>,
+    filter: Option<String>,
+    /// QEMU guests seen so far (looked for at start and every sample).
+    guests: Vec<crate::guests::Guest>,
 }
 
 /// Whether an interface is a macvtap or tun/tap device, asked of iproute2
@@ -82,7 +94,9 @@ fn split_iface(spec: &str) -> (Option<&str>, &str) {
 
 impl Recorder {
     pub fn start(opts: &RecordOptions) -> Result<Recorder> {
-        // Resolve interfaces before touching the kernel: a typo fails fast.
+        // Check the filter and resolve interfaces before touching the
+        // kernel: a typo fails fast.
+        let flow = opts.filter.as_deref().map(crate::filter::compile).transpose()?;
         let mut resolved = Vec::new();
         let mut guest_facing = Vec::new();
         for spec in &opts.ifaces {
@@ -102,6 +116,7 @@ impl Recorder {
             backend: opts.backend,
             max_gap_ns: opts.max_gap.as_nanos() as u64,
             filter_enabled: !resolved.is_empty(),
+            flow,
             trace: opts.trace,
             rescan: opts.wait_for_modules,
         })?;
@@ -131,7 +146,13 @@ impl Recorder {
             started: Instant::now(),
             guest_facing,
             last_sample: BTreeMap::new(),
+            last_cpu: BTreeMap::new(),
+            last_softirq_ns: 0,
+            last_started: 0,
             intervals: Vec::new(),
+            workload: None,
+            filter: opts.filter.clone(),
+            guests: crate::guests::discover(),
         })
     }
 
@@ -142,6 +163,7 @@ impl Recorder {
     /// Closes one interval of the time series: what each hop pair saw
     /// since the previous sample (call about once a second).
     pub fn sample(&mut self) {
+        crate::guests::merge(&mut self.guests, crate::guests::discover(), self.started.elapsed().as_secs_f64());
         let Ok(snap) = collect::snapshot(&self.attached.ebpf) else { return };
         let mut pairs = Vec::new();
         for (k, h) in &snap.pairs {
@@ -172,8 +194,33 @@ impl Recorder {
                 p99_ns: p99,
             });
         }
-        self.intervals.push(IntervalRec { t_s: self.started.elapsed().as_secs_f64(), pairs });
+        let mut cpu_ns_by_role: BTreeMap<String, u64> = BTreeMap::new();
+        for (&id, c) in &snap.cpu {
+            let delta = c.ns.saturating_sub(self.last_cpu.get(&id).copied().unwrap_or(0));
+            if delta > 0 {
+                let comm = crate::correlate::cstr(&c.comm);
+                let role = crate::correlate::role_of((id >> 32) as u32, &comm, self.workload.as_ref());
+                *cpu_ns_by_role.entry(role.to_owned()).or_default() += delta;
+            }
+        }
+        let softirq: u64 = snap.softirq_rx.iter().chain(&snap.softirq_tx).sum();
+        let started = snap.counters[netprobe_common::counter::TRACK_STARTED as usize];
+        self.intervals.push(IntervalRec {
+            t_s: self.started.elapsed().as_secs_f64(),
+            pairs,
+            packets: started.saturating_sub(self.last_started),
+            softirq_ns: softirq.saturating_sub(self.last_softirq_ns),
+            cpu_ns_by_role,
+        });
         self.last_sample = snap.pairs;
+        self.last_cpu = snap.cpu.iter().map(|(&id, c)| (id, c.ns)).collect();
+        (self.last_softirq_ns, self.last_started) = (softirq, started);
+    }
+
+    /// Tells the recorder what the workload is (its processes so far), so
+    /// its threads' CPU time is attributed to it from now on.
+    pub fn set_workload(&mut self, w: crate::report::Workload) {
+        self.workload = Some(w);
     }
 
     /// One status line on stderr (rewritten in place): elapsed and
@@ -230,6 +277,9 @@ impl Recorder {
             extra,
         );
         rec.intervals = self.intervals.clone();
+        rec.meta.workload = self.workload.clone();
+        rec.meta.filter = self.filter.clone();
+        rec.meta.guests = self.guests.clone();
         Ok(rec)
     }
 }
@@ -304,67 +354,253 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A workload netprobe runs and records (`record -- CMD ARGS`). Its
-/// standard output goes to netprobe's standard error, so the report alone
-/// is on standard output.
+/// The workload a recording follows: a command netprobe runs (`record --
+/// CMD ARGS`, its standard output passed on to netprobe's standard error
+/// and read for its transaction count), a process already running
+/// (`--pid`), or a cgroup's processes (`--cgroup`).
 pub struct Workload {
-    command: Vec<String>,
-    started: f64,
+    info: crate::report::Workload,
+    kind: WorkloadKind,
     done: Option<std::sync::mpsc::Receiver<()>>,
+    /// Exit status and time of a command netprobe started.
     status: std::sync::Arc<std::sync::Mutex<Option<(std::process::ExitStatus, f64)>>>,
-    pid: u32,
+    /// Transactions the workload's output reported (sockperf's summary).
+    reported: std::sync::Arc<std::sync::Mutex<Option<(u64, String)>>>,
+    /// `--transactions N`: the user's count wins over the output's.
+    named_transactions: Option<u64>,
+}
+
+enum WorkloadKind {
+    Command(u32),
+    Pid(u32),
+    Cgroup(PathBuf),
 }
 
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
+/// Transactions a benchmark's output line reports, and from what. sockperf
+/// (ping-pong, under-load) ends with `[Total Run] ... ReceivedMessages=N`:
+/// each reply received completes one request/response transaction.
+pub fn transactions_in(line: &str) -> Option<(u64, &'static str)> {
+    if line.contains("sockperf") && line.contains("[Total Run]") {
+        let n = line.split(';').find_map(|f| f.trim().strip_prefix("ReceivedMessages="))?;
+        return n.trim().parse().ok().map(|n| (n, "sockperf ReceivedMessages ([Total Run])"));
+    }
+    None
+}
+
+/// Parent PID of each process (from /proc/PID/stat).
+fn parents() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and ')'.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// A process and all its descendants.
+fn process_tree(root: u32) -> Vec<u32> {
+    let all = parents();
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
+}
+
+/// The processes of a cgroup (v2) and of its descendant cgroups.
+fn cgroup_procs(dir: &std::path::Path) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(cgroup_procs(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 impl Workload {
-    pub fn start(command: &[String]) -> Result<Workload> {
-        use std::os::fd::AsFd;
-        let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+    fn new(kind: WorkloadKind, command: Vec<String>, named_transactions: Option<u64>) -> Workload {
+        Workload {
+            info: crate::report::Workload {
+                command,
+                started_unix_s: unix_now(),
+                ended_unix_s: 0.0,
+                exit_status: None,
+                signal: None,
+                tgids: Vec::new(),
+                cgroup: None,
+                transactions: None,
+                transactions_from: None,
+            },
+            kind,
+            done: None,
+            status: std::sync::Arc::default(),
+            reported: std::sync::Arc::default(),
+            named_transactions,
+        }
+    }
+
+    /// Starts `command`; its standard output goes to netprobe's standard
+    /// error line by line (the report alone is on standard output) and is
+    /// read for the transaction count.
+    pub fn start(command: &[String], named_transactions: Option<u64>) -> Result<Workload> {
+        use std::io::{BufRead, Write};
         let mut child = std::process::Command::new(&command[0])
             .args(&command[1..])
-            .stdout(std::process::Stdio::from(stderr))
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start the workload `{}`", command.join(" ")))?;
         let pid = child.id();
+        let mut w = Workload::new(WorkloadKind::Command(pid), command.to_vec(), named_transactions);
+        let stdout = child.stdout.take().context("workload stdout")?;
+        let reported = w.reported.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(std::io::stderr(), "{line}");
+                if let Some((n, from)) = transactions_in(&line) {
+                    if let Ok(mut g) = reported.lock() {
+                        *g = Some((n, from.to_owned()));
+                    }
+                }
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
-        let status = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let slot = status.clone();
+        let slot = w.status.clone();
         std::thread::spawn(move || {
             if let Ok(s) = child.wait() {
+                // Its last lines (the summary) are read before it counts as done.
+                let _ = reader.join();
                 if let Ok(mut g) = slot.lock() {
                     *g = Some((s, unix_now()));
                 }
             }
             let _ = tx.send(());
         });
-        Ok(Workload { command: command.to_vec(), started: unix_now(), done: Some(rx), status, pid })
+        w.done = Some(rx);
+        w.refresh();
+        Ok(w)
     }
 
-    /// Fires when the workload exits (for [`wait_for`]); there is one.
+    /// Follows a process already running; the recording ends when it exits.
+    pub fn attach_pid(pid: u32, named_transactions: Option<u64>) -> Result<Workload> {
+        if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("--pid {pid}: no such process (check the PID with `ps -p {pid}`)");
+        }
+        let mut w = Workload::new(WorkloadKind::Pid(pid), cmdline(pid), named_transactions);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stat = format!("/proc/{pid}/stat");
+        // (state, start time): a zombie (our own child not yet reaped) has
+        // exited too; another start time means the PID was reused.
+        let look = |s: &str| {
+            let t = std::fs::read_to_string(s).ok()?;
+            let mut f = t.rsplit_once(')')?.1.split_whitespace();
+            let state = f.next()?.to_owned();
+            Some((state, f.nth(18)?.to_owned()))
+        };
+        let born = look(&stat).map(|(_, t)| t);
+        std::thread::spawn(move || {
+            while look(&stat).is_some_and(|(state, t)| state != "Z" && state != "X" && Some(t) == born) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = tx.send(());
+        });
+        w.done = Some(rx);
+        w.refresh();
+        Ok(w)
+    }
+
+    /// Follows the processes of a cgroup: an absolute cgroup directory, or
+    /// a path relative to /sys/fs/cgroup (cgroup v2, or its `unified`
+    /// mount on hybrid hosts).
+    pub fn cgroup(path: &str, named_transactions: Option<u64>) -> Result<Workload> {
+        let p = std::path::Path::new(path);
+        let candidates: Vec<PathBuf> = if p.is_absolute() {
+            vec![p.to_path_buf()]
+        } else {
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].iter().map(|b| std::path::Path::new(b).join(p)).collect()
+        };
+        let Some(dir) = candidates.iter().find(|d| d.join("cgroup.procs").exists()).cloned() else {
+            bail!(
+                "--cgroup {path}: not a cgroup directory (no cgroup.procs in {}); name it as /proc/PID/cgroup \
+                 shows it, e.g. machine.slice/machine-qemu\\x2d1.scope",
+                candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
+            );
+        };
+        let mut w = Workload::new(WorkloadKind::Cgroup(dir.clone()), Vec::new(), named_transactions);
+        w.info.cgroup = Some(dir.display().to_string());
+        w.refresh();
+        Ok(w)
+    }
+
+    /// Fires when the workload exits (for [`wait_for`]); a cgroup has none.
     pub fn take_done(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
         self.done.take()
     }
 
-    /// What ran, when, and how it ended. A workload still running (the
+    /// Looks for the workload's processes again (children come and go);
+    /// returns what is known so far, for [`Recorder::set_workload`].
+    pub fn refresh(&mut self) -> crate::report::Workload {
+        let now = match &self.kind {
+            WorkloadKind::Command(pid) | WorkloadKind::Pid(pid) => process_tree(*pid),
+            WorkloadKind::Cgroup(dir) => cgroup_procs(dir),
+        };
+        for p in now {
+            if !self.info.tgids.contains(&p) {
+                self.info.tgids.push(p);
+            }
+        }
+        self.info.clone()
+    }
+
+    /// What ran, when, and how it ended. A command still running (the
     /// recording ended first) is asked to stop with SIGTERM.
-    pub fn finish(self) -> crate::report::Workload {
+    pub fn finish(mut self) -> crate::report::Workload {
         use std::os::unix::process::ExitStatusExt;
-        let running = self.status.lock().map(|g| g.is_none()).unwrap_or(false);
-        if running {
-            // SAFETY: kill on our own child's pid.
-            unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        self.refresh();
+        if let WorkloadKind::Command(pid) = self.kind {
+            let running = self.status.lock().map(|g| g.is_none()).unwrap_or(false);
+            if running {
+                // SAFETY: kill on our own child's pid.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
         }
         let ended = self.status.lock().ok().and_then(|g| *g);
-        crate::report::Workload {
-            command: self.command,
-            started_unix_s: self.started,
-            ended_unix_s: ended.map_or_else(unix_now, |(_, t)| t),
-            exit_status: ended.and_then(|(s, _)| s.code()),
-            signal: ended.and_then(|(s, _)| s.signal()),
-        }
+        let mut info = self.info;
+        info.ended_unix_s = ended.map_or_else(unix_now, |(_, t)| t);
+        info.exit_status = ended.and_then(|(s, _)| s.code());
+        info.signal = ended.and_then(|(s, _)| s.signal());
+        let reported = self.reported.lock().ok().and_then(|g| g.clone());
+        (info.transactions, info.transactions_from) = match (self.named_transactions, reported) {
+            (Some(n), _) => (Some(n), Some("--transactions".to_owned())),
+            (None, Some((n, from))) => (Some(n), Some(from)),
+            (None, None) => (None, None),
+        };
+        info
     }
 }
 
@@ -381,6 +617,29 @@ mod tests {
         assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sockperf_transactions() {
+        let line = "sockperf: [Total Run] RunTime=3.000 sec; Warm up time=400 msec; SentMessages=41210; \
+                    ReceivedMessages=41209";
+        assert_eq!(transactions_in(line).map(|t| t.0), Some(41209));
+        assert_eq!(transactions_in("sockperf: [Valid Duration] RunTime=2.5 sec; ReceivedMessages=3"), None);
+        assert_eq!(transactions_in("iperf3: 1.2 Gbits/sec"), None);
+    }
+
+    #[test]
+    fn own_process_tree_and_unknown_pid() {
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let tree = process_tree(me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(tree.contains(&me) && tree.contains(&child.id()), "{tree:?}");
+        let e = Workload::attach_pid(u32::MAX - 1, None).err().unwrap().to_string();
+        assert!(e.contains("no such process"), "{e}");
+        let e = Workload::cgroup("no/such/cgroup-np", None).err().unwrap().to_string();
+        assert!(e.contains("not a cgroup directory"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub struct Meta {
     /// The workload netprobe ran and recorded (`record -- CMD ARGS`).
     #[serde(default)]
     pub workload: Option<crate::report::Workload>,
+    /// The flow filter (`--filter`) the kernel applied.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// QEMU guests found on the host during the recording.
+    #[serde(default)]
+    pub guests: Vec<crate::guests::Guest>,
 }
 
 impl Meta {
@@ -67,6 +73,8 @@ impl Meta {
             interrupted,
             command_line: std::env::args().collect(),
             workload: None,
+            filter: None,
+            guests: Vec::new(),
         }
     }
 }
@@ -146,6 +154,15 @@ pub struct IntervalPair {
 pub struct IntervalRec {
     pub t_s: f64,
     pub pairs: Vec<IntervalPair>,
+    /// Packets whose tracking started in the interval.
+    #[serde(default)]
+    pub packets: u64,
+    /// NET_RX + NET_TX softirq ns in the interval (all CPUs).
+    #[serde(default)]
+    pub softirq_ns: u64,
+    /// On-CPU ns in the interval by thread role.
+    #[serde(default)]
+    pub cpu_ns_by_role: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -318,12 +335,15 @@ impl Recording {
                 duration_s: self.meta.duration_s,
                 interrupted: self.meta.interrupted,
                 guest_facing: &self.guest_facing,
+                workload: self.meta.workload.as_ref(),
+                guests: &self.meta.guests,
             },
         );
         r.coverage = self.coverage.clone();
         r.kernel = self.meta.kernel.clone();
         r.netprobe_version = self.meta.netprobe_version.clone();
         r.workload = self.meta.workload.clone();
+        r.filter = self.meta.filter.clone();
         r.intervals = correlate::intervals(&self.intervals, &snap, &self.guest_facing);
         for (k, v) in &self.counters {
             r.tracking.entry(k.clone()).or_insert(*v);

@@ -19,9 +19,17 @@ pub struct Report {
     pub duration_s: f64,
     /// True when Ctrl-C or SIGTERM ended the recording before its duration.
     pub interrupted: bool,
-    /// The workload recorded, when netprobe ran it (`record -- CMD ARGS`).
+    /// The workload recorded, when netprobe ran it (`record -- CMD ARGS`)
+    /// or attached to it (`--pid`, `--cgroup`).
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// The flow filter (`--filter`) the kernel applied, if any.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// QEMU guests found on the host during the recording, with the CPU
+    /// time of their vCPU and vhost threads.
+    #[serde(default)]
+    pub guests: Vec<GuestReport>,
     pub coverage: Vec<CoverageEntry>,
     pub directions: Vec<DirectionReport>,
     pub drops: Vec<DropReport>,
@@ -51,7 +59,26 @@ pub struct CpuReport {
     /// NET_RX + NET_TX softirq ns per packet followed. (Thread times also
     /// include the softirqs that ran in their context: do not add them.)
     pub softirq_ns_per_packet: f64,
+    /// CPU ns per packet followed, by role, plus `softirq` (NET_RX +
+    /// NET_TX). Thread times include softirqs that ran in their context.
+    #[serde(default)]
+    pub per_packet_ns: BTreeMap<String, f64>,
+    /// The same per workload transaction, when the workload reported its
+    /// transactions or the user named them (`--transactions`).
+    #[serde(default)]
+    pub per_transaction_ns: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub transactions: Option<u64>,
     pub threads: Vec<CpuThread>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GuestReport {
+    #[serde(flatten)]
+    pub guest: crate::guests::Guest,
+    /// On-CPU ns of its vCPU threads and of its vhost workers.
+    pub vcpu_ns: u64,
+    pub vhost_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,6 +95,15 @@ pub struct IntervalReport {
     /// End of the interval, seconds since the recording started.
     pub t_s: f64,
     pub pairs: Vec<IntervalPairReport>,
+    /// Packets whose tracking started in the interval.
+    #[serde(default)]
+    pub packets: u64,
+    /// CPU ns in the interval: NET_RX + NET_TX softirq, and on-CPU time
+    /// by thread role.
+    #[serde(default)]
+    pub softirq_ns: u64,
+    #[serde(default)]
+    pub cpu_ns_by_role: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -90,6 +126,19 @@ pub struct Workload {
     pub exit_status: Option<i32>,
     /// The signal that ended it, if one did.
     pub signal: Option<i32>,
+    /// Processes of the workload (its process and descendants, `--pid`'s
+    /// process, or `--cgroup`'s members), as seen during the recording.
+    #[serde(default)]
+    pub tgids: Vec<u32>,
+    /// `--cgroup`: the cgroup (v2 path) whose processes are the workload.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Transactions the workload completed (request/response pairs), and
+    /// where the number comes from.
+    #[serde(default)]
+    pub transactions: Option<u64>,
+    #[serde(default)]
+    pub transactions_from: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

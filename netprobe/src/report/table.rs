@@ -23,7 +23,18 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             (None, Some(s)) => format!("killed by signal {s}"),
             _ => "still running when the recording ended".to_owned(),
         };
-        writeln!(out, "workload: `{}`, {:.1} s, {end}", w.command.join(" "), w.ended_unix_s - w.started_unix_s)?;
+        let what = match &w.cgroup {
+            Some(c) => format!("cgroup {c} ({} processes)", w.tgids.len()),
+            None => format!("`{}`", w.command.join(" ")),
+        };
+        let tx = match (w.transactions, &w.transactions_from) {
+            (Some(n), Some(from)) => format!(", {n} transactions ({from})"),
+            _ => String::new(),
+        };
+        writeln!(out, "workload: {what}, {:.1} s, {end}{tx}", w.ended_unix_s - w.started_unix_s)?;
+    }
+    if let Some(f) = &r.filter {
+        writeln!(out, "flow filter (in the kernel): {f}")?;
     }
     write_coverage(r, out)?;
     if r.directions.iter().all(|d| d.pairs.is_empty()) {
@@ -83,15 +94,18 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "\ninterval series ({} intervals): busiest hop pair per interval", r.intervals.len())?;
         for iv in &r.intervals {
             if let Some(p) = iv.pairs.iter().max_by_key(|p| p.packets) {
+                let cpu: u64 = iv.cpu_ns_by_role.iter().filter(|(r, _)| *r != "netprobe").map(|(_, v)| v).sum();
                 writeln!(
                     out,
-                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}",
+                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}  (softirq {}, threads {})",
                     iv.t_s,
                     p.packets,
                     fmt_ns(p.p50_ns),
                     fmt_ns(p.p99_ns),
                     p.from,
-                    p.to
+                    p.to,
+                    fmt_ns(iv.softirq_ns),
+                    fmt_ns(cpu)
                 )?;
             }
         }
@@ -106,6 +120,15 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         )?;
         let roles: Vec<String> = c.by_role_ns.iter().map(|(r, ns)| format!("{r} {}", fmt_ns(*ns))).collect();
         writeln!(out, "  on-CPU by role: {}", roles.join(", "))?;
+        let per = |m: &std::collections::BTreeMap<String, f64>| {
+            m.iter().filter(|(_, v)| **v >= 1.0).map(|(r, v)| format!("{r} {}", fmt_ns(*v as u64))).collect::<Vec<_>>()
+        };
+        if !c.per_packet_ns.is_empty() {
+            writeln!(out, "  per packet followed: {}", per(&c.per_packet_ns).join(", "))?;
+        }
+        if let Some(n) = c.transactions {
+            writeln!(out, "  per transaction ({n}): {}", per(&c.per_transaction_ns).join(", "))?;
+        }
         for t in c.threads.iter().take(5) {
             writeln!(out, "  {:>10}  {} [{}/{}] ({})", fmt_ns(t.ns), t.comm, t.tgid, t.tid, t.role)?;
         }
@@ -134,7 +157,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "\ntracking: {} packets followed, {} ended; journeys cut short: {} skb reused unseen, {} stale; \
-         lost: {} evicted from the tracking table, {} samples, {} drops not counted by reason",
+         lost: {} evicted from the tracking table, {} samples, {} drops not counted by reason{}",
         get("track_started"),
         get("track_ended"),
         get("track_reused"),
@@ -142,6 +165,11 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         get("track_evicted"),
         get("pair_lost"),
         get("drop_lost"),
+        if r.filter.is_some() {
+            format!("; {} sightings excluded by the flow filter", get("flow_excluded"))
+        } else {
+            String::new()
+        },
     )?;
     Ok(())
 }

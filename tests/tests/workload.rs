@@ -1,0 +1,242 @@
+//! Per-hop latency and CPU tied to the workload: real sockperf
+//! (request/response) and iperf3 (stream) runs through the demo MacVTap
+//! topology, recorded with `netprobe record -- CMD`, `--pid` and
+//! `--cgroup`, and the in-kernel flow filter excluding a second flow.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use netprobe::demo::{self, Topology};
+use netprobe_tests::{pair, pairs, require_root, Recording};
+use serde_json::Value;
+
+/// A server in the peer namespace, killed when dropped (also on failure).
+struct Server(Child);
+
+impl Server {
+    fn start(t: &Topology, args: &[&str]) -> Server {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &t.peer_ns])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?} (Debian's sockperf/iperf3): {e}"));
+        std::thread::sleep(Duration::from_millis(500));
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn role_ns(r: &Value, role: &str) -> u64 {
+    r["cpu"]["by_role_ns"][role].as_u64().unwrap_or(0)
+}
+
+/// The interval series covers the run: about one interval per second,
+/// from its start to its end, and adds up to the packets followed.
+fn assert_series_covers(r: &Value, seconds: f64) {
+    let ivs = r["intervals"].as_array().unwrap();
+    let last = ivs.last().unwrap()["t_s"].as_f64().unwrap();
+    assert!(ivs.len() as f64 >= seconds.floor(), "{} intervals for a {seconds} s run", ivs.len());
+    assert!(ivs[0]["t_s"].as_f64().unwrap() <= 1.5 && last >= seconds - 0.5, "series {:?}..{last}", ivs[0]["t_s"]);
+    let in_series: u64 = ivs.iter().map(|iv| iv["packets"].as_u64().unwrap()).sum();
+    let total = r["tracking"]["track_started"].as_u64().unwrap();
+    assert!(in_series <= total && in_series * 10 >= total * 9, "series {in_series} packets vs {total} followed");
+    let busy = ivs.iter().filter(|iv| iv["softirq_ns"].as_u64().unwrap() > 0).count();
+    assert!(busy * 2 >= ivs.len(), "softirq CPU in only {busy} of {} intervals", ivs.len());
+}
+
+#[test]
+fn sockperf_ping_pong_cpu_per_transaction() {
+    if !require_root("sockperf_ping_pong_cpu_per_transaction") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let _server = Server::start(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11111"]);
+    let ifaces = t.ifaces();
+    let rec = Recording::start(&[
+        "--iface",
+        &ifaces[0],
+        "--iface",
+        &ifaces[1],
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &t.guest_ns,
+        "sockperf",
+        "ping-pong",
+        "-i",
+        demo::PEER_ADDR,
+        "-p",
+        "11111",
+        "-t",
+        "3",
+    ]);
+    let r = rec.finish();
+
+    let w = &r["workload"];
+    assert_eq!(w["exit_status"], 0, "sockperf failed: {w}");
+    let tx = w["transactions"].as_u64().expect("sockperf's transaction count");
+    assert!(w["transactions_from"].as_str().unwrap().contains("sockperf"), "{w}");
+    assert!(tx > 500, "only {tx} transactions in 3 s");
+    // Every transaction is a request toward the wire and a reply toward
+    // the guest, each measured hop by hop.
+    let (m, u) = (&t.macvtap, &t.uplink);
+    let req = pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"));
+    assert!(req["packets"].as_u64().unwrap() >= tx, "{req} for {tx} transactions");
+    let reply = pair(&r, "to-guest", &format!("receive@{u}"), &format!("copy_out@{m}"));
+    assert!(reply["p50_ns"].as_u64().unwrap() > 0);
+    let replies: u64 = pairs(&r, "to-guest")
+        .iter()
+        .filter(|(_, to, _)| *to == format!("copy_out@{m}"))
+        .map(|(_, _, p)| p["packets"].as_u64().unwrap())
+        .sum();
+    eprintln!("sockperf: {tx} transactions, {replies} replies measured into the tap queue; {}", r["tracking"]);
+    assert!(replies >= tx, "{replies} replies measured for {tx} transactions: {:#}", r["directions"]);
+
+    // CPU by role: sockperf itself, the guest stand-in moving its frames
+    // through /dev/tapN, and the softirqs.
+    let cpu = &r["cpu"];
+    assert!(role_ns(&r, "workload") > 0, "no CPU for the workload: {cpu}");
+    assert!(role_ns(&r, "guest") > 0, "no CPU for the guest stand-in: {cpu}");
+    let softirq = cpu["softirq_net_rx_ns"].as_u64().unwrap() + cpu["softirq_net_tx_ns"].as_u64().unwrap();
+    assert!(softirq > 0, "{cpu}");
+    assert_eq!(cpu["transactions"], tx);
+    let per_tx = &cpu["per_transaction_ns"];
+    let softirq_per_tx = per_tx["softirq"].as_f64().unwrap();
+    assert!((softirq_per_tx - softirq as f64 / tx as f64).abs() < 1.0, "{per_tx}");
+    assert!(per_tx["workload"].as_f64().unwrap() > 0.0 && per_tx["guest"].as_f64().unwrap() > 0.0, "{per_tx}");
+    // Per packet is per transaction spread over (at least) two packets.
+    assert!(cpu["per_packet_ns"]["softirq"].as_f64().unwrap() * 1.9 <= softirq_per_tx, "{cpu}");
+    assert_series_covers(&r, 3.0);
+}
+
+#[test]
+fn iperf3_stream_by_pid_and_the_series_spans_it() {
+    if !require_root("iperf3_stream_by_pid_and_the_series_spans_it") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let _server = Server::start(&t, &["iperf3", "-s", "-B", demo::PEER_ADDR]);
+    // A benchmark already running: netprobe follows it by PID and stops
+    // when it exits. (It waits for a line on stdin to start its 3 s run,
+    // so attaching, slow on a loaded machine, takes none of it.)
+    let mut client = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read go; exec ip netns exec {} iperf3 -c {} -t 3 -l 1400 >/dev/null",
+            t.guest_ns,
+            demo::PEER_ADDR
+        ))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ifaces = t.ifaces();
+    let rec = Recording::start(&["--pid", &client.id().to_string(), "--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    std::io::Write::write_all(client.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let r = rec.finish();
+    assert!(client.wait().unwrap().success());
+    assert_eq!(r["interrupted"], false);
+    let w = &r["workload"];
+    assert!(w["command"].to_string().contains("iperf3"), "{w}");
+    assert!(w["tgids"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(u64::from(client.id()))), "{w}");
+    // Ended by the client's exit, right after its 3 s run.
+    let secs = r["duration_s"].as_f64().unwrap();
+    assert!((3.0..4.5).contains(&secs), "recorded {secs} s of a 3 s run");
+    assert!(role_ns(&r, "workload") > 10_000_000, "iperf3 used no CPU? {}", r["cpu"]);
+    assert!(role_ns(&r, "guest") > 0, "{}", r["cpu"]);
+    assert!(r["cpu"]["per_packet_ns"]["softirq"].as_f64().unwrap() > 0.0);
+    assert!(r["cpu"]["transactions"].is_null(), "a stream has no transactions");
+    assert_series_covers(&r, secs.floor());
+}
+
+#[test]
+fn cgroup_processes_are_the_workload() {
+    if !require_root("cgroup_processes_are_the_workload") {
+        return;
+    }
+    // A cgroup of our own (v2, or the v1 cpu hierarchy on hybrid hosts).
+    let base = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup"]
+        .iter()
+        .find(|b| std::path::Path::new(b).join("cgroup.procs").exists())
+        .expect("a cgroup hierarchy");
+    let dir = std::path::Path::new(base).join(format!("netprobe-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let procs = dir.join("cgroup.procs");
+    // A busy process that moves itself into the cgroup (at most 30 s;
+    // stopped, and the cgroup removed, as soon as the recording is done).
+    let mut busy = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}; exec timeout 30 sh -c 'while :; do :; done'", procs.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let rec = Recording::start(&["--cgroup", dir.to_str().unwrap(), "--duration", "1500ms"]);
+    let r = rec.finish();
+    // SAFETY: kill on our own child's pid (timeout passes SIGTERM on).
+    unsafe { libc::kill(busy.id() as i32, libc::SIGTERM) };
+    let _ = busy.wait();
+    for _ in 0..50 {
+        if std::fs::remove_dir(&dir).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(r["workload"]["cgroup"], dir.to_str().unwrap());
+    let ns = role_ns(&r, "workload");
+    assert!(ns > 500_000_000, "a busy loop in the cgroup for 1.5 s got {ns} ns: {}", r["cpu"]);
+}
+
+#[test]
+fn flow_filter_in_the_kernel_excludes_the_other_flows() {
+    if !require_root("flow_filter_in_the_kernel_excludes_the_other_flows") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let rec = Recording::start(&["--filter", "udp and dst port 5001", "--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    // Two flows at once, and pings: only the first flow is followed.
+    let t2 = std::sync::Arc::new(t);
+    let other = {
+        let t = t2.clone();
+        std::thread::spawn(move || t.udp_burst(demo::PEER_ADDR, 5002, 300, Duration::from_millis(1)).unwrap())
+    };
+    t2.udp_burst(demo::PEER_ADDR, 5001, 100, Duration::from_millis(2)).unwrap();
+    assert_eq!(t2.ping(10, "0.02").unwrap(), 10);
+    other.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = rec.interrupt();
+
+    assert_eq!(r["filter"], "udp and dst port 5001");
+    let m = &t2.macvtap;
+    let followed = pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"))["packets"].as_u64().unwrap();
+    assert!((100..=102).contains(&followed), "{followed} packets followed; 100 match the filter, 310 do not");
+    // Nothing toward the guest matches (ICMP replies and port unreachables).
+    let back: u64 = pairs(&r, "to-guest").iter().map(|(_, _, p)| p["packets"].as_u64().unwrap()).sum();
+    assert_eq!(back, 0, "to-guest traffic passed the filter: {:#}", r["directions"]);
+    assert!(r["tracking"]["flow_excluded"].as_u64().unwrap() >= 300, "{}", r["tracking"]);
+}
+
+#[test]
+fn malformed_filter_is_a_clear_error_before_attaching() {
+    let out = Command::new(netprobe_tests::netprobe_bin())
+        .args(["record", "--duration", "1s", "--filter", "udp and dst prot 53"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected host, net or port after dst"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let out = Command::new(netprobe_tests::netprobe_bin()).args(["record", "--pid", "4000000000"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no such process"), "{err}");
+}
