@@ -240,3 +240,70 @@ fn malformed_filter_is_a_clear_error_before_attaching() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no such process"), "{err}");
 }
+
+/// A real QEMU (software emulation, paused at reset) with a tap device in
+/// a namespace of its own; killed and the namespace deleted when dropped.
+struct Qemu {
+    child: Child,
+    ns: String,
+}
+
+impl Qemu {
+    fn start(name: &str, tap: &str) -> Qemu {
+        let ns = format!("npq{}", std::process::id());
+        assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "qemu-system-x86_64", "-name"])
+            .arg(format!("guest={name},debug-threads=on"))
+            .args(["-machine", "pc", "-accel", "tcg", "-m", "64", "-display", "none", "-nodefaults", "-S"])
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian's qemu-system-x86)");
+        let q = Qemu { child, ns };
+        for _ in 0..100 {
+            let up = Command::new("ip").args(["-n", &q.ns, "link", "show", tap]).output().unwrap();
+            if up.status.success() {
+                return q;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("QEMU did not open its tap device {tap}");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn qemu_guests_are_found_by_name_and_a_killed_one_is_reported_gone() {
+    if !require_root("qemu_guests_are_found_by_name_and_a_killed_one_is_reported_gone") {
+        return;
+    }
+    let mut q = Qemu::start("np-test-guest", "npqtap0");
+    let rec = Recording::start(&["--duration", "4s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    q.kill(); // the guest goes away mid-run; the recording goes on
+    let r = rec.finish();
+    assert_eq!(r["interrupted"], false);
+    let guests = r["guests"].as_array().unwrap();
+    let g =
+        guests.iter().find(|g| g["name"] == "np-test-guest").unwrap_or_else(|| panic!("guest not found: {guests:#?}"));
+    assert_eq!(g["pid"].as_u64(), Some(u64::from(q.child.id())), "{g}");
+    assert!(!g["vcpu_tids"].as_array().unwrap().is_empty(), "no vCPU thread (CPU 0/TCG): {g}");
+    assert_eq!(g["devices"], serde_json::json!(["npqtap0"]), "{g}");
+    let gone = g["gone_after_s"].as_f64().expect("the killed guest is reported gone");
+    assert!((0.5..4.0).contains(&gone), "gone after {gone} s");
+    assert!(r["duration_s"].as_f64().unwrap() >= 3.9, "the recording went on after the guest died");
+}
