@@ -35,7 +35,7 @@ fn cstr(b: &[u8; 16]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn dev_name(devs: &BTreeMap<u64, DevInfo>, key: u64) -> String {
+pub(crate) fn dev_name(devs: &BTreeMap<u64, DevInfo>, key: u64) -> String {
     if key == 0 {
         return String::new();
     }
@@ -80,24 +80,46 @@ pub(crate) fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
     (q(0.5), q(0.9), q(0.99), q(0.999))
 }
 
-pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
-    let direction = |origin: u64| {
-        if is_guest_facing(&s.devs, origin, cx.guest_facing) {
-            Direction::ToWire
-        } else {
-            Direction::ToGuest
-        }
-    };
+/// A hop at a device (0: the hop has none of its own).
+pub type Node = (u8, u64);
 
-    // Rows: hop pairs by direction; packets of different origins that
-    // share a pair are one row.
-    type Node = (u8, u64);
+/// The direction of a packet that first appeared on `origin`.
+pub(crate) fn direction(s: &Snapshot, origin: u64, guest_facing: &[String]) -> Direction {
+    if is_guest_facing(&s.devs, origin, guest_facing) {
+        Direction::ToWire
+    } else {
+        Direction::ToGuest
+    }
+}
+
+/// The hop-pair histograms as rows: per direction, packets of different
+/// origins that share a pair are one row. Every consumer (report, metrics)
+/// groups pairs this way.
+pub fn pair_rows(s: &Snapshot, guest_facing: &[String]) -> BTreeMap<(Direction, Node, Node), Hist> {
     let mut rows: BTreeMap<(Direction, Node, Node), Hist> = BTreeMap::new();
-    let mut origins: BTreeMap<Direction, Vec<Node>> = BTreeMap::new();
     for (k, h) in &s.pairs {
-        let dir = direction(k.origin);
+        let dir = direction(s, k.origin, guest_facing);
         rows.entry((dir, (k.from_hop, k.from_dev), (k.to_hop, k.to_dev))).or_insert_with(Hist::zeroed).merge(h);
-        origins.entry(dir).or_default().push((k.origin_hop, k.origin));
+    }
+    rows
+}
+
+/// The catalog path a hop pair belongs to: its hops' path, the specific
+/// one when one of them is generic.
+pub fn pair_path(from_hop: u8, to_hop: u8) -> &'static str {
+    let path = |id: u8| catalog::by_id(id).map_or("", |h| h.path.label());
+    match (path(from_hop), path(to_hop)) {
+        ("generic", p) if !p.is_empty() => p,
+        (p, _) => p,
+    }
+}
+
+pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
+    let dir_of = |origin: u64| direction(s, origin, cx.guest_facing);
+    let rows = pair_rows(s, cx.guest_facing);
+    let mut origins: BTreeMap<Direction, Vec<Node>> = BTreeMap::new();
+    for k in s.pairs.keys() {
+        origins.entry(dir_of(k.origin)).or_default().push((k.origin_hop, k.origin));
     }
 
     let directions = [Direction::ToWire, Direction::ToGuest]
@@ -159,7 +181,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
     // Drops: one row per (reason, direction, last hop, last device).
     let mut drop_rows: BTreeMap<(u32, Direction, u8, u64), u64> = BTreeMap::new();
     for (k, &n) in &s.drops {
-        *drop_rows.entry((k.reason, direction(k.origin), k.last_hop, k.last_dev)).or_default() += n;
+        *drop_rows.entry((k.reason, dir_of(k.origin), k.last_hop, k.last_dev)).or_default() += n;
     }
     let mut drops: Vec<DropReport> = drop_rows
         .into_iter()
@@ -208,7 +230,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         interrupted: cx.interrupted,
         workload: None,
         intervals: Vec::new(),
-        cpu: cpu_report(s),
+        cpu: cpu(s),
         coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
         directions,
         drops,
@@ -240,16 +262,13 @@ pub fn intervals(
                 .pairs
                 .iter()
                 .map(|p| crate::report::IntervalPairReport {
-                    direction: if is_guest_facing(&s.devs, p.origin, guest_facing) {
-                        Direction::ToWire
-                    } else {
-                        Direction::ToGuest
-                    },
+                    direction: direction(s, p.origin, guest_facing),
                     from: at(p.from_hop, p.from_dev),
                     to: at(p.to_hop, p.to_dev),
                     packets: p.packets,
                     p50_ns: p.p50_ns,
                     p99_ns: p.p99_ns,
+                    total_ns: p.total_ns,
                 })
                 .collect(),
         })
@@ -273,7 +292,8 @@ pub fn role(comm: &str) -> &'static str {
     }
 }
 
-fn cpu_report(s: &Snapshot) -> Option<crate::report::CpuReport> {
+/// CPU time by role, softirq and thread, cumulative as the snapshot is.
+pub fn cpu(s: &Snapshot) -> Option<crate::report::CpuReport> {
     if s.cpu.is_empty() && s.softirq_rx.is_empty() {
         return None;
     }

@@ -19,7 +19,7 @@ use crate::{
     attach::{self, AttachOptions, Attached},
     collect, netns,
     recording::{IntervalPair, IntervalRec, Meta, Recording},
-    report::{CoverageEntry, Report},
+    report::{CoverageEntry, IntervalReport, Report},
 };
 
 #[derive(Clone, Debug)]
@@ -143,11 +143,49 @@ impl Recorder {
     /// since the previous sample (call about once a second).
     pub fn sample(&mut self) {
         let Ok(snap) = collect::snapshot(&self.attached.ebpf) else { return };
+        let iv = self.close_interval(&snap);
+        self.intervals.push(iv);
+    }
+
+    /// For live views (`top`): closes an interval like [`Recorder::sample`],
+    /// but hands it back in report form (devices named, directions decided)
+    /// with the snapshot it ends at, instead of keeping it.
+    pub fn next_interval(&mut self) -> Result<(IntervalReport, collect::Snapshot)> {
+        let snap = collect::snapshot(&self.attached.ebpf)?;
+        let iv = self.close_interval(&snap);
+        let report = crate::correlate::intervals(std::slice::from_ref(&iv), &snap, &self.guest_facing);
+        Ok((report.into_iter().next().context("no interval")?, snap))
+    }
+
+    /// The kernel's cumulative aggregates now (for `serve`).
+    pub fn snapshot(&self) -> Result<collect::Snapshot> {
+        collect::snapshot(&self.attached.ebpf)
+    }
+
+    /// What gives the raw aggregates a meaning besides the snapshot: the
+    /// --iface devices known to be guest-facing, and drop reason names.
+    pub fn guest_facing(&self) -> &[String] {
+        &self.guest_facing
+    }
+
+    pub fn drop_reasons(&self) -> &BTreeMap<u32, String> {
+        &self.attached.drop_reasons
+    }
+
+    /// Seconds since the probes were attached.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The interval from the previous sample to `snap`, from the
+    /// difference of the cumulative histograms.
+    fn close_interval(&mut self, snap: &collect::Snapshot) -> IntervalRec {
         let mut pairs = Vec::new();
         for (k, h) in &snap.pairs {
             let mut delta = *h;
             if let Some(prev) = self.last_sample.get(k) {
                 delta.count = h.count.saturating_sub(prev.count);
+                delta.sum_ns = h.sum_ns.saturating_sub(prev.sum_ns);
                 for (d, p) in delta.buckets.iter_mut().zip(prev.buckets.iter()) {
                     *d = d.saturating_sub(*p);
                 }
@@ -170,10 +208,11 @@ impl Recorder {
                 packets: delta.count,
                 p50_ns: p50,
                 p99_ns: p99,
+                total_ns: delta.sum_ns,
             });
         }
-        self.intervals.push(IntervalRec { t_s: self.started.elapsed().as_secs_f64(), pairs });
-        self.last_sample = snap.pairs;
+        self.last_sample.clone_from(&snap.pairs);
+        IntervalRec { t_s: self.started.elapsed().as_secs_f64(), pairs }
     }
 
     /// One status line on stderr (rewritten in place): elapsed and
@@ -232,6 +271,23 @@ impl Recorder {
         rec.intervals = self.intervals.clone();
         Ok(rec)
     }
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// For loops that run until told to stop (`top`, `serve`): SIGINT, SIGTERM
+/// and SIGHUP (the SSH session closed) set the returned flag instead of
+/// ending the process, so the loop returns and every probe is detached.
+pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    &STOP
 }
 
 /// Waits for `duration` (forever if None), Ctrl-C or SIGTERM; returns true

@@ -78,6 +78,9 @@ pub struct IntervalPairReport {
     pub packets: u64,
     pub p50_ns: u64,
     pub p99_ns: u64,
+    /// Sum of the latencies in the interval: the time this pair cost.
+    #[serde(default)]
+    pub total_ns: u64,
 }
 
 /// A workload netprobe started and recorded exactly while it ran.
