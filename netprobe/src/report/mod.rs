@@ -4,6 +4,7 @@
 
 pub mod csv;
 pub mod json;
+pub mod openmetrics;
 pub mod table;
 
 use std::collections::BTreeMap;
