@@ -328,12 +328,13 @@ fn kernel_release() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use netprobe_common::{hist::bucket_of, hop, PairKey};
 
     use super::*;
 
-    fn hist(values: &[u64]) -> Hist {
+    /// A kernel histogram of these values (for other modules' tests too).
+    pub(crate) fn hist(values: &[u64]) -> Hist {
         let mut h = Hist::zeroed();
         for &v in values {
             h.count += 1;
@@ -345,7 +346,7 @@ mod tests {
         h
     }
 
-    fn dev(name: &str, kind: &str) -> DevInfo {
+    pub(crate) fn dev(name: &str, kind: &str) -> DevInfo {
         let mut d = DevInfo::default();
         d.name[..name.len()].copy_from_slice(name.as_bytes());
         d.kind[..kind.len()].copy_from_slice(kind.as_bytes());

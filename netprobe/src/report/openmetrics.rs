@@ -17,7 +17,7 @@ use netprobe_common::{
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric, NoLabelSet},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
@@ -193,51 +193,34 @@ impl Collector for Exposition {
                 None,
             )?;
         }
-        let mut m = enc.encode_descriptor(
-            "netprobe_hop_packets",
-            &format!("Packets that went from one hop to the next, per hop pair, direction and device. {cap_note}"),
-            None,
-            MetricType::Counter,
-        )?;
-        for (labels, h) in &self.pairs {
-            ConstCounter::new(h.count).encode(m.encode_family(labels)?)?;
-        }
-        let mut m = enc.encode_descriptor(
+        let packets = self.pairs.iter().map(|(l, h)| (l, h.count));
+        let help = "Packets that went from one hop to the next, per hop pair, direction and device.";
+        counter_family(&mut enc, "netprobe_hop_packets", &format!("{help} {cap_note}"), packets)?;
+        let help = "Packets freed as dropped (kfree_skb), by kernel drop reason and the last hop seen.";
+        counter_family(
+            &mut enc,
             "netprobe_drops",
-            &format!("Packets freed as dropped (kfree_skb), by kernel drop reason and the last hop seen. {cap_note}"),
-            None,
-            MetricType::Counter,
+            &format!("{help} {cap_note}"),
+            self.drops.iter().map(|(l, n)| (l, *n)),
         )?;
-        for (labels, n) in &self.drops {
-            ConstCounter::new(*n).encode(m.encode_family(labels)?)?;
-        }
-        let mut m = enc.encode_descriptor(
+        counter_family(
+            &mut enc,
             "netprobe_tracking",
             "The kernel side's own accounting: packets followed and ended, journeys cut short (skb reused unseen, stale), and everything lost (not tracked, samples, drops not counted by reason).",
-            None,
-            MetricType::Counter,
+            self.tracking.iter().map(|(l, n)| (l, *n)),
         )?;
-        for (labels, n) in &self.tracking {
-            ConstCounter::new(*n).encode(m.encode_family(labels)?)?;
-        }
-        let mut m = enc.encode_descriptor(
+        counter_family(
+            &mut enc,
             "netprobe_cpu_seconds",
             "On-CPU time of threads by role: vcpu (QEMU CPU n/KVM), vhost, ksoftirqd, ovs, netprobe, other.",
-            None,
-            MetricType::Counter,
+            self.cpu_ns.iter().map(|(l, ns)| (l, *ns as f64 / NS)),
         )?;
-        for (labels, ns) in &self.cpu_ns {
-            ConstCounter::new(*ns as f64 / NS).encode(m.encode_family(labels)?)?;
-        }
-        let mut m = enc.encode_descriptor(
+        counter_family(
+            &mut enc,
             "netprobe_softirq_seconds",
             "NET_RX and NET_TX softirq time, all CPUs (also included in the thread times it ran in).",
-            None,
-            MetricType::Counter,
+            self.softirq_ns.iter().map(|(l, ns)| (l, *ns as f64 / NS)),
         )?;
-        for (labels, ns) in &self.softirq_ns {
-            ConstCounter::new(*ns as f64 / NS).encode(m.encode_family(labels)?)?;
-        }
         let m = enc.encode_descriptor(
             "netprobe_hops_attached",
             "Catalog hops attached right now (rises when a module such as openvswitch loads).",
@@ -247,6 +230,20 @@ impl Collector for Exposition {
         ConstGauge::new(self.hops_attached).encode(m)?;
         Ok(())
     }
+}
+
+/// One counter family: its descriptor, then a series per label set.
+fn counter_family<'a, N: EncodeCounterValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a Labels, N)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
 }
 
 /// The OpenMetrics text of one scrape, every series labelled with `host`.
@@ -264,26 +261,10 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 #[cfg(test)]
 mod tests {
-    use netprobe_common::{hist::bucket_of, hop, DevInfo, PairKey};
+    use netprobe_common::{hop, PairKey};
 
     use super::*;
-
-    fn hist(values: &[u64]) -> Hist {
-        let mut h = Hist::zeroed();
-        for &v in values {
-            h.count += 1;
-            h.sum_ns += v;
-            h.buckets[bucket_of(v)] += 1;
-        }
-        h
-    }
-
-    fn dev(name: &str, kind: &str) -> DevInfo {
-        let mut d = DevInfo::default();
-        d.name[..name.len()].copy_from_slice(name.as_bytes());
-        d.kind[..kind.len()].copy_from_slice(kind.as_bytes());
-        d
-    }
+    use crate::correlate::tests::{dev, hist};
 
     fn key(from_dev: u64, to_dev: u64) -> PairKey {
         PairKey {
