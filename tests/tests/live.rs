@@ -337,7 +337,12 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_eq!(self.pane("#{alternate_on}"), "0", "terminal left in the alternate screen");
-        self.pane("#{pane_dead_status}")
+        // The exit status, or the signal that ended it, and what it printed.
+        let status = self.pane("#{pane_dead_status}");
+        if status != "0" {
+            eprintln!("top ended: signal [{}], screen:\n{}", self.pane("#{pane_dead_signal}"), self.screen());
+        }
+        status
     }
 }
 
@@ -356,7 +361,7 @@ fn top_shows_hop_rows_and_quits_cleanly() {
     let ifaces = t.ifaces();
     let args: Vec<String> = ["--iface", &ifaces[0], "--iface", &ifaces[1]].iter().map(|s| s.to_string()).collect();
     let socket = format!("netprobe-test-{}", std::process::id());
-    let tm = Tmux::start_top(&socket, &args);
+    let tm = Tmux::start_top(&format!("{socket}-q"), &args);
     let row = format!("queue@{m} -> xmit@{m}", m = t.macvtap);
     let mut screen = String::new();
     std::thread::scope(|s| {
@@ -384,7 +389,7 @@ fn top_shows_hop_rows_and_quits_cleanly() {
     assert!(left.is_empty(), "netprobe programs still loaded after top quit: {left:?}");
 
     // Ctrl-C quits as cleanly.
-    let tm = Tmux::start_top(&socket, &args);
+    let tm = Tmux::start_top(&format!("{socket}-c"), &args);
     assert_eq!(tm.quit_with("C-c"), "0", "top exit status after Ctrl-C");
     drop(tm);
     let left = netprobe_programs();
