@@ -13,7 +13,7 @@ use std::{
 };
 
 use netprobe::demo::Topology;
-use netprobe_tests::{netprobe_bin, netprobe_programs, require_root};
+use netprobe_tests::{netprobe_bin, program_ids_of, require_root, still_loaded};
 use serde_json::Value;
 
 /// A free TCP port on 127.0.0.1.
@@ -97,11 +97,13 @@ impl Serve {
 
     /// SIGTERM must end it cleanly, with every probe detached.
     fn stop(mut self) {
+        let ids = program_ids_of(self.child.id());
+        assert!(ids.len() >= 7, "serve holds {} programs, expected the tracepoint hops at least", ids.len());
         sigterm(&self.child);
         let st = wait_exit(&mut self.child, Duration::from_secs(15)).expect("netprobe serve ignored SIGTERM");
         assert!(st.success(), "netprobe serve exited with {st}");
-        let left = netprobe_programs();
-        assert!(left.is_empty(), "netprobe programs still loaded after serve ended: {left:?}");
+        let left = still_loaded(&ids);
+        assert!(left.is_empty(), "programs of netprobe serve still loaded after it ended: {left:?}");
     }
 }
 
@@ -181,8 +183,15 @@ fn serve_exports_hop_histograms_and_counters() {
     assert!(status == 200 && body.contains("hops attached"), "{status} {body}");
     assert_eq!(http_get(&serve.addr, "/nothing").unwrap().0, 404);
 
-    serve.stop();
+    // The guest, its macvtap and the uplink go away: the exporter keeps
+    // serving, and the counters it exported stay (they never go back).
     drop(t);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, after) = http_get(&serve.addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(sample(&after, "netprobe_hop_packets_total", &pair), Some(later), "{after}");
+    assert_eq!(http_get(&serve.addr, "/health").unwrap().0, 200);
+    serve.stop();
 }
 
 /// Debian's Prometheus on a loopback port with its own storage directory,
@@ -315,11 +324,12 @@ impl Tmux {
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ");
+        // The shell prints netprobe's exit status and stays, so the pane
+        // shows what netprobe left on the terminal (tmux's remain-on-exit
+        // resets the pane and may lose the last output).
+        let cmd = format!("{cmd}; echo \"{EXITED}$?\"; sleep 600");
         let out = tm.cmd(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "40", &cmd]);
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
-        // Keep the pane after netprobe exits, to read its exit status and
-        // whether it left the alternate screen.
-        tm.cmd(&["set-option", "-t", "top", "remain-on-exit", "on"]);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !tm.screen().contains("netprobe top on") {
             assert!(Instant::now() < deadline, "top did not show its screen: {}", tm.screen());
@@ -328,23 +338,47 @@ impl Tmux {
         tm
     }
 
+    /// The BPF programs the netprobe in the pane holds (the pane's process,
+    /// or its child when a shell runs it).
+    fn top_programs(&self) -> Vec<u32> {
+        let pane: u32 = self.pane("#{pane_pid}").parse().unwrap();
+        let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let pid = if comm(pane).trim() == "netprobe" {
+            pane
+        } else {
+            std::fs::read_to_string(format!("/proc/{pane}/task/{pane}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .find(|&p| comm(p).trim() == "netprobe")
+                .unwrap_or_else(|| panic!("no netprobe under the pane's process {pane}"))
+        };
+        program_ids_of(pid)
+    }
+
     /// Sends `key` and waits for netprobe to exit; returns its status.
     fn quit_with(&self, key: &str) -> String {
+        let ids = self.top_programs();
+        assert!(ids.len() >= 7, "top holds {} programs, expected the tracepoint hops at least", ids.len());
         self.cmd(&["send-keys", "-t", "top", key]);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while self.pane("#{pane_dead}") != "1" {
-            assert!(Instant::now() < deadline, "top did not exit on {key}: {}", self.screen());
+        let status = loop {
+            let screen = self.screen();
+            if let Some(st) = screen.lines().find_map(|l| l.strip_prefix(EXITED)) {
+                break st.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "top did not exit on {key}: screen:\n{screen}");
             std::thread::sleep(Duration::from_millis(100));
-        }
+        };
         assert_eq!(self.pane("#{alternate_on}"), "0", "terminal left in the alternate screen");
-        // The exit status, or the signal that ended it, and what it printed.
-        let status = self.pane("#{pane_dead_status}");
-        if status != "0" {
-            eprintln!("top ended: signal [{}], screen:\n{}", self.pane("#{pane_dead_signal}"), self.screen());
-        }
+        let left = still_loaded(&ids);
+        assert!(left.is_empty(), "programs of netprobe top still loaded after it quit: {left:?}");
         status
     }
 }
+
+/// What the pane's shell prints after netprobe exits, before its status.
+const EXITED: &str = "netprobe exited with status ";
 
 impl Drop for Tmux {
     fn drop(&mut self) {
@@ -385,14 +419,10 @@ fn top_shows_hop_rows_and_quits_cleanly() {
     assert!(screen.contains("CPU (% of one CPU)"), "no CPU line:\n{screen}");
     assert_eq!(tm.quit_with("q"), "0", "top exit status after q");
     drop(tm);
-    let left = netprobe_programs();
-    assert!(left.is_empty(), "netprobe programs still loaded after top quit: {left:?}");
 
     // Ctrl-C quits as cleanly.
     let tm = Tmux::start_top(&format!("{socket}-c"), &args);
     assert_eq!(tm.quit_with("C-c"), "0", "top exit status after Ctrl-C");
     drop(tm);
-    let left = netprobe_programs();
-    assert!(left.is_empty(), "netprobe programs still loaded after top quit: {left:?}");
     drop(t);
 }
