@@ -130,7 +130,8 @@ enum Cmd {
         /// folded into one series labelled "other".
         #[arg(long, default_value_t = 500)]
         max_series: usize,
-        /// How often to look for newly loaded modules (openvswitch, qeth...) to attach their hops.
+        /// How often to check the loaded kernel modules; when they changed
+        /// (openvswitch, qeth... loaded), hops not attached yet are tried again.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         rescan_every: Duration,
         #[command(flatten)]

@@ -26,7 +26,8 @@ pub struct ServeOptions {
     pub host: String,
     /// Series per family before the rest is folded into `other`.
     pub max_series: usize,
-    /// How often to look for newly loaded modules (openvswitch, qeth...).
+    /// How often to look at the loaded modules; hops are looked for again
+    /// when they changed (openvswitch, qeth... loaded).
     pub rescan_every: Duration,
 }
 
@@ -42,9 +43,16 @@ pub fn run(rec: &mut Recorder, opts: &ServeOptions, stop: &AtomicBool) -> Result
     let mut pair_cap = SeriesCap::new(opts.max_series);
     let mut drop_cap = SeriesCap::new(opts.max_series);
     let mut last_rescan = Instant::now();
+    let mut modules = loaded_modules();
     while !stop.load(Ordering::SeqCst) {
+        // A rescan re-reads kallsyms and BTF (~0.4 s of CPU here): only
+        // when the set of loaded modules changed.
         if last_rescan.elapsed() >= opts.rescan_every {
-            rec.rescan();
+            let now = loaded_modules();
+            if now != modules {
+                rec.rescan();
+                modules = now;
+            }
             last_rescan = Instant::now();
         }
         let Some(req) = server.recv_timeout(Duration::from_millis(200))? else { continue };
@@ -85,6 +93,15 @@ pub fn run(rec: &mut Recorder, opts: &ServeOptions, stop: &AtomicBool) -> Result
     }
     eprintln!("netprobe: stopping; detaching every probe");
     Ok(())
+}
+
+/// Names of the loaded kernel modules (/proc/modules).
+fn loaded_modules() -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
 }
 
 fn text_response(status: u16, body: String, content_type: &str) -> Response<std::io::Cursor<Vec<u8>>> {
