@@ -267,6 +267,12 @@ fn prometheus_scrapes_a_hop_p99_and_packet_rate() {
     let t = Topology::create().unwrap();
     let serve = Serve::start(&t);
     let prom = Prometheus::start(&serve.addr);
+    // Prometheus applies new targets a few seconds after it is ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prom.query("up{job=\"netprobe\"}") != Some(1.0) {
+        assert!(Instant::now() < deadline, "Prometheus never scraped netprobe serve: {}", prom.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let sel = format!("{{job=\"netprobe\",host=\"testhost\",{}}}", macvtap_pair(&t.macvtap));
     let p99_query =
         format!("histogram_quantile(0.99, sum by (le) (rate(netprobe_hop_latency_seconds_bucket{sel}[5s])))");
@@ -293,7 +299,7 @@ fn prometheus_scrapes_a_hop_p99_and_packet_rate() {
     eprintln!("Prometheus: queue -> xmit on the macvtap: p99 {:.3} us, {rate:.1} packets/s", p99 * 1e6);
     assert!(p99 > 0.0 && p99 < 1.0, "p99 {p99} s is not plausible");
     // 20 pings a second (plus the odd ARP frame).
-    assert!((10.0..100.0).contains(&rate), "rate {rate}/s for 20 pings a second");
+    assert!((10.0..40.0).contains(&rate), "rate {rate}/s for 20 pings a second");
     drop(prom);
     serve.stop();
     drop(t);
