@@ -266,15 +266,16 @@ fn run(cli: Cli) -> Result<()> {
             res
         }
         Cmd::Serve { listen, ifaces, host, max_series, rescan_every, probe } => {
-            let stop = record::stop_on_signals();
-            let mut rec = Recorder::start(&RecordOptions { wait_for_modules: true, ..options(&probe, ifaces) })?;
             let opts = netprobe::serve::ServeOptions {
                 listen,
                 host: host.unwrap_or_else(netprobe::serve::hostname),
                 max_series,
                 rescan_every,
             };
-            let res = netprobe::serve::run(&mut rec, &opts, stop);
+            let server = netprobe::serve::listen(&opts)?;
+            let stop = record::stop_on_signals();
+            let mut rec = Recorder::start(&RecordOptions { wait_for_modules: true, ..options(&probe, ifaces) })?;
+            let res = netprobe::serve::run(&server, &mut rec, &opts, stop);
             drop(rec);
             res
         }

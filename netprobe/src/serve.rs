@@ -36,9 +36,14 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
+/// Binds the listening socket (before anything is attached, so a busy
+/// port fails fast).
+pub fn listen(opts: &ServeOptions) -> Result<Server> {
+    Server::http(&opts.listen).map_err(|e| anyhow!("cannot listen on {}: {e}", opts.listen))
+}
+
 /// Serves until `stop` is set.
-pub fn run(rec: &mut Recorder, opts: &ServeOptions, stop: &AtomicBool) -> Result<()> {
-    let server = Server::http(&opts.listen).map_err(|e| anyhow!("cannot listen on {}: {e}", opts.listen))?;
+pub fn run(server: &Server, rec: &mut Recorder, opts: &ServeOptions, stop: &AtomicBool) -> Result<()> {
     eprintln!("netprobe: serving metrics on http://{}/metrics (health: /health); Ctrl-C or SIGTERM stops", opts.listen);
     let mut pair_cap = SeriesCap::new(opts.max_series);
     let mut drop_cap = SeriesCap::new(opts.max_series);

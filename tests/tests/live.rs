@@ -433,3 +433,14 @@ fn top_shows_hop_rows_and_quits_cleanly() {
     drop(tm);
     drop(t);
 }
+
+#[test]
+fn serve_on_a_busy_port_fails_before_attaching() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(netprobe_bin()).args(["serve", "--listen", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!err.contains("serving metrics"), "{err}");
+}
