@@ -41,7 +41,7 @@ pub fn cstr(b: &[u8; 16]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn dev_name(devs: &BTreeMap<u64, DevInfo>, key: u64) -> String {
+pub(crate) fn dev_name(devs: &BTreeMap<u64, DevInfo>, key: u64) -> String {
     if key == 0 {
         return String::new();
     }
@@ -86,24 +86,46 @@ pub(crate) fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
     (q(0.5), q(0.9), q(0.99), q(0.999))
 }
 
-pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
-    let direction = |origin: u64| {
-        if is_guest_facing(&s.devs, origin, cx.guest_facing) {
-            Direction::ToWire
-        } else {
-            Direction::ToGuest
-        }
-    };
+/// A hop at a device (0: the hop has none of its own).
+pub type Node = (u8, u64);
 
-    // Rows: hop pairs by direction; packets of different origins that
-    // share a pair are one row.
-    type Node = (u8, u64);
+/// The direction of a packet that first appeared on `origin`.
+pub(crate) fn direction(s: &Snapshot, origin: u64, guest_facing: &[String]) -> Direction {
+    if is_guest_facing(&s.devs, origin, guest_facing) {
+        Direction::ToWire
+    } else {
+        Direction::ToGuest
+    }
+}
+
+/// The hop-pair histograms as rows: per direction, packets of different
+/// origins that share a pair are one row. Every consumer (report, metrics)
+/// groups pairs this way.
+pub fn pair_rows(s: &Snapshot, guest_facing: &[String]) -> BTreeMap<(Direction, Node, Node), Hist> {
     let mut rows: BTreeMap<(Direction, Node, Node), Hist> = BTreeMap::new();
-    let mut origins: BTreeMap<Direction, Vec<Node>> = BTreeMap::new();
     for (k, h) in &s.pairs {
-        let dir = direction(k.origin);
+        let dir = direction(s, k.origin, guest_facing);
         rows.entry((dir, (k.from_hop, k.from_dev), (k.to_hop, k.to_dev))).or_insert_with(Hist::zeroed).merge(h);
-        origins.entry(dir).or_default().push((k.origin_hop, k.origin));
+    }
+    rows
+}
+
+/// The catalog path a hop pair belongs to: its hops' path, the specific
+/// one when one of them is generic.
+pub fn pair_path(from_hop: u8, to_hop: u8) -> &'static str {
+    let path = |id: u8| catalog::by_id(id).map_or("", |h| h.path.label());
+    match (path(from_hop), path(to_hop)) {
+        ("generic", p) if !p.is_empty() => p,
+        (p, _) => p,
+    }
+}
+
+pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
+    let dir_of = |origin: u64| direction(s, origin, cx.guest_facing);
+    let rows = pair_rows(s, cx.guest_facing);
+    let mut origins: BTreeMap<Direction, Vec<Node>> = BTreeMap::new();
+    for k in s.pairs.keys() {
+        origins.entry(dir_of(k.origin)).or_default().push((k.origin_hop, k.origin));
     }
 
     let directions = [Direction::ToWire, Direction::ToGuest]
@@ -165,7 +187,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
     // Drops: one row per (reason, direction, last hop, last device).
     let mut drop_rows: BTreeMap<(u32, Direction, u8, u64), u64> = BTreeMap::new();
     for (k, &n) in &s.drops {
-        *drop_rows.entry((k.reason, direction(k.origin), k.last_hop, k.last_dev)).or_default() += n;
+        *drop_rows.entry((k.reason, dir_of(k.origin), k.last_hop, k.last_dev)).or_default() += n;
     }
     let mut drops: Vec<DropReport> = drop_rows
         .into_iter()
@@ -216,7 +238,7 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
         filter: None,
         guests: guest_reports(s, cx.guests),
         intervals: Vec::new(),
-        cpu: cpu_report(s, cx.workload),
+        cpu: cpu(s, cx.workload),
         coverage: cx.coverage.iter().map(CoverageEntry::from).collect(),
         directions,
         drops,
@@ -248,16 +270,13 @@ pub fn intervals(
                 .pairs
                 .iter()
                 .map(|p| crate::report::IntervalPairReport {
-                    direction: if is_guest_facing(&s.devs, p.origin, guest_facing) {
-                        Direction::ToWire
-                    } else {
-                        Direction::ToGuest
-                    },
+                    direction: direction(s, p.origin, guest_facing),
                     from: at(p.from_hop, p.from_dev),
                     to: at(p.to_hop, p.to_dev),
                     packets: p.packets,
                     p50_ns: p.p50_ns,
                     p99_ns: p.p99_ns,
+                    total_ns: p.total_ns,
                 })
                 .collect(),
             packets: r.packets,
@@ -321,7 +340,9 @@ fn per_unit(by: &BTreeMap<String, u64>, softirq_ns: u64, units: u64) -> BTreeMap
     out
 }
 
-fn cpu_report(s: &Snapshot, workload: Option<&crate::report::Workload>) -> Option<crate::report::CpuReport> {
+/// CPU time by role, softirq and thread, cumulative as the snapshot is;
+/// per packet followed and per workload transaction.
+pub fn cpu(s: &Snapshot, workload: Option<&crate::report::Workload>) -> Option<crate::report::CpuReport> {
     if s.cpu.is_empty() && s.softirq_rx.is_empty() {
         return None;
     }
@@ -361,12 +382,13 @@ fn kernel_release() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use netprobe_common::{hist::bucket_of, hop, PairKey};
 
     use super::*;
 
-    fn hist(values: &[u64]) -> Hist {
+    /// A kernel histogram of these values (for other modules' tests too).
+    pub(crate) fn hist(values: &[u64]) -> Hist {
         let mut h = Hist::zeroed();
         for &v in values {
             h.count += 1;
@@ -378,7 +400,7 @@ mod tests {
         h
     }
 
-    fn dev(name: &str, kind: &str) -> DevInfo {
+    pub(crate) fn dev(name: &str, kind: &str) -> DevInfo {
         let mut d = DevInfo::default();
         d.name[..name.len()].copy_from_slice(name.as_bytes());
         d.kind[..kind.len()].copy_from_slice(kind.as_bytes());

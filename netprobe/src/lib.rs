@@ -4,7 +4,9 @@
 //! kernel offers) -> `plan` (backends to try per hop) -> `attach` (proved
 //! by loading) -> kernel aggregates -> `collect` (read the maps) ->
 //! `correlate` (per-hop numbers) -> `report` (one module per format).
-//! `record` drives a session; `demo` builds the demo topology.
+//! `record` drives a session; `top` (live terminal view) and `serve`
+//! (OpenMetrics exporter) are live consumers of the same aggregates;
+//! `demo` builds the demo topology.
 
 pub mod attach;
 pub mod catalog;
@@ -21,4 +23,6 @@ pub mod plan;
 pub mod record;
 pub mod recording;
 pub mod report;
+pub mod serve;
+pub mod top;
 pub mod trace;

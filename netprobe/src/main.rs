@@ -121,6 +121,42 @@ enum Cmd {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Live terminal view, refreshed every second: each hop pair's packet
+    /// rate, p50 and p99 over the last second per direction, the costliest
+    /// first, and CPU by role. q, Esc or Ctrl-C quits (probes detached).
+    Top {
+        /// Only follow packets first seen on these interfaces (NAME or NETNS/NAME; repeatable).
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
+        /// Keep looking for hops whose module is not loaded yet and attach them when it is.
+        #[arg(long)]
+        wait_for_modules: bool,
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
+    /// Long-running Prometheus/OpenMetrics exporter of the always-on
+    /// per-hop aggregates on /metrics (and /health), until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+        listen: String,
+        /// Only follow packets first seen on these interfaces (NAME or NETNS/NAME; repeatable).
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
+        /// The `host` label of every series (default: this machine's host name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Series per metric family; hop pairs and drops beyond it are
+        /// folded into one series labelled "other".
+        #[arg(long, default_value_t = 500)]
+        max_series: usize,
+        /// How often to check the loaded kernel modules; when they changed
+        /// (openvswitch, qeth... loaded), hops not attached yet are tried again.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        rescan_every: Duration,
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
     /// Print the report of a recording (`record -o FILE`) or of a report
     /// saved with `--format json`.
     Report {
@@ -256,6 +292,33 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("netprobe: recording written to {}", path.display());
             }
             print(&recording.report()?, probe.format)
+        }
+        Cmd::Top { ifaces, wait_for_modules, probe } => {
+            // Before anything is attached: a key press needs a terminal.
+            if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+                anyhow::bail!("`netprobe top` needs a terminal; use `record` or `serve` otherwise");
+            }
+            let stop = record::stop_on_signals();
+            let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces) })?;
+            // The terminal is given back inside top::run on every way out;
+            // rec is dropped (every probe detached) right after, error or not.
+            let res = netprobe::top::run(&mut rec, &netprobe::serve::hostname(), stop);
+            drop(rec);
+            res
+        }
+        Cmd::Serve { listen, ifaces, host, max_series, rescan_every, probe } => {
+            let opts = netprobe::serve::ServeOptions {
+                listen,
+                host: host.unwrap_or_else(netprobe::serve::hostname),
+                max_series,
+                rescan_every,
+            };
+            let server = netprobe::serve::listen(&opts)?;
+            let stop = record::stop_on_signals();
+            let mut rec = Recorder::start(&RecordOptions { wait_for_modules: true, ..options(&probe, ifaces) })?;
+            let res = netprobe::serve::run(&server, &mut rec, &opts, stop);
+            drop(rec);
+            res
         }
         Cmd::Demo { topology, output, probe } => {
             if let Some(path) = &output {

@@ -19,7 +19,7 @@ use crate::{
     attach::{self, AttachOptions, Attached},
     collect, netns,
     recording::{IntervalPair, IntervalRec, Meta, Recording},
-    report::{CoverageEntry, Report},
+    report::{CoverageEntry, IntervalReport, Report},
 };
 
 #[derive(Clone, Debug)]
@@ -165,11 +165,49 @@ impl Recorder {
     pub fn sample(&mut self) {
         crate::guests::merge(&mut self.guests, crate::guests::discover(), self.started.elapsed().as_secs_f64());
         let Ok(snap) = collect::snapshot(&self.attached.ebpf) else { return };
+        let iv = self.close_interval(&snap);
+        self.intervals.push(iv);
+    }
+
+    /// For live views (`top`): closes an interval like [`Recorder::sample`],
+    /// but hands it back in report form (devices named, directions decided)
+    /// with the snapshot it ends at, instead of keeping it.
+    pub fn next_interval(&mut self) -> Result<(IntervalReport, collect::Snapshot)> {
+        let snap = collect::snapshot(&self.attached.ebpf)?;
+        let iv = self.close_interval(&snap);
+        let report = crate::correlate::intervals(std::slice::from_ref(&iv), &snap, &self.guest_facing);
+        Ok((report.into_iter().next().context("no interval")?, snap))
+    }
+
+    /// The kernel's cumulative aggregates now (for `serve`).
+    pub fn snapshot(&self) -> Result<collect::Snapshot> {
+        collect::snapshot(&self.attached.ebpf)
+    }
+
+    /// What gives the raw aggregates a meaning besides the snapshot: the
+    /// --iface devices known to be guest-facing, and drop reason names.
+    pub fn guest_facing(&self) -> &[String] {
+        &self.guest_facing
+    }
+
+    pub fn drop_reasons(&self) -> &BTreeMap<u32, String> {
+        &self.attached.drop_reasons
+    }
+
+    /// Seconds since the probes were attached.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The interval from the previous sample to `snap`, from the
+    /// difference of the cumulative histograms.
+    fn close_interval(&mut self, snap: &collect::Snapshot) -> IntervalRec {
         let mut pairs = Vec::new();
         for (k, h) in &snap.pairs {
             let mut delta = *h;
             if let Some(prev) = self.last_sample.get(k) {
                 delta.count = h.count.saturating_sub(prev.count);
+                delta.sum_ns = h.sum_ns.saturating_sub(prev.sum_ns);
                 for (d, p) in delta.buckets.iter_mut().zip(prev.buckets.iter()) {
                     *d = d.saturating_sub(*p);
                 }
@@ -192,6 +230,7 @@ impl Recorder {
                 packets: delta.count,
                 p50_ns: p50,
                 p99_ns: p99,
+                total_ns: delta.sum_ns,
             });
         }
         let mut cpu_ns_by_role: BTreeMap<String, u64> = BTreeMap::new();
@@ -205,16 +244,17 @@ impl Recorder {
         }
         let softirq: u64 = snap.softirq_rx.iter().chain(&snap.softirq_tx).sum();
         let started = snap.counters[netprobe_common::counter::TRACK_STARTED as usize];
-        self.intervals.push(IntervalRec {
+        let iv = IntervalRec {
             t_s: self.started.elapsed().as_secs_f64(),
             pairs,
             packets: started.saturating_sub(self.last_started),
             softirq_ns: softirq.saturating_sub(self.last_softirq_ns),
             cpu_ns_by_role,
-        });
-        self.last_sample = snap.pairs;
+        };
+        self.last_sample.clone_from(&snap.pairs);
         self.last_cpu = snap.cpu.iter().map(|(&id, c)| (id, c.ns)).collect();
         (self.last_softirq_ns, self.last_started) = (softirq, started);
+        iv
     }
 
     /// Tells the recorder what the workload is (its processes so far), so
@@ -282,6 +322,23 @@ impl Recorder {
         rec.meta.guests = self.guests.clone();
         Ok(rec)
     }
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// For loops that run until told to stop (`top`, `serve`): SIGINT, SIGTERM
+/// and SIGHUP (the SSH session closed) set the returned flag instead of
+/// ending the process, so the loop returns and every probe is detached.
+pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    &STOP
 }
 
 /// Waits for `duration` (forever if None), Ctrl-C or SIGTERM; returns true

@@ -147,6 +147,9 @@ pub struct IntervalPair {
     pub packets: u64,
     pub p50_ns: u64,
     pub p99_ns: u64,
+    /// Sum of the latencies in the interval (older recordings: 0).
+    #[serde(default)]
+    pub total_ns: u64,
 }
 
 /// One interval of the time series (seconds since the recording started).

@@ -173,3 +173,36 @@ pub fn netprobe_programs_of(pid: u32) -> Vec<String> {
     let held = held_programs();
     loaded_programs().into_iter().filter(|(id, _)| held.contains(&(pid, *id))).map(|(_, n)| n).collect()
 }
+
+/// Ids of the BPF programs process `pid` holds (its program and link file
+/// descriptors, from /proc/PID/fdinfo): what must be gone once it exited,
+/// whatever other netprobe runs on the same kernel have loaded.
+pub fn program_ids_of(pid: u32) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut ids: Vec<u32> = fds
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().starts_with("anon_inode:bpf")))
+        .filter_map(|fd| {
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).ok()
+        })
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Those of `ids` still loaded in the kernel (bpftool).
+pub fn still_loaded(ids: &[u32]) -> Vec<u32> {
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            Command::new("bpftool")
+                .args(["prog", "show", "id", &id.to_string()])
+                .output()
+                .expect("bpftool (Debian's bpftool)")
+                .status
+                .success()
+        })
+        .collect()
+}

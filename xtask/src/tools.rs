@@ -17,7 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the demo needs: iproute2 for the topology, traffic tools.
 pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// Debian packages the test suite needs on top of the demo's.
-pub(crate) const TEST_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3", "sockperf", "bpftool", "qemu-system-x86"];
+pub(crate) const TEST_DEBS: &[&str] =
+    &["iproute2", "iputils-ping", "iperf3", "sockperf", "bpftool", "qemu-system-x86", "prometheus", "tmux"];
 
 pub(crate) fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")

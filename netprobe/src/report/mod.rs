@@ -4,6 +4,7 @@
 
 pub mod csv;
 pub mod json;
+pub mod openmetrics;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -114,6 +115,9 @@ pub struct IntervalPairReport {
     pub packets: u64,
     pub p50_ns: u64,
     pub p99_ns: u64,
+    /// Sum of the latencies in the interval: the time this pair cost.
+    #[serde(default)]
+    pub total_ns: u64,
 }
 
 /// A workload netprobe started and recorded exactly while it ran.

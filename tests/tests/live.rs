@@ -1,0 +1,446 @@
+//! The live consumers end to end, in front of the demo MacVTap topology
+//! under real traffic: `netprobe serve` scraped directly and by Debian's
+//! Prometheus server (queried for a hop's p99 and packet rate through its
+//! HTTP API), and `netprobe top` driven in tmux. Every process started here
+//! is ended by a guard, also when an assertion fails.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netprobe::demo::Topology;
+use netprobe_tests::{netprobe_bin, program_ids_of, require_root, still_loaded};
+use serde_json::Value;
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, content type, body).
+fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let ctype = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim()))
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, ctype, body.to_owned()))
+}
+
+/// Percent-encoding for a query parameter.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Waits up to `limit` for the child to exit.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// A running `netprobe serve`: SIGTERM (then SIGKILL) on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(t: &Topology) -> Serve {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let ifaces = t.ifaces();
+        let child = Command::new(netprobe_bin())
+            .args(["serve", "--listen", &addr, "--host", "testhost", "--max-series", "50"])
+            .args(["--iface", &ifaces[0], "--iface", &ifaces[1]])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start netprobe serve");
+        let mut s = Serve { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _, body)) = http_get(&s.addr, "/health") {
+                assert!(body.starts_with("ok"), "{body}");
+                break;
+            }
+            assert!(s.child.try_wait().unwrap().is_none(), "netprobe serve exited before serving");
+            assert!(Instant::now() < deadline, "netprobe serve did not answer /health in 30 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s
+    }
+
+    /// SIGTERM must end it cleanly, with every probe detached.
+    fn stop(mut self) {
+        let ids = program_ids_of(self.child.id());
+        assert!(ids.len() >= 7, "serve holds {} programs, expected the tracepoint hops at least", ids.len());
+        sigterm(&self.child);
+        let st = wait_exit(&mut self.child, Duration::from_secs(15)).expect("netprobe serve ignored SIGTERM");
+        assert!(st.success(), "netprobe serve exited with {st}");
+        let left = still_loaded(&ids);
+        assert!(left.is_empty(), "programs of netprobe serve still loaded after it ended: {left:?}");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            sigterm(&self.child);
+            if wait_exit(&mut self.child, Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// The label selector of the demo's guest-side hop pair queue@m -> xmit@m.
+fn macvtap_pair(m: &str) -> String {
+    format!(r#"direction="to-wire",path="generic",from_hop="queue",from_dev="{m}",to_hop="xmit",to_dev="{m}""#)
+}
+
+/// Value of the exposition line `name{host="testhost",labels}`.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{host=\"testhost\",{labels}}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn serve_exports_hop_histograms_and_counters() {
+    if !require_root("serve_exports_hop_histograms_and_counters") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let serve = Serve::start(&t);
+    assert_eq!(t.ping(30, "0.02").unwrap(), 30, "ping through the demo topology failed");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (status, ctype, text) = http_get(&serve.addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let pair = macvtap_pair(&t.macvtap);
+    let packets = sample(&text, "netprobe_hop_packets_total", &pair)
+        .unwrap_or_else(|| panic!("no packet counter for {pair} in:\n{text}"));
+    assert!(packets >= 30.0, "{packets} packets for queue -> xmit on the macvtap, sent 30 pings");
+    // The histogram: cumulative, ending at +Inf = _count = packets; every
+    // packet took less than a second.
+    let count = sample(&text, "netprobe_hop_latency_seconds_count", &pair).unwrap();
+    assert_eq!(count, packets);
+    let buckets: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("netprobe_hop_latency_seconds_bucket{host=\"testhost\",le=\""))
+        .filter_map(|l| l.split_once("\",").map(|(le, rest)| (le.to_owned(), rest)))
+        .filter(|(_, rest)| rest.starts_with(&format!("{pair}}} ")))
+        .map(|(le, rest)| (le, rest.rsplit(' ').next().unwrap().parse().unwrap()))
+        .collect();
+    assert!(buckets.len() > 10, "{buckets:?}");
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "buckets not cumulative: {buckets:?}");
+    assert_eq!(buckets.last().unwrap(), &("+Inf".to_owned(), count));
+    let under_1s = buckets.iter().find(|(le, _)| le == "1.073741824").unwrap().1;
+    assert_eq!(under_1s, count, "a hop latency of a second or more: {buckets:?}");
+    assert!(buckets[0].1 < count, "every packet under 128 ns is not plausible: {buckets:?}");
+    let sum = sample(&text, "netprobe_hop_latency_seconds_sum", &pair).unwrap();
+    assert!(sum > 0.0 && sum / count < 1e-3, "mean {} s", sum / count);
+    // Accounting and CPU.
+    let followed = sample(&text, "netprobe_tracking_total", r#"counter="track_started""#).unwrap();
+    assert!(followed >= packets, "{followed}");
+    assert_eq!(sample(&text, "netprobe_tracking_total", r#"counter="pair_lost""#), Some(0.0));
+    assert!(sample(&text, "netprobe_softirq_seconds_total", r#"softirq="net_rx""#).unwrap() > 0.0);
+    assert!(text.contains("netprobe_cpu_seconds_total{host=\"testhost\",role="), "no CPU by role");
+
+    // Counters only grow between scrapes; other paths answer sensibly.
+    assert_eq!(t.ping(5, "0.02").unwrap(), 5);
+    let (_, _, again) = http_get(&serve.addr, "/metrics").unwrap();
+    let later = sample(&again, "netprobe_hop_packets_total", &pair).unwrap();
+    assert!(later >= packets + 5.0, "{later} after {packets} + 5 pings");
+    let (status, _, body) = http_get(&serve.addr, "/healthz").unwrap();
+    assert!(status == 200 && body.contains("hops attached"), "{status} {body}");
+    assert_eq!(http_get(&serve.addr, "/nothing").unwrap().0, 404);
+
+    // The guest, its macvtap and the uplink go away: the exporter keeps
+    // serving, and the counters it exported stay (they never go back).
+    drop(t);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, after) = http_get(&serve.addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(sample(&after, "netprobe_hop_packets_total", &pair), Some(later), "{after}");
+    assert_eq!(http_get(&serve.addr, "/health").unwrap().0, 200);
+    serve.stop();
+}
+
+/// Debian's Prometheus on a loopback port with its own storage directory,
+/// scraping one target every second; killed and its directory removed on
+/// drop.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("netprobe-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: netprobe\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian's prometheus package; cargo xtask test installs it)");
+        let p = Prometheus { child, dir, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(&p.addr, "/-/ready"), Ok((200, _, _))) {
+            assert!(Instant::now() < deadline, "prometheus not ready in 30 s: {}", p.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// The value of an instant query's single result, if it has one.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let (status, _, body) = http_get(&self.addr, &format!("/api/v1/query?query={}", urlencode(promql))).ok()?;
+        assert_eq!(status, 200, "{promql}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{promql}: {body}");
+        let result = v["data"]["result"].as_array()?;
+        assert!(result.len() <= 1, "{promql}: more than one series: {body}");
+        result.first()?["value"][1].as_str()?.parse().ok().filter(|x: &f64| x.is_finite())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_a_hop_p99_and_packet_rate() {
+    if !require_root("prometheus_scrapes_a_hop_p99_and_packet_rate") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let serve = Serve::start(&t);
+    let prom = Prometheus::start(&serve.addr);
+    // Prometheus applies new targets a few seconds after it is ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prom.query("up{job=\"netprobe\"}") != Some(1.0) {
+        assert!(Instant::now() < deadline, "Prometheus never scraped netprobe serve: {}", prom.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let sel = format!("{{job=\"netprobe\",host=\"testhost\",{}}}", macvtap_pair(&t.macvtap));
+    let p99_query =
+        format!("histogram_quantile(0.99, sum by (le) (rate(netprobe_hop_latency_seconds_bucket{sel}[5s])))");
+    let rate_query = format!("sum(rate(netprobe_hop_packets_total{sel}[5s]))");
+    let (mut p99, mut rate) = (None, None);
+    std::thread::scope(|s| {
+        // 20 echo requests a second for 15 s: the guest's frames through the macvtap.
+        let traffic = s.spawn(|| t.ping(300, "0.05"));
+        // Past the first 8 s, the 5 s window holds traffic only.
+        let (start, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(14));
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            (p99, rate) = (prom.query(&p99_query), prom.query(&rate_query));
+            if start.elapsed() > Duration::from_secs(8) && p99.is_some() && rate.is_some_and(|r| r > 10.0) {
+                break;
+            }
+        }
+        assert_eq!(prom.query("up{job=\"netprobe\"}"), Some(1.0), "scrape target down: {}", prom.log());
+        let replies = traffic.join().unwrap().unwrap();
+        assert!(replies >= 290, "{replies}/300 ping replies");
+    });
+    let p99 = p99.unwrap_or_else(|| panic!("no p99 from Prometheus for {p99_query}; log: {}", prom.log()));
+    let rate = rate.unwrap_or_else(|| panic!("no rate from Prometheus for {rate_query}"));
+    eprintln!("Prometheus: queue -> xmit on the macvtap: p99 {:.3} us, {rate:.1} packets/s", p99 * 1e6);
+    assert!(p99 > 0.0 && p99 < 1.0, "p99 {p99} s is not plausible");
+    // 20 pings a second (plus the odd ARP frame).
+    assert!((10.0..40.0).contains(&rate), "rate {rate}/s for 20 pings a second");
+    drop(prom);
+    serve.stop();
+    drop(t);
+}
+
+/// A tmux session on its own server socket, killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("tmux (Debian's tmux package)")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    fn pane(&self, format: &str) -> String {
+        String::from_utf8_lossy(&self.cmd(&["display-message", "-p", "-t", "top", format]).stdout).trim().to_owned()
+    }
+
+    /// `netprobe top ARGS` in a fresh 160x40 session; waits for its screen.
+    fn start_top(socket: &str, args: &[String]) -> Tmux {
+        let tm = Tmux { socket: socket.to_owned() };
+        let cmd = std::iter::once(netprobe_bin().display().to_string())
+            .chain(std::iter::once("top".to_owned()))
+            .chain(args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        // The shell prints netprobe's exit status and stays, so the pane
+        // shows what netprobe left on the terminal (tmux's remain-on-exit
+        // resets the pane and may lose the last output).
+        let cmd = format!("{cmd}; echo \"{EXITED}$?\"; sleep 600");
+        let out = tm.cmd(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "40", &cmd]);
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !tm.screen().contains("netprobe top on") {
+            assert!(Instant::now() < deadline, "top did not show its screen: {}", tm.screen());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tm
+    }
+
+    /// The BPF programs the netprobe in the pane holds (the pane's process,
+    /// or its child when a shell runs it).
+    fn top_programs(&self) -> Vec<u32> {
+        let pane: u32 = self.pane("#{pane_pid}").parse().unwrap();
+        let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let pid = if comm(pane).trim() == "netprobe" {
+            pane
+        } else {
+            std::fs::read_to_string(format!("/proc/{pane}/task/{pane}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .find(|&p| comm(p).trim() == "netprobe")
+                .unwrap_or_else(|| panic!("no netprobe under the pane's process {pane}"))
+        };
+        program_ids_of(pid)
+    }
+
+    /// Sends `key` and waits for netprobe to exit; returns its status.
+    fn quit_with(&self, key: &str) -> String {
+        let ids = self.top_programs();
+        assert!(ids.len() >= 7, "top holds {} programs, expected the tracepoint hops at least", ids.len());
+        self.cmd(&["send-keys", "-t", "top", key]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            let screen = self.screen();
+            if let Some(st) = screen.lines().find_map(|l| l.strip_prefix(EXITED)) {
+                break st.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "top did not exit on {key}: screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(self.pane("#{alternate_on}"), "0", "terminal left in the alternate screen");
+        let left = still_loaded(&ids);
+        assert!(left.is_empty(), "programs of netprobe top still loaded after it quit: {left:?}");
+        status
+    }
+}
+
+/// What the pane's shell prints after netprobe exits, before its status.
+const EXITED: &str = "netprobe exited with status ";
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn top_shows_hop_rows_and_quits_cleanly() {
+    if !require_root("top_shows_hop_rows_and_quits_cleanly") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let args: Vec<String> = ["--iface", &ifaces[0], "--iface", &ifaces[1]].iter().map(|s| s.to_string()).collect();
+    let socket = format!("netprobe-test-{}", std::process::id());
+    let tm = Tmux::start_top(&format!("{socket}-q"), &args);
+    let row = format!("queue@{m} -> xmit@{m}", m = t.macvtap);
+    let mut screen = String::new();
+    std::thread::scope(|s| {
+        let traffic = s.spawn(|| t.ping(100, "0.05"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            screen = tm.screen();
+            if screen.contains(&row) {
+                break;
+            }
+        }
+        traffic.join().unwrap().unwrap();
+    });
+    eprintln!("netprobe top under ping:\n{screen}");
+    assert!(screen.contains(&row), "no row {row} on the screen:\n{screen}");
+    let line = screen.lines().find(|l| l.contains(&row)).unwrap();
+    let rate: f64 = line.split_whitespace().nth(4).and_then(|r| r.parse().ok()).unwrap_or(0.0);
+    assert!(rate > 0.0 && rate < 1000.0, "rate {rate} in {line:?}");
+    assert!(screen.contains("to-guest"), "no to-guest rows:\n{screen}");
+    assert!(screen.contains("CPU (% of one CPU)"), "no CPU line:\n{screen}");
+    assert_eq!(tm.quit_with("q"), "0", "top exit status after q");
+    drop(tm);
+
+    // Ctrl-C quits as cleanly.
+    let tm = Tmux::start_top(&format!("{socket}-c"), &args);
+    assert_eq!(tm.quit_with("C-c"), "0", "top exit status after Ctrl-C");
+    drop(tm);
+    drop(t);
+}
+
+#[test]
+fn serve_on_a_busy_port_fails_before_attaching() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(netprobe_bin()).args(["serve", "--listen", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!err.contains("serving metrics"), "{err}");
+}
