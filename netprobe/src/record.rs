@@ -18,7 +18,7 @@ use netprobe_common::{name_key, names, Backend};
 use crate::{
     attach::{self, AttachOptions, Attached},
     collect, netns,
-    recording::{IntervalPair, IntervalRec, Meta, Recording},
+    recording::{HistRec, IntervalPair, IntervalRec, Meta, Recording},
     report::{CoverageEntry, Report},
 };
 
@@ -32,6 +32,8 @@ pub struct RecordOptions {
     pub max_gap: Duration,
     /// Per-packet trace mode on top of the always-on aggregates.
     pub trace: bool,
+    /// Trace mode: how many complete packet journeys the recording keeps.
+    pub samples: usize,
     /// Attach hops whose module loads later (`rescan`).
     pub wait_for_modules: bool,
 }
@@ -44,10 +46,14 @@ impl Default for RecordOptions {
             backend: None,
             max_gap: Duration::from_secs(1),
             trace: false,
+            samples: DEFAULT_SAMPLES,
             wait_for_modules: false,
         }
     }
 }
+
+/// Packet journeys a trace-mode recording keeps by default.
+pub const DEFAULT_SAMPLES: usize = 2000;
 
 pub struct Recorder {
     attached: Attached,
@@ -97,6 +103,8 @@ impl Recorder {
             }
             resolved.push((name.to_owned(), inum, ifindex));
         }
+        // Journeys' times count from here (before any program runs).
+        let base_ns = crate::trace::monotonic_ns();
         let mut attached = attach::attach(&AttachOptions {
             btf_file: opts.btf_file.clone(),
             backend: opts.backend,
@@ -121,7 +129,8 @@ impl Recorder {
         let trace = if opts.trace {
             let map = attached.ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
             let ring = aya::maps::RingBuf::try_from(map)?;
-            Some(std::sync::Mutex::new(crate::trace::TraceReader::start(ring)?))
+            let journeys = crate::trace::Journeys::new(base_ns, opts.samples);
+            Some(std::sync::Mutex::new(crate::trace::TraceReader::start(ring, journeys)?))
         } else {
             None
         };
@@ -143,11 +152,19 @@ impl Recorder {
     /// since the previous sample (call about once a second).
     pub fn sample(&mut self) {
         let Ok(snap) = collect::snapshot(&self.attached.ebpf) else { return };
+        self.intervals.push(self.interval(&snap));
+        self.last_sample = snap.pairs;
+    }
+
+    /// The interval from the last sample to `snap`: per hop pair, the
+    /// difference of the cumulative histograms.
+    fn interval(&self, snap: &collect::Snapshot) -> IntervalRec {
         let mut pairs = Vec::new();
         for (k, h) in &snap.pairs {
             let mut delta = *h;
             if let Some(prev) = self.last_sample.get(k) {
                 delta.count = h.count.saturating_sub(prev.count);
+                delta.sum_ns = h.sum_ns.saturating_sub(prev.sum_ns);
                 for (d, p) in delta.buckets.iter_mut().zip(prev.buckets.iter()) {
                     *d = d.saturating_sub(*p);
                 }
@@ -159,7 +176,7 @@ impl Recorder {
             let lo = delta.buckets.iter().position(|&c| c > 0).map_or(0, |i| netprobe_common::hist::bucket_bounds(i).0);
             let hi =
                 delta.buckets.iter().rposition(|&c| c > 0).map_or(0, |i| netprobe_common::hist::bucket_bounds(i).1);
-            (delta.min_ns, delta.max_ns) = (lo.max(1), hi);
+            (delta.min_ns, delta.max_ns) = (lo.max(1), hi.max(1));
             let (p50, _, p99, _) = crate::correlate::percentiles(&delta);
             pairs.push(IntervalPair {
                 origin: k.origin,
@@ -170,10 +187,10 @@ impl Recorder {
                 packets: delta.count,
                 p50_ns: p50,
                 p99_ns: p99,
+                hist: Some(HistRec::from_hist(&delta)),
             });
         }
-        self.intervals.push(IntervalRec { t_s: self.started.elapsed().as_secs_f64(), pairs });
-        self.last_sample = snap.pairs;
+        IntervalRec { t_s: self.started.elapsed().as_secs_f64(), pairs }
     }
 
     /// One status line on stderr (rewritten in place): elapsed and
@@ -216,7 +233,9 @@ impl Recorder {
         let trace = self.trace.as_ref().map(|t| t.lock().map(|mut t| t.finish()).unwrap_or_default());
         let snap = collect::snapshot(&self.attached.ebpf)?;
         let mut extra = std::collections::BTreeMap::new();
+        let mut samples = Vec::new();
         if let Some(t) = trace {
+            samples = t.journeys;
             extra.insert("events_received".to_owned(), t.events);
             extra.insert("events_malformed".to_owned(), t.malformed);
             extra.insert("trace_reader_cpu_us".to_owned(), t.cpu_ns / 1000);
@@ -229,7 +248,14 @@ impl Recorder {
             self.guest_facing.clone(),
             extra,
         );
+        // The last, partial interval ends at this very snapshot, so the
+        // intervals add up to the whole recording.
         rec.intervals = self.intervals.clone();
+        let last = self.interval(&snap);
+        if !last.pairs.is_empty() {
+            rec.intervals.push(last);
+        }
+        rec.samples = samples;
         Ok(rec)
     }
 }

@@ -115,10 +115,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "  none")?;
     }
     for d in &r.drops {
-        let dir = match d.direction {
-            super::Direction::ToWire => "to-wire",
-            super::Direction::ToGuest => "to-guest",
-        };
+        let dir = d.direction.slug();
         writeln!(
             out,
             "  {:<28} {:>9}  {:<8}  after {}{}",
