@@ -86,7 +86,7 @@ fn html_report_renders_in_headless_chromium() {
     assert_eq!(dom.matches("<svg class=\"chart percentile-curves\"").count(), n, "percentile curves per direction");
     assert_eq!(dom.matches("<tr class=\"hop-row\"").count(), pairs, "one row per hop pair");
     assert_eq!(dom.matches("class=\"curve\"").count(), pairs, "one curve per hop pair");
-    for chart in ["cpu-bars", "drop-bars", "interval-series"] {
+    for chart in ["cpu-bars", "drop-bars", "interval-series", "journey-bars"] {
         assert!(dom.contains(&format!("<svg class=\"chart {chart}\"")), "no {chart} chart");
     }
     assert!(dom.contains("id=\"coverage\""));
@@ -97,7 +97,7 @@ fn html_report_renders_in_headless_chromium() {
 fn compare_html_renders_in_headless_chromium() {
     let Some(browser) = chromium() else { return };
     let dir = scratch("compare-html");
-    let (a, b) = (fixture("demo-v1.rec"), fixture("demo-v2.rec"));
+    let (a, b) = (fixture("demo-v2.rec"), fixture("bridge.rec"));
     let page = dir.join("compare.html");
     std::fs::write(&page, netprobe(&["compare", "--format", "html", a.to_str().unwrap(), b.to_str().unwrap()]))
         .unwrap();
@@ -105,7 +105,7 @@ fn compare_html_renders_in_headless_chromium() {
     let dom = String::from_utf8_lossy(&out.stdout);
     assert_eq!(dom.matches("<svg class=\"chart compare-bars\"").count(), 2, "A/B bars per direction");
     assert!(dom.matches("<tr class=\"hop-row\"").count() >= 5);
-    assert!(dom.contains("demo-v1.rec") && dom.contains("demo-v2.rec"));
+    assert!(dom.contains("demo-v2.rec") && dom.contains("bridge.rec"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

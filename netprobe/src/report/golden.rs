@@ -1,6 +1,7 @@
 //! Golden-file tests: every output format rendered from the fixed
-//! recordings in `netprobe/test_data/recordings/` (a real trace-mode demo
-//! run with its wall-clock fields fixed, and the same run in format 1) and
+//! recordings in `netprobe/test_data/recordings/` (real demo runs, traced
+//! macvtap and bridge, with their wall-clock fields fixed, and the macvtap
+//! run in format 1; `make_fixtures.py` says how they are made) and
 //! compared byte for byte with `netprobe/test_data/golden/`. After an
 //! intended change of output, `UPDATE_GOLDEN=1 cargo test -p netprobe --lib
 //! golden` rewrites the golden files; review their diff.
@@ -68,10 +69,12 @@ fn golden_report_formats() {
     }
 }
 
+/// macvtap (the demo) against the bridge topology, recorded the same way.
 #[test]
 fn golden_compare_formats() {
-    let (a, b) = (fixture_v1().report().unwrap(), fixture().report().unwrap());
-    let c = crate::compare::compare("demo-v1.rec", &a, "demo-v2.rec", &b);
+    let bridge = Recording::read(&data("recordings/bridge.rec")).unwrap();
+    let (a, b) = (fixture().report().unwrap(), bridge.report().unwrap());
+    let c = crate::compare::compare("demo-v2.rec", &a, "bridge.rec", &b);
     let mut table = Vec::new();
     crate::compare::write_table(&c, &mut table).unwrap();
     check("compare.txt", &table);

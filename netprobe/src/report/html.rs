@@ -26,7 +26,7 @@ fn count(n: u64) -> String {
 
 pub fn write(rec: &Recording, r: &Report, out: &mut dyn std::io::Write) -> Result<()> {
     let hists = correlate::pair_hists(rec)?;
-    let journeys = rec.samples.len();
+    let kept = rec.samples.len();
     let mut h = String::new();
     svg::page_start(&mut h, &format!("netprobe report: Linux {}", r.kernel));
     let _ = writeln!(
@@ -48,10 +48,11 @@ pub fn write(rec: &Recording, r: &Report, out: &mut dyn std::io::Write) -> Resul
             w.exit_status.map_or_else(|| "none".to_owned(), |c| c.to_string())
         );
     }
-    cards(&mut h, r, journeys);
+    cards(&mut h, r, kept);
     for d in &r.directions {
         direction(&mut h, d, &hists);
     }
+    journeys(&mut h, &correlate::journeys(rec)?);
     intervals(&mut h, r);
     cpu(&mut h, r);
     drops(&mut h, r);
@@ -149,6 +150,56 @@ fn direction(
         };
         h.push_str("<h3>Percentile curves per hop pair (latency, log scale, against percentile)</h3>\n");
         h.push_str(&svg::lines("percentile-curves", &series, &x, &Axis::decades(lo, hi, fmt_ns), "percentile"));
+    }
+    h.push_str("</section>\n");
+}
+
+/// Journeys shown per direction, at most.
+const JOURNEYS_SHOWN: usize = 12;
+
+/// A few packets' journeys (trace mode), each as one bar split by where its
+/// time went, hop pair by hop pair.
+fn journeys(h: &mut String, journeys: &[super::Journey]) {
+    if journeys.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        h,
+        "<section id=\"journeys\"><h2>Packet journeys ({} kept)</h2>\n<p class=\"note\">Single packets, first to last hop: \
+         each bar is one packet's whole time (total on the left), split by hop pair.</p>",
+        journeys.len()
+    );
+    for dir in [Direction::ToWire, Direction::ToGuest] {
+        let shown: Vec<&super::Journey> = journeys.iter().filter(|j| j.direction == dir).take(JOURNEYS_SHOWN).collect();
+        if shown.is_empty() {
+            continue;
+        }
+        let mut series: Vec<String> = Vec::new();
+        let rows: Vec<svg::StackRow> = shown
+            .iter()
+            .map(|j| {
+                let segments = j
+                    .hops
+                    .windows(2)
+                    .map(|w| {
+                        let name = format!("{} -> {}", w[0].at, w[1].at);
+                        let idx = series.iter().position(|s| *s == name).unwrap_or_else(|| {
+                            series.push(name.clone());
+                            series.len() - 1
+                        });
+                        let ns = w[1].t_ns.saturating_sub(w[0].t_ns);
+                        (idx, ns as f64, format!("{name}: {}", fmt_ns(ns)))
+                    })
+                    .collect();
+                let total = j.hops.last().map_or(0, |l| l.t_ns) - j.hops.first().map_or(0, |f| f.t_ns);
+                svg::StackRow {
+                    label: format!("{} from {}", fmt_ns(total), j.hops.first().map_or("", |f| f.at.as_str())),
+                    segments,
+                }
+            })
+            .collect();
+        let _ = writeln!(h, "<h3>{}</h3>", esc(dir.title()));
+        h.push_str(&svg::stacked("journey-bars", &series, &rows));
     }
     h.push_str("</section>\n");
 }

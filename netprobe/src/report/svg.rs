@@ -151,6 +151,66 @@ pub(crate) fn hbars(class: &str, series: &[&str], rows: &[BarRow], axis: &Axis, 
     s
 }
 
+/// One row of a stacked bar: a label and its segments (series index into
+/// the legend, value, tooltip).
+pub(crate) struct StackRow {
+    pub label: String,
+    pub segments: Vec<(usize, f64, String)>,
+}
+
+/// Horizontal bars of equal length, each split into its segments in
+/// proportion: where each row's total went.
+pub(crate) fn stacked(class: &str, series: &[String], rows: &[StackRow]) -> String {
+    const LEFT: f64 = 300.0;
+    const WIDTH: f64 = 960.0;
+    const PLOT: f64 = WIDTH - LEFT - 20.0;
+    const ROW_H: f64 = 18.0;
+    let legend_rows = series.len().div_ceil(2);
+    let top = 16.0 * legend_rows as f64 + 8.0;
+    let height = top + ROW_H * rows.len() as f64 + 6.0;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg class="chart {class}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" role="img">"#
+    );
+    for (i, name) in series.iter().enumerate() {
+        let (x, y) = (20.0 + (i % 2) as f64 * (WIDTH / 2.0), 12.0 + (i / 2) as f64 * 16.0);
+        let _ = write!(
+            s,
+            r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{y:.1}" class="legend">{}</text>"#,
+            y - 9.0,
+            PALETTE[i % PALETTE.len()],
+            x + 14.0,
+            esc(name)
+        );
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let y = top + i as f64 * ROW_H;
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" class="label" text-anchor="end">{}</text>"#,
+            LEFT - 8.0,
+            y + ROW_H - 6.0,
+            esc(&row.label)
+        );
+        let total: f64 = row.segments.iter().map(|seg| seg.1).sum::<f64>().max(f64::MIN_POSITIVE);
+        let mut x = LEFT;
+        for (series, v, title) in &row.segments {
+            let w = v / total * PLOT;
+            let _ = write!(
+                s,
+                r#"<rect class="segment" x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{:.1}" fill="{}"><title>{}</title></rect>"#,
+                ROW_H - 3.0,
+                PALETTE[series % PALETTE.len()],
+                esc(title)
+            );
+            x += w;
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
 fn legend(s: &mut String, series: &[&str], x0: f64, y: f64) {
     let mut x = x0;
     for (i, name) in series.iter().enumerate() {
