@@ -105,10 +105,7 @@ pub(crate) fn hbars(class: &str, series: &[&str], rows: &[BarRow], axis: &Axis, 
     let top = 34.0;
     let height = top + row_h * rows.len() as f64 + 10.0;
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg class="chart {class}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" role="img">"#
-    );
+    open(&mut s, class, WIDTH, height);
     legend(&mut s, series, LEFT, 12.0);
     for (v, t) in &axis.ticks {
         let x = LEFT + axis.frac(*v) * PLOT;
@@ -169,20 +166,10 @@ pub(crate) fn stacked(class: &str, series: &[String], rows: &[StackRow]) -> Stri
     let top = 16.0 * legend_rows as f64 + 8.0;
     let height = top + ROW_H * rows.len() as f64 + 6.0;
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg class="chart {class}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" role="img">"#
-    );
+    open(&mut s, class, WIDTH, height);
     for (i, name) in series.iter().enumerate() {
         let (x, y) = (20.0 + (i % 2) as f64 * (WIDTH / 2.0), 12.0 + (i / 2) as f64 * 16.0);
-        let _ = write!(
-            s,
-            r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{y:.1}" class="legend">{}</text>"#,
-            y - 9.0,
-            PALETTE[i % PALETTE.len()],
-            x + 14.0,
-            esc(name)
-        );
+        swatch(&mut s, x, y, PALETTE[i % PALETTE.len()], name);
     }
     for (i, row) in rows.iter().enumerate() {
         let y = top + i as f64 * ROW_H;
@@ -211,18 +198,29 @@ pub(crate) fn stacked(class: &str, series: &[String], rows: &[StackRow]) -> Stri
     s
 }
 
+/// Opens a chart's `<svg>` element.
+fn open(s: &mut String, class: &str, width: f64, height: f64) {
+    let _ = write!(
+        s,
+        r#"<svg class="chart {class}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">"#
+    );
+}
+
+/// A legend entry: a colour square and its name, text baseline at `y`.
+fn swatch(s: &mut String, x: f64, y: f64, colour: &str, name: &str) {
+    let _ = write!(
+        s,
+        r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="{y:.1}" class="legend">{}</text>"#,
+        y - 9.0,
+        x + 14.0,
+        esc(name)
+    );
+}
+
 fn legend(s: &mut String, series: &[&str], x0: f64, y: f64) {
     let mut x = x0;
     for (i, name) in series.iter().enumerate() {
-        let _ = write!(
-            s,
-            r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}" class="legend">{}</text>"#,
-            y - 9.0,
-            PALETTE[i % PALETTE.len()],
-            x + 14.0,
-            y,
-            esc(name)
-        );
+        swatch(s, x, y, PALETTE[i % PALETTE.len()], name);
         x += 24.0 + 7.0 * name.chars().count() as f64;
     }
 }
@@ -237,10 +235,7 @@ pub(crate) fn lines(class: &str, series: &[(String, Vec<(f64, f64)>)], x: &Axis,
     let legend_h = 16.0 * series.len() as f64 + TOP;
     let height = (TOP + PLOT_H + 40.0).max(legend_h);
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg class="chart {class}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" role="img">"#
-    );
+    open(&mut s, class, WIDTH, height);
     let px = |v: f64| LEFT + x.frac(v) * PLOT_W;
     let py = |v: f64| TOP + (1.0 - y.frac(v)) * PLOT_H;
     for (v, t) in &y.ticks {
@@ -282,13 +277,7 @@ pub(crate) fn lines(class: &str, series: &[(String, Vec<(f64, f64)>)], x: &Axis,
         );
         let ly = TOP + 16.0 * i as f64 + 8.0;
         let lx = LEFT + PLOT_W + 16.0;
-        let _ = write!(
-            s,
-            r#"<rect x="{lx:.1}" y="{:.1}" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="{ly:.1}" class="legend">{}</text>"#,
-            ly - 9.0,
-            lx + 14.0,
-            esc(name)
-        );
+        swatch(&mut s, lx, ly, colour, name);
     }
     s.push_str("</svg>");
     s
