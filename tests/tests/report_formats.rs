@@ -1,6 +1,7 @@
 //! The report formats read by the tools they are for: the HTML report
-//! rendered by headless Chromium (screenshot and DOM), and the Perfetto
-//! trace of a real traced run through the demo topology.
+//! rendered by headless Chromium (screenshot and DOM), the hlog by
+//! HdrHistogram's own Java HistogramLogProcessor, and the Perfetto trace
+//! of a real traced run through the demo topology.
 
 use std::{path::PathBuf, process::Command};
 
@@ -111,6 +112,71 @@ fn compare_html_renders_in_headless_chromium() {
     assert_eq!(dom.matches("<svg class=\"chart compare-bars\"").count(), 2, "A/B bars per direction");
     assert!(dom.matches("<tr class=\"hop-row\"").count() >= 5);
     assert!(dom.contains("demo-v2.rec") && dom.contains("bridge.rec"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Debian's HdrHistogram jar with a Java to run it, or None (after saying
+/// why) outside CI.
+fn hdrhistogram_jar() -> Option<&'static str> {
+    const JAR: &str = "/usr/share/java/hdrhistogram.jar";
+    let java = Command::new("java").arg("-version").output().is_ok_and(|o| o.status.success());
+    if java && std::path::Path::new(JAR).exists() {
+        return Some(JAR);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "libhdrhistogram-java or a JRE missing under CI=true (cargo xtask test installs them)"
+    );
+    eprintln!("SKIPPED: needs Debian's libhdrhistogram-java and default-jre-headless (cargo xtask test installs them)");
+    None
+}
+
+/// HdrHistogram's reference tool reads the log: for every hop pair, the
+/// total count over its intervals is the pair's packets and the mean is
+/// the report's mean (within the histograms' precision).
+#[test]
+fn hlog_is_read_by_hdrhistograms_log_processor() {
+    let Some(jar) = hdrhistogram_jar() else { return };
+    let dir = scratch("hlog");
+    let rec = fixture("demo-v2.rec");
+    let log = dir.join("report.hlog");
+    std::fs::write(&log, netprobe(&["report", "--format", "hlog", rec.to_str().unwrap()])).unwrap();
+    let report: Value =
+        serde_json::from_slice(&netprobe(&["report", "--format", "json", rec.to_str().unwrap()])).unwrap();
+    let mut checked = 0;
+    for d in report["directions"].as_array().unwrap() {
+        for p in d["pairs"].as_array().unwrap().iter().filter(|p| p["packets"].as_u64().unwrap() >= 1000) {
+            let label = |hop: &Value, dev: &Value| match dev.as_str().unwrap() {
+                "" => hop.as_str().unwrap().to_owned(),
+                dev => format!("{}@{dev}", hop.as_str().unwrap()),
+            };
+            let tag = format!(
+                "{}:{}->{}",
+                d["direction"].as_str().unwrap(),
+                label(&p["from_hop"], &p["from_dev"]),
+                label(&p["to_hop"], &p["to_dev"])
+            );
+            let out = Command::new("java")
+                .args(["-cp", jar, "org.HdrHistogram.HistogramLogProcessor", "-i"])
+                .arg(&log)
+                .args(["-tag", &tag, "-outputValueUnitRatio", "1"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{tag}: {}", String::from_utf8_lossy(&out.stderr));
+            let field = |name: &str| -> f64 {
+                let line =
+                    text.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{tag}: no {name} in {text}"));
+                let after = line.split(name).nth(1).unwrap();
+                after.trim_start_matches([' ', '=']).split([',', ']']).next().unwrap().trim().parse().unwrap()
+            };
+            assert_eq!(field("Total count") as u64, p["packets"].as_u64().unwrap(), "{tag}");
+            let (mean, want) = (field("Mean"), p["mean_ns"].as_f64().unwrap());
+            assert!((mean - want).abs() / want < 0.05, "{tag}: mean {mean} in the log, {want} in the report");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} busy pairs");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

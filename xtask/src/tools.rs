@@ -16,9 +16,19 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the demo needs: iproute2 for the topology, traffic tools.
 pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
-/// Debian packages the test suite needs on top of the demo's (chromium
-/// renders the HTML report headless for its screenshot and DOM checks).
-pub(crate) const TEST_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3", "sockperf", "bpftool", "chromium"];
+/// Debian packages the test suite needs on top of the demo's: chromium
+/// renders the HTML report headless (screenshot, DOM); HdrHistogram's Java
+/// HistogramLogProcessor (and a JRE to run it) reads the hlog output.
+pub(crate) const TEST_DEBS: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "sockperf",
+    "bpftool",
+    "chromium",
+    "libhdrhistogram-java",
+    "default-jre-headless",
+];
 
 pub(crate) fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
