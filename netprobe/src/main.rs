@@ -171,6 +171,9 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
 
 /// Prints a recording in `format` on standard output.
 fn print(rec: &Recording, format: Format) -> Result<()> {
+    if format == Format::Perfetto && rec.samples.is_empty() {
+        eprintln!("netprobe: this recording kept no packet journeys (record with --trace): the trace has no slices");
+    }
     let mut out = std::io::stdout().lock();
     let res = report::write(rec, format, &mut out);
     ignore_broken_pipe(res.and_then(|()| out.flush().map_err(Into::into)))
