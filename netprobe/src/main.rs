@@ -78,7 +78,8 @@ struct ProbeArgs {
     #[arg(long)]
     trace: bool,
     /// Packet journeys (hops and times, never contents) the recording
-    /// keeps in trace mode: the first N that complete. Implies --trace.
+    /// keeps in trace mode: the first N that complete, at most half from
+    /// one origin device. Implies --trace.
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
 }

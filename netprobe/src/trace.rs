@@ -9,7 +9,8 @@
 //! (an event's earlier hop is the previous event's later hop, at the same
 //! time), and a journey is complete when it reaches a terminal hop
 //! (consumed, dropped). The first `limit` complete journeys are kept for
-//! the recording.
+//! the recording, no more than half of them from one origin device, so a
+//! busy direction (say TCP data) leaves room for the other (its ACKs).
 
 use std::{
     collections::HashMap,
@@ -50,6 +51,9 @@ pub struct Journeys {
     /// relative to it).
     base_ns: u64,
     limit: usize,
+    /// Journeys kept per origin device (the first hop's) at most.
+    per_origin_limit: usize,
+    per_origin: HashMap<u64, usize>,
     terminal: [bool; 256],
     open: HashMap<u64, Vec<SampleHop>>,
     done: Vec<SampleRec>,
@@ -66,7 +70,15 @@ impl Journeys {
         for h in crate::catalog::HOPS.iter().filter(|h| h.flags & hop_flags::TERMINAL != 0) {
             terminal[h.id as usize] = true;
         }
-        Journeys { base_ns, limit, terminal, open: HashMap::new(), done: Vec::new() }
+        Journeys {
+            base_ns,
+            limit,
+            per_origin_limit: limit.div_ceil(2),
+            per_origin: HashMap::new(),
+            terminal,
+            open: HashMap::new(),
+            done: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, ev: &HopEvent) {
@@ -81,6 +93,10 @@ impl Journeys {
             .and_then(|j| j.last())
             .is_some_and(|last| last.hop == ev.from_hop && last.dev == ev.from_dev && last.t_ns == from_t);
         if !chained {
+            if self.per_origin.get(&ev.from_dev).is_some_and(|&n| n >= self.per_origin_limit) {
+                self.open.remove(&ev.skb);
+                return;
+            }
             if self.open.len() >= MAX_OPEN {
                 self.open.clear();
             }
@@ -90,7 +106,11 @@ impl Journeys {
         j.push(to);
         if self.terminal[ev.to_hop as usize] {
             if let Some(hops) = self.open.remove(&ev.skb) {
-                self.done.push(SampleRec { hops });
+                let n = self.per_origin.entry(hops[0].dev).or_default();
+                if *n < self.per_origin_limit {
+                    *n += 1;
+                    self.done.push(SampleRec { hops });
+                }
             }
             if self.done.len() >= self.limit {
                 self.open = HashMap::new();
@@ -204,10 +224,18 @@ mod tests {
     }
 
     #[test]
-    fn keeps_at_most_the_limit() {
-        let mut j = Journeys::new(0, 3);
+    fn keeps_at_most_the_limit_and_half_of_it_per_origin_device() {
+        let mut j = Journeys::new(0, 4);
         for i in 0..10u64 {
             j.push(&ev(i, 100 + i, 10, (hop::NETIF_RX, 1), (hop::KFREE_SKB, 0)));
+        }
+        j.push(&ev(99, 500, 10, (hop::NET_DEV_QUEUE, 2), (hop::CONSUME_SKB, 0)));
+        let done = j.finish();
+        let origins: Vec<u64> = done.iter().map(|j| j.hops[0].dev).collect();
+        assert_eq!(origins, [1, 1, 2], "half of 4 from device 1, then device 2's");
+        let mut j = Journeys::new(0, 3);
+        for i in 0..10u64 {
+            j.push(&ev(i, 100 + i, 10, (hop::NETIF_RX, i % 3), (hop::KFREE_SKB, 0)));
         }
         assert_eq!(j.finish().len(), 3);
     }
