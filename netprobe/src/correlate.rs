@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use anyhow::Result;
 use hdrhistogram::Histogram;
 use netprobe_common::{
     counter,
@@ -16,7 +17,11 @@ use crate::{
     attach::Coverage,
     catalog,
     collect::Snapshot,
-    report::{CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, FunctionReport, PairReport, Report},
+    recording::Recording,
+    report::{
+        CoverageEntry, DeviceReport, Direction, DirectionReport, DropReport, FunctionReport, IntervalHists, Journey,
+        JourneyHop, PairName, PairReport, Report,
+    },
 };
 
 /// What the report needs besides the snapshot.
@@ -71,9 +76,8 @@ fn is_guest_facing(devs: &BTreeMap<u64, DevInfo>, key: u64, known: &[String]) ->
     sys.join("tun_flags").exists() || sys.join("macvtap").exists()
 }
 
-/// HdrHistogram of a kernel histogram (each bucket at its midpoint) and
-/// the percentiles reported, clamped to the exact min/max.
-pub(crate) fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
+/// HdrHistogram of a kernel histogram, each bucket at its midpoint.
+pub(crate) fn hdr(h: &Hist) -> Histogram<u64> {
     let mut hd = Histogram::<u64>::new_with_bounds(1, 1 << 42, 3).expect("valid bounds");
     for (i, &c) in h.buckets.iter().enumerate() {
         if c > 0 {
@@ -82,8 +86,19 @@ pub(crate) fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
             hd.saturating_record_n(mid.max(1), c);
         }
     }
-    let q = |x: f64| hd.value_at_quantile(x).clamp(h.min_ns, h.max_ns);
-    (q(0.5), q(0.9), q(0.99), q(0.999))
+    hd
+}
+
+/// The values at quantiles `qs` (0.0..=1.0), clamped to the exact min/max.
+pub(crate) fn quantiles(h: &Hist, qs: &[f64]) -> Vec<u64> {
+    let hd = hdr(h);
+    qs.iter().map(|&q| hd.value_at_quantile(q).clamp(h.min_ns, h.max_ns.max(h.min_ns))).collect()
+}
+
+/// The percentiles reported: p50, p90, p99, p99.9.
+pub(crate) fn percentiles(h: &Hist) -> (u64, u64, u64, u64) {
+    let q = quantiles(h, &[0.5, 0.9, 0.99, 0.999]);
+    (q[0], q[1], q[2], q[3])
 }
 
 /// A hop at a device (0: the hop has none of its own).
@@ -248,6 +263,21 @@ pub fn build(s: &Snapshot, cx: &Context<'_>) -> Report {
     }
 }
 
+/// A hop pair as the reports name it: its packets' direction (decided by
+/// their origin device) and `hop@device` of both ends.
+fn pair_name(s: &Snapshot, guest_facing: &[String], origin: u64, from: (u8, u64), to: (u8, u64)) -> PairName {
+    (direction(s, origin, guest_facing), at(s, from.0, from.1), at(s, to.0, to.1))
+}
+
+fn at(s: &Snapshot, hop: u8, dev: u64) -> String {
+    let d = dev_name(&s.devs, dev);
+    if d.is_empty() {
+        catalog::label(hop)
+    } else {
+        format!("{}@{d}", catalog::label(hop))
+    }
+}
+
 /// The interval series in report form: devices named, directions decided
 /// the same way as for the whole recording.
 pub fn intervals(
@@ -255,28 +285,24 @@ pub fn intervals(
     s: &Snapshot,
     guest_facing: &[String],
 ) -> Vec<crate::report::IntervalReport> {
-    let at = |hop: u8, dev: u64| {
-        let d = dev_name(&s.devs, dev);
-        if d.is_empty() {
-            catalog::label(hop)
-        } else {
-            format!("{}@{d}", catalog::label(hop))
-        }
-    };
     recs.iter()
         .map(|r| crate::report::IntervalReport {
             t_s: r.t_s,
             pairs: r
                 .pairs
                 .iter()
-                .map(|p| crate::report::IntervalPairReport {
-                    direction: direction(s, p.origin, guest_facing),
-                    from: at(p.from_hop, p.from_dev),
-                    to: at(p.to_hop, p.to_dev),
-                    packets: p.packets,
-                    p50_ns: p.p50_ns,
-                    p99_ns: p.p99_ns,
-                    total_ns: p.total_ns,
+                .map(|p| {
+                    let (direction, from, to) =
+                        pair_name(s, guest_facing, p.origin, (p.from_hop, p.from_dev), (p.to_hop, p.to_dev));
+                    crate::report::IntervalPairReport {
+                        direction,
+                        from,
+                        to,
+                        packets: p.packets,
+                        p50_ns: p.p50_ns,
+                        p99_ns: p.p99_ns,
+                        total_ns: p.total_ns,
+                    }
                 })
                 .collect(),
             packets: r.packets,
@@ -284,6 +310,52 @@ pub fn intervals(
             cpu_ns_by_role: r.cpu_ns_by_role.clone(),
         })
         .collect()
+}
+
+/// The whole run's full histogram of every hop pair, merged over origins
+/// as the report's rows are.
+pub fn pair_hists(rec: &Recording) -> Result<BTreeMap<PairName, Hist>> {
+    let s = rec.snapshot()?;
+    let mut out: BTreeMap<PairName, Hist> = BTreeMap::new();
+    for (k, h) in &s.pairs {
+        let name = pair_name(&s, &rec.guest_facing, k.origin, (k.from_hop, k.from_dev), (k.to_hop, k.to_dev));
+        out.entry(name).or_insert_with(Hist::zeroed).merge(h);
+    }
+    Ok(out)
+}
+
+/// The interval series with each pair's full histogram of that interval
+/// (recordings before format 2 have none: their intervals come out empty).
+pub fn interval_hists(rec: &Recording) -> Result<Vec<IntervalHists>> {
+    let s = rec.snapshot()?;
+    let mut start = 0.0;
+    let mut out = Vec::new();
+    for iv in &rec.intervals {
+        let mut pairs: BTreeMap<PairName, Hist> = BTreeMap::new();
+        for p in &iv.pairs {
+            let Some(h) = &p.hist else { continue };
+            let name = pair_name(&s, &rec.guest_facing, p.origin, (p.from_hop, p.from_dev), (p.to_hop, p.to_dev));
+            pairs.entry(name).or_insert_with(Hist::zeroed).merge(&h.to_hist()?);
+        }
+        out.push(IntervalHists { start_s: start, end_s: iv.t_s, pairs });
+        start = iv.t_s;
+    }
+    Ok(out)
+}
+
+/// The recording's packet journeys (trace mode's samples) with their hops
+/// named and their direction decided by the first hop's device.
+pub fn journeys(rec: &Recording) -> Result<Vec<Journey>> {
+    let s = rec.snapshot()?;
+    Ok(rec
+        .samples
+        .iter()
+        .filter(|j| j.hops.len() >= 2)
+        .map(|j| Journey {
+            direction: direction(&s, j.hops[0].dev, &rec.guest_facing),
+            hops: j.hops.iter().map(|h| JourneyHop { at: at(&s, h.hop, h.dev), t_ns: h.t_ns }).collect(),
+        })
+        .collect())
 }
 
 /// The role of a thread, by its name (QEMU and the kernel name theirs).

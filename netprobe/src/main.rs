@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use netprobe::{
     demo::{self, Topology},
     record::{self, parse_duration, RecordOptions, Recorder},
-    report::{self, Report},
+    recording::Recording,
+    report::{self, Format, Report},
 };
 use netprobe_common::Backend;
 
@@ -24,10 +25,11 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Format {
+enum CompareFormat {
     Table,
     Json,
-    Csv,
+    /// Both recordings side by side on one HTML page with charts.
+    Html,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,9 +79,15 @@ struct ProbeArgs {
     #[arg(long, value_name = "EXPR")]
     filter: Option<String>,
     /// Per-packet trace mode: every hop of every followed packet also goes
-    /// to userspace as an event (bounded ring buffer; losses counted).
+    /// to userspace as an event (bounded ring buffer; losses counted), and
+    /// the recording keeps complete packet journeys (see --samples).
     #[arg(long)]
     trace: bool,
+    /// Packet journeys (hops and times, never contents) the recording
+    /// keeps in trace mode: the first N that complete, at most half from
+    /// one origin device. Implies --trace.
+    #[arg(long, value_name = "N")]
+    samples: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -170,7 +178,7 @@ enum Cmd {
         a: PathBuf,
         b: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        format: CompareFormat,
     },
     /// Show, for every hop of the catalog, the backend this kernel allows
     /// (proved by loading and attaching it for a moment) or why none.
@@ -213,18 +221,19 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
         btf_file: p.btf.clone(),
         backend: p.backend.map(Backend::from),
         max_gap: p.max_gap,
-        trace: p.trace,
+        trace: p.trace || p.samples.is_some(),
+        samples: p.samples.unwrap_or(record::DEFAULT_SAMPLES),
         filter: p.filter.clone(),
     }
 }
 
-fn print(report: &Report, format: Format) -> Result<()> {
+/// Prints a recording in `format` on standard output.
+fn print(rec: &Recording, format: Format) -> Result<()> {
+    if format == Format::Perfetto && rec.samples.is_empty() {
+        eprintln!("netprobe: this recording kept no packet journeys (record with --trace): the trace has no slices");
+    }
     let mut out = std::io::stdout().lock();
-    let res = match format {
-        Format::Table => report::table::write(report, &mut out),
-        Format::Json => report::json::write(report, &mut out),
-        Format::Csv => report::csv::write(report, &mut out),
-    };
+    let res = report::write(rec, format, &mut out);
     ignore_broken_pipe(res.and_then(|()| out.flush().map_err(Into::into)))
 }
 
@@ -275,7 +284,6 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }),
             )?;
-            rec.sample(); // the last, partial interval
             if status {
                 eprintln!();
             }
@@ -291,7 +299,7 @@ fn run(cli: Cli) -> Result<()> {
                 recording.write(path)?;
                 eprintln!("netprobe: recording written to {}", path.display());
             }
-            print(&recording.report()?, probe.format)
+            print(&recording, probe.format)
         }
         Cmd::Top { ifaces, wait_for_modules, probe } => {
             // Before anything is attached: a key press needs a terminal.
@@ -327,21 +335,26 @@ fn run(cli: Cli) -> Result<()> {
             run_demo(topology, output.as_deref(), &probe)
         }
         Cmd::Compare { a, b, format } => {
-            let (ra, rb) = (load_report(&a)?, load_report(&b)?);
+            let (ra, rb) = (load(&a)?.report()?, load(&b)?.report()?);
             let c = netprobe::compare::compare(&a.display().to_string(), &ra, &b.display().to_string(), &rb);
             let mut out = std::io::stdout().lock();
             let res = match format {
-                Format::Json => serde_json::to_writer_pretty(&mut out, &c)
+                CompareFormat::Json => serde_json::to_writer_pretty(&mut out, &c)
                     .map_err(anyhow::Error::from)
                     .and_then(|()| writeln!(out).map_err(Into::into)),
-                Format::Table | Format::Csv => netprobe::compare::write_table(&c, &mut out),
+                CompareFormat::Table => netprobe::compare::write_table(&c, &mut out),
+                CompareFormat::Html => report::compare_html::write(&c, &ra, &rb, &mut out),
             };
             ignore_broken_pipe(res)
         }
-        Cmd::Report { file, format } => {
-            let report = load_report(&file)?;
-            print(&report, format)
-        }
+        Cmd::Report { file, format } => match load(&file)? {
+            Loaded::Recording(rec) => print(&rec, format),
+            Loaded::Report(r) => {
+                let mut out = std::io::stdout().lock();
+                let res = report::write_report(&r, format, &mut out).with_context(|| file.display().to_string());
+                ignore_broken_pipe(res)
+            }
+        },
         Cmd::Probes { probe, save_facts } => {
             let rec = Recorder::start(&options(&probe, Vec::new()))?;
             let report = rec.report(false)?;
@@ -370,7 +383,7 @@ fn run(cli: Cli) -> Result<()> {
                     )?;
                     writeln!(out)?;
                 }
-                Format::Table | Format::Csv => report::table::write_probes(&report, &mut out)?,
+                _ => report::table::write_probes(&report, &mut out)?,
             }
             Ok(())
         }
@@ -420,19 +433,17 @@ fn run_demo(kind: demo::Kind, output: Option<&std::path::Path>, probe: &ProbeArg
     });
     let mut rec = rec;
     let interrupted = record::wait_for(None, Some(rx), Some(&mut || rec.sample()))?;
-    rec.sample();
     let recording = rec.recording(interrupted)?;
     drop(rec);
     if let Some(path) = output {
         recording.write(path)?;
         eprintln!("netprobe demo: recording written to {}", path.display());
     }
-    let report = recording.report()?;
     if !interrupted {
         traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
     }
     drop(topo);
-    print(&report, probe.format)
+    print(&recording, probe.format)
 }
 
 fn last_summary(iperf: &str) -> String {
@@ -467,13 +478,29 @@ fn check_writable(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// A report from a recording, or from a report saved as JSON.
-fn load_report(file: &std::path::Path) -> Result<Report> {
+/// What `report` and `compare` read: a recording, or a report saved as JSON.
+enum Loaded {
+    Recording(Box<Recording>),
+    Report(Box<Report>),
+}
+
+impl Loaded {
+    fn report(&self) -> Result<Report> {
+        match self {
+            Loaded::Recording(rec) => rec.report(),
+            Loaded::Report(r) => Ok((**r).clone()),
+        }
+    }
+}
+
+fn load(file: &std::path::Path) -> Result<Loaded> {
     let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     if netprobe::recording::looks_like_recording(&data) {
-        netprobe::recording::Recording::from_bytes(&data).with_context(|| file.display().to_string())?.report()
+        let rec = Recording::from_bytes(&data).with_context(|| file.display().to_string())?;
+        Ok(Loaded::Recording(Box::new(rec)))
     } else {
         serde_json::from_slice::<Report>(&data)
+            .map(|r| Loaded::Report(Box::new(r)))
             .with_context(|| format!("{} is neither a netprobe recording nor a JSON report", file.display()))
     }
 }

@@ -18,7 +18,7 @@ use netprobe_common::{name_key, names, Backend};
 use crate::{
     attach::{self, AttachOptions, Attached},
     collect, netns,
-    recording::{IntervalPair, IntervalRec, Meta, Recording},
+    recording::{HistRec, IntervalPair, IntervalRec, Meta, Recording},
     report::{CoverageEntry, IntervalReport, Report},
 };
 
@@ -32,6 +32,8 @@ pub struct RecordOptions {
     pub max_gap: Duration,
     /// Per-packet trace mode on top of the always-on aggregates.
     pub trace: bool,
+    /// Trace mode: how many complete packet journeys the recording keeps.
+    pub samples: usize,
     /// Attach hops whose module loads later (`rescan`).
     pub wait_for_modules: bool,
     /// Flow filter expression (`--filter`), applied in the kernel.
@@ -46,11 +48,15 @@ impl Default for RecordOptions {
             backend: None,
             max_gap: Duration::from_secs(1),
             trace: false,
+            samples: DEFAULT_SAMPLES,
             wait_for_modules: false,
             filter: None,
         }
     }
 }
+
+/// Packet journeys a trace-mode recording keeps by default.
+pub const DEFAULT_SAMPLES: usize = 2000;
 
 pub struct Recorder {
     attached: Attached,
@@ -111,6 +117,8 @@ impl Recorder {
             }
             resolved.push((name.to_owned(), inum, ifindex));
         }
+        // Journeys' times count from here (before any program runs).
+        let base_ns = crate::trace::monotonic_ns();
         let mut attached = attach::attach(&AttachOptions {
             btf_file: opts.btf_file.clone(),
             backend: opts.backend,
@@ -136,7 +144,8 @@ impl Recorder {
         let trace = if opts.trace {
             let map = attached.ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
             let ring = aya::maps::RingBuf::try_from(map)?;
-            Some(std::sync::Mutex::new(crate::trace::TraceReader::start(ring)?))
+            let journeys = crate::trace::Journeys::new(base_ns, opts.samples);
+            Some(std::sync::Mutex::new(crate::trace::TraceReader::start(ring, journeys)?))
         } else {
             None
         };
@@ -199,9 +208,19 @@ impl Recorder {
         self.started.elapsed()
     }
 
-    /// The interval from the previous sample to `snap`, from the
-    /// difference of the cumulative histograms.
+    /// Closes the interval from the previous sample to `snap`.
     fn close_interval(&mut self, snap: &collect::Snapshot) -> IntervalRec {
+        let iv = self.interval(snap);
+        self.last_sample.clone_from(&snap.pairs);
+        self.last_cpu = snap.cpu.iter().map(|(&id, c)| (id, c.ns)).collect();
+        self.last_softirq_ns = snap.softirq_rx.iter().chain(&snap.softirq_tx).sum();
+        self.last_started = snap.counters[netprobe_common::counter::TRACK_STARTED as usize];
+        iv
+    }
+
+    /// The interval from the previous sample to `snap`: per hop pair, the
+    /// difference of the cumulative histograms; packets and CPU by role.
+    fn interval(&self, snap: &collect::Snapshot) -> IntervalRec {
         let mut pairs = Vec::new();
         for (k, h) in &snap.pairs {
             let mut delta = *h;
@@ -219,7 +238,7 @@ impl Recorder {
             let lo = delta.buckets.iter().position(|&c| c > 0).map_or(0, |i| netprobe_common::hist::bucket_bounds(i).0);
             let hi =
                 delta.buckets.iter().rposition(|&c| c > 0).map_or(0, |i| netprobe_common::hist::bucket_bounds(i).1);
-            (delta.min_ns, delta.max_ns) = (lo.max(1), hi);
+            (delta.min_ns, delta.max_ns) = (lo.max(1), hi.max(1));
             let (p50, _, p99, _) = crate::correlate::percentiles(&delta);
             pairs.push(IntervalPair {
                 origin: k.origin,
@@ -231,6 +250,7 @@ impl Recorder {
                 p50_ns: p50,
                 p99_ns: p99,
                 total_ns: delta.sum_ns,
+                hist: Some(HistRec::from_hist(&delta)),
             });
         }
         let mut cpu_ns_by_role: BTreeMap<String, u64> = BTreeMap::new();
@@ -244,17 +264,13 @@ impl Recorder {
         }
         let softirq: u64 = snap.softirq_rx.iter().chain(&snap.softirq_tx).sum();
         let started = snap.counters[netprobe_common::counter::TRACK_STARTED as usize];
-        let iv = IntervalRec {
+        IntervalRec {
             t_s: self.started.elapsed().as_secs_f64(),
             pairs,
             packets: started.saturating_sub(self.last_started),
             softirq_ns: softirq.saturating_sub(self.last_softirq_ns),
             cpu_ns_by_role,
-        };
-        self.last_sample.clone_from(&snap.pairs);
-        self.last_cpu = snap.cpu.iter().map(|(&id, c)| (id, c.ns)).collect();
-        (self.last_softirq_ns, self.last_started) = (softirq, started);
-        iv
+        }
     }
 
     /// Tells the recorder what the workload is (its processes so far), so
@@ -303,7 +319,9 @@ impl Recorder {
         let trace = self.trace.as_ref().map(|t| t.lock().map(|mut t| t.finish()).unwrap_or_default());
         let snap = collect::snapshot(&self.attached.ebpf)?;
         let mut extra = std::collections::BTreeMap::new();
+        let mut samples = Vec::new();
         if let Some(t) = trace {
+            samples = t.journeys;
             extra.insert("events_received".to_owned(), t.events);
             extra.insert("events_malformed".to_owned(), t.malformed);
             extra.insert("trace_reader_cpu_us".to_owned(), t.cpu_ns / 1000);
@@ -316,10 +334,17 @@ impl Recorder {
             self.guest_facing.clone(),
             extra,
         );
+        // The last, partial interval ends at this very snapshot, so the
+        // intervals add up to the whole recording.
         rec.intervals = self.intervals.clone();
         rec.meta.workload = self.workload.clone();
         rec.meta.filter = self.filter.clone();
         rec.meta.guests = self.guests.clone();
+        let last = self.interval(&snap);
+        if !last.pairs.is_empty() {
+            rec.intervals.push(last);
+        }
+        rec.samples = samples;
         Ok(rec)
     }
 }

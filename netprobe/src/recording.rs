@@ -27,7 +27,11 @@ use crate::{
 
 pub const MAGIC: &str = "netprobe-recording";
 /// The format this build writes; it reads this one and every older one.
-pub const FORMAT_VERSION: u32 = 1;
+/// 1: histograms, coverage, host facts, intervals (percentiles only), CPU.
+/// 2: adds each interval's full histogram per hop pair and the packet
+///    journeys of trace mode (`samples`); both are absent from format 1
+///    files, which read as having none.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Meta {
@@ -90,12 +94,12 @@ pub struct HistRec {
 }
 
 impl HistRec {
-    fn from_hist(h: &Hist) -> HistRec {
+    pub(crate) fn from_hist(h: &Hist) -> HistRec {
         let buckets = h.buckets.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| [i as u64, c]).collect();
         HistRec { count: h.count, sum_ns: h.sum_ns, min_ns: h.min_ns, max_ns: h.max_ns, buckets }
     }
 
-    fn to_hist(&self) -> Result<Hist> {
+    pub(crate) fn to_hist(&self) -> Result<Hist> {
         let mut h = Hist::zeroed();
         (h.count, h.sum_ns, h.min_ns, h.max_ns) = (self.count, self.sum_ns, self.min_ns, self.max_ns);
         for &[i, c] in &self.buckets {
@@ -150,6 +154,10 @@ pub struct IntervalPair {
     /// Sum of the latencies in the interval (older recordings: 0).
     #[serde(default)]
     pub total_ns: u64,
+    /// The interval's full histogram (format 2; its min and max are the
+    /// bounds of its outer buckets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hist: Option<HistRec>,
 }
 
 /// One interval of the time series (seconds since the recording started).
@@ -193,6 +201,26 @@ pub struct Recording {
     pub softirq_net_rx_ns: Vec<u64>,
     #[serde(default)]
     pub softirq_net_tx_ns: Vec<u64>,
+    /// Trace mode: complete packet journeys, the first `--samples` that
+    /// ended (format 2). Hops and times only, never packet contents.
+    #[serde(default)]
+    pub samples: Vec<SampleRec>,
+}
+
+/// One packet's journey: its hops in order, from first sighting to its
+/// end (delivery, consumption or drop).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleRec {
+    pub hops: Vec<SampleHop>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleHop {
+    pub hop: u8,
+    /// Device key (as in `devices`), 0 for hops without one.
+    pub dev: u64,
+    /// Nanoseconds since the recording started.
+    pub t_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -278,6 +306,7 @@ impl Recording {
                 .collect(),
             softirq_net_rx_ns: snap.softirq_rx.clone(),
             softirq_net_tx_ns: snap.softirq_tx.clone(),
+            samples: Vec::new(),
         }
     }
 
@@ -488,8 +517,11 @@ mod tests {
         flipped[60] ^= 0x04;
         let e = format!("{:#}", Recording::from_bytes(&flipped).unwrap_err());
         assert!(e.contains("corrupted") || e.contains("truncated"), "{e}");
-        let newer =
-            String::from_utf8(bytes.clone()).unwrap().replacen(&format!("{MAGIC} 1"), &format!("{MAGIC} 99"), 1);
+        let newer = String::from_utf8(bytes.clone()).unwrap().replacen(
+            &format!("{MAGIC} {FORMAT_VERSION}"),
+            &format!("{MAGIC} 99"),
+            1,
+        );
         let e = format!("{:#}", Recording::from_bytes(newer.as_bytes()).unwrap_err());
         assert!(e.contains("format 99") && e.contains("newer netprobe"), "{e}");
         let e = format!("{:#}", Recording::from_bytes(b"{\"hello\": 1}\n").unwrap_err());

@@ -23,6 +23,21 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// True when a tool the test needs is `present`; false (after saying
+/// which) when it is not. Under CI=true a missing tool is a failure:
+/// `cargo xtask test` installs every one.
+pub fn require_tool(present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} missing under CI=true (cargo xtask test installs it)"
+    );
+    eprintln!("SKIPPED: needs {what} (cargo xtask test installs it)");
+    false
+}
+
 /// The netprobe binary with its BPF object embedded.
 pub fn netprobe_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NETPROBE_BIN") {

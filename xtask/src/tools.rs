@@ -16,9 +16,24 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the demo needs: iproute2 for the topology, traffic tools.
 pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
-/// Debian packages the test suite needs on top of the demo's.
-pub(crate) const TEST_DEBS: &[&str] =
-    &["iproute2", "iputils-ping", "iperf3", "sockperf", "bpftool", "qemu-system-x86", "prometheus", "tmux"];
+/// Debian packages the test suite needs on top of the demo's: sockperf
+/// (request/response workload), QEMU (a real guest to discover), Prometheus
+/// and tmux (the exporter and `top`), chromium (renders the HTML report
+/// headless), HdrHistogram's Java HistogramLogProcessor and a JRE (read
+/// the hlog output).
+pub(crate) const TEST_DEBS: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "sockperf",
+    "bpftool",
+    "qemu-system-x86",
+    "prometheus",
+    "tmux",
+    "chromium",
+    "libhdrhistogram-java",
+    "default-jre-headless",
+];
 
 pub(crate) fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")

@@ -6,14 +6,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::{Direction, Report};
-
-fn dir(d: Direction) -> &'static str {
-    match d {
-        Direction::ToWire => "to-wire",
-        Direction::ToGuest => "to-guest",
-    }
-}
+use super::Report;
 
 pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
@@ -25,7 +18,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             writeln!(
                 out,
                 "pair,{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                dir(d.direction),
+                d.direction.slug(),
                 p.from_hop,
                 p.from_dev,
                 p.to_hop,
@@ -56,7 +49,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     for d in &r.drops {
-        writeln!(out, "drop:{},{},{},{},,,{},,,,,,,", d.reason, dir(d.direction), d.last_hop, d.last_dev, d.packets)?;
+        writeln!(out, "drop:{},{},{},{},,,{},,,,,,,", d.reason, d.direction.slug(), d.last_hop, d.last_dev, d.packets)?;
     }
     Ok(())
 }

@@ -2,16 +2,94 @@
 //! model is plain data (serde), built by `correlate` from what the kernel
 //! recorded; each format is one module that only reads it.
 
+pub mod compare_html;
 pub mod csv;
+#[cfg(test)]
+mod golden;
+pub mod hlog;
+pub mod html;
 pub mod json;
 pub mod openmetrics;
+pub mod perfetto;
+mod svg;
 pub mod table;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, io::Write};
 
+use anyhow::{bail, Result};
+use netprobe_common::hist::Hist;
 use serde::{Deserialize, Serialize};
 
-use crate::attach::Coverage;
+use crate::{attach::Coverage, recording::Recording};
+
+/// The output formats of `report`, `record` and `demo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned text for the terminal.
+    Table,
+    /// The report model as JSON.
+    Json,
+    /// One row per hop pair, drop reason and function hop.
+    Csv,
+    /// HdrHistogram interval log, one tagged histogram per hop pair and interval.
+    Hlog,
+    /// Chrome JSON trace of the packet journeys (trace mode) for the Perfetto UI.
+    Perfetto,
+    /// One self-contained HTML page with charts.
+    Html,
+}
+
+/// Writes `rec` in `format`: the report-model formats from its report,
+/// the others from the recording's histograms and samples.
+pub fn write(rec: &Recording, format: Format, out: &mut dyn Write) -> Result<()> {
+    let report = rec.report()?;
+    match format {
+        Format::Hlog => hlog::write(rec, out),
+        Format::Perfetto => perfetto::write(rec, out),
+        Format::Html => html::write(rec, &report, out),
+        Format::Table | Format::Json | Format::Csv => write_report(&report, format, out),
+    }
+}
+
+/// Writes a report model (say, a saved JSON report) in a format that needs
+/// nothing else.
+pub fn write_report(report: &Report, format: Format, out: &mut dyn Write) -> Result<()> {
+    match format {
+        Format::Table => table::write(report, out),
+        Format::Json => json::write(report, out),
+        Format::Csv => csv::write(report, out),
+        Format::Hlog | Format::Perfetto | Format::Html => bail!(
+            "this format needs a recording (`record -o FILE`): a JSON report keeps no histograms or packet samples"
+        ),
+    }
+}
+
+/// A hop pair as reports name it: direction, `hop@device` of both ends.
+pub type PairName = (Direction, String, String);
+
+/// One interval of the series with each hop pair's full histogram.
+#[derive(Clone, Debug)]
+pub struct IntervalHists {
+    /// Seconds since the recording started.
+    pub start_s: f64,
+    pub end_s: f64,
+    pub pairs: BTreeMap<PairName, Hist>,
+}
+
+/// One packet's way through the host (trace mode), hop by hop.
+#[derive(Clone, Debug)]
+pub struct Journey {
+    pub direction: Direction,
+    pub hops: Vec<JourneyHop>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JourneyHop {
+    /// `hop@device`, or the hop alone where it has no device.
+    pub at: String,
+    /// Nanoseconds since the recording started.
+    pub t_ns: u64,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -195,6 +273,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The short name used in CSV, tags and element ids.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Direction::ToWire => "to-wire",
+            Direction::ToGuest => "to-guest",
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             Direction::ToWire => "toward the wire (guest -> host -> uplink)",

@@ -94,18 +94,23 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "\ninterval series ({} intervals): busiest hop pair per interval", r.intervals.len())?;
         for iv in &r.intervals {
             if let Some(p) = iv.pairs.iter().max_by_key(|p| p.packets) {
-                let cpu: u64 = iv.cpu_ns_by_role.iter().filter(|(r, _)| *r != "netprobe").map(|(_, v)| v).sum();
+                let threads: u64 = iv.cpu_ns_by_role.iter().filter(|(r, _)| *r != "netprobe").map(|(_, v)| v).sum();
+                // Recordings before the CPU series have neither.
+                let cpu = if iv.softirq_ns > 0 || threads > 0 {
+                    format!("  (softirq {}, threads {})", fmt_ns(iv.softirq_ns), fmt_ns(threads))
+                } else {
+                    String::new()
+                };
                 writeln!(
                     out,
-                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}  (softirq {}, threads {})",
+                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}{}",
                     iv.t_s,
                     p.packets,
                     fmt_ns(p.p50_ns),
                     fmt_ns(p.p99_ns),
                     p.from,
                     p.to,
-                    fmt_ns(iv.softirq_ns),
-                    fmt_ns(cpu)
+                    cpu
                 )?;
             }
         }
@@ -138,10 +143,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "  none")?;
     }
     for d in &r.drops {
-        let dir = match d.direction {
-            super::Direction::ToWire => "to-wire",
-            super::Direction::ToGuest => "to-guest",
-        };
+        let dir = d.direction.slug();
         writeln!(
             out,
             "  {:<28} {:>9}  {:<8}  after {}{}",
