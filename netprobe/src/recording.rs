@@ -394,9 +394,12 @@ impl Recording {
     pub fn from_bytes(data: &[u8]) -> Result<Recording> {
         let nl = data.iter().position(|&b| b == b'\n').context("not a netprobe recording (no header line)")?;
         let header = std::str::from_utf8(&data[..nl]).unwrap_or_default();
+        // Exactly `netprobe-recording <version>`, the version as written
+        // (no sign, no leading zero, no other spacing).
         let version: u32 = header
             .strip_prefix(MAGIC)
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.parse().ok().filter(|n: &u32| *n >= 1 && n.to_string() == v))
             .context("not a netprobe recording (its first line is not `netprobe-recording <version>`)")?;
         if version > FORMAT_VERSION {
             bail!(

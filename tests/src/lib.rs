@@ -91,6 +91,14 @@ impl Recording {
         self.finish()
     }
 
+    /// Ends the recording with SIGTERM (as a service manager would) and
+    /// returns its report.
+    pub fn terminate(self) -> Value {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.finish()
+    }
+
     /// Waits for netprobe to exit on its own and returns its report.
     pub fn finish(self) -> Value {
         let out = self.child.wait_with_output().expect("wait for netprobe");

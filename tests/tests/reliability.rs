@@ -176,3 +176,67 @@ fn live_status_line_on_a_terminal_only() {
     let quiet = Command::new("script").args(["-qc", &cmd, "/dev/null"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&quiet.stdout).contains("[netprobe]"));
 }
+
+#[test]
+fn two_netprobes_at_once_both_measure_and_neither_leaves_anything() {
+    if !require_root("two_netprobes_at_once_both_measure_and_neither_leaves_anything") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let first = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let second = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--filter", "icmp"]);
+    assert_eq!(t.ping(15, "0.02").unwrap(), 15);
+    t.udp_burst(netprobe::demo::PEER_ADDR, 9, 20, Duration::from_millis(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (a, b) = (first.interrupt(), second.interrupt());
+    let m = &t.macvtap;
+    let count = |r: &serde_json::Value| {
+        netprobe_tests::pair(r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"))["packets"].as_u64().unwrap()
+    };
+    // Each has maps and programs of its own: the first sees everything,
+    // the second (ICMP only) the 15 echo requests and not the datagrams.
+    assert!(count(&a) >= 35, "first netprobe: {}", count(&a));
+    assert!((15..=16).contains(&count(&b)), "second netprobe (icmp): {}", count(&b));
+    drop(t);
+    let left = netprobe_tests::netprobe_programs();
+    assert!(left.is_empty(), "programs left: {left:?}");
+}
+
+#[test]
+fn sigterm_writes_the_whole_recording() {
+    if !require_root("sigterm_writes_the_whole_recording") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("netprobe-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.rec");
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let rec = Recording::start(&["--iface", &ifaces[0], "-o", file.to_str().unwrap()]);
+    assert_eq!(t.ping(10, "0.02").unwrap(), 10);
+    let r = rec.terminate();
+    assert_eq!(r["interrupted"], true);
+    let out = Command::new(netprobe_bin()).args(["report", "--format", "json"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(back["directions"], r["directions"]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_output_that_cannot_be_written_is_refused_before_recording() {
+    let dir = std::env::temp_dir().join(format!("netprobe-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("link.rec");
+    std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    for (path, expect) in [(dir.join("no/such/dir/run.rec"), "not writable"), (link.clone(), "symbolic link")] {
+        let out = Command::new(netprobe_bin()).args(["record", "--duration", "1s", "-o"]).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{}: {err}", path.display());
+        assert!(!err.contains("recording for") && !err.contains("panicked"), "refused only after attaching: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
