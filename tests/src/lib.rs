@@ -91,6 +91,11 @@ impl Recording {
         self.finish()
     }
 
+    /// The netprobe process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Ends the recording with SIGTERM (as a service manager would) and
     /// returns its report.
     pub fn terminate(self) -> Value {
