@@ -27,6 +27,9 @@ pub struct Snapshot {
     /// NET_RX and NET_TX softirq ns, per CPU.
     pub softirq_rx: Vec<u64>,
     pub softirq_tx: Vec<u64>,
+    /// Sample counts of the pairs held in the `NP_HOPS` hash map (rather
+    /// than the fixed per-CPU cache): what [`retire`] can move out.
+    pub in_hash: BTreeMap<PairKey, u64>,
 }
 
 pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
@@ -39,6 +42,7 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
         for h in per_cpu.iter() {
             acc.merge(h);
         }
+        s.in_hash.insert(k, acc.count);
     }
     let cache: PerCpuArray<_, PairSlot> =
         PerCpuArray::try_from(ebpf.map(names::PAIRS).context("map NP_PAIRS missing")?)?;
@@ -89,6 +93,27 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
         s.counters[i as usize] = counters.get(&i, 0)?.iter().sum();
     }
     Ok(s)
+}
+
+/// Moves idle hop pairs out of the `NP_HOPS` hash map (whose entries are
+/// allocated per pair and CPU, 4.7 KiB each): their histograms are
+/// returned, to be kept by the caller, and their kernel entries deleted,
+/// so devices that come and go (guests, topologies) do not fill the map.
+/// A pair that sees packets again starts a new entry; the two add up.
+/// Only pairs idle for a while are given, so no program is updating them.
+pub fn retire(ebpf: &mut Ebpf, keys: &[PairKey]) -> Result<BTreeMap<PairKey, Hist>> {
+    let mut pairs: PerCpuHashMap<_, PairKey, Hist> =
+        PerCpuHashMap::try_from(ebpf.map_mut(names::HOPS).context("map NP_HOPS missing")?)?;
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let Ok(per_cpu) = pairs.get(k, 0) else { continue };
+        let acc = out.entry(*k).or_insert_with(Hist::zeroed);
+        for h in per_cpu.iter() {
+            acc.merge(h);
+        }
+        pairs.remove(k).context("removing an idle pair from NP_HOPS")?;
+    }
+    Ok(out)
 }
 
 /// Only the loss and tracking counters: cheap enough for a status line

@@ -77,7 +77,16 @@ pub struct Recorder {
     filter: Option<String>,
     /// QEMU guests seen so far (looked for at start and every sample).
     guests: Vec<crate::guests::Guest>,
+    /// Hop pairs moved out of the kernel's hash map after going idle
+    /// ([`collect::retire`]); every snapshot adds them back in.
+    retired: BTreeMap<PairKey, Hist>,
+    /// Sample count of each pair in the hash map, and since when unchanged.
+    hash_seen: BTreeMap<PairKey, (u64, Instant)>,
 }
+
+/// A hop pair in the kernel's hash map without a new sample for this long
+/// is moved out to userspace (a device gone, a guest stopped).
+const RETIRE_IDLE: Duration = Duration::from_secs(10);
 
 /// Whether an interface is a macvtap or tun/tap device, asked of iproute2
 /// (works across namespaces, unlike sysfs).
@@ -162,6 +171,8 @@ impl Recorder {
             workload: None,
             filter: opts.filter.clone(),
             guests: crate::guests::discover(),
+            retired: BTreeMap::new(),
+            hash_seen: BTreeMap::new(),
         })
     }
 
@@ -173,24 +184,75 @@ impl Recorder {
     /// since the previous sample (call about once a second).
     pub fn sample(&mut self) {
         crate::guests::merge(&mut self.guests, crate::guests::discover(), self.started.elapsed().as_secs_f64());
-        let Ok(snap) = collect::snapshot(&self.attached.ebpf) else { return };
+        let Ok(snap) = self.kernel_snapshot() else { return };
         let iv = self.close_interval(&snap);
         self.intervals.push(iv);
+        self.retire_idle(&snap);
+    }
+
+    /// The kernel's aggregates with the retired pairs added back.
+    fn kernel_snapshot(&self) -> Result<collect::Snapshot> {
+        let mut s = collect::snapshot(&self.attached.ebpf)?;
+        for (k, h) in &self.retired {
+            s.pairs.entry(*k).or_insert_with(Hist::zeroed).merge(h);
+        }
+        Ok(s)
+    }
+
+    /// For long-running consumers that keep no series (`serve`): moves
+    /// idle pairs out of the kernel's hash map (call every few seconds).
+    pub fn maintain(&mut self) {
+        if let Ok(snap) = self.kernel_snapshot() {
+            self.retire_idle(&snap);
+        }
+    }
+
+    /// Moves hash-map pairs idle for [`RETIRE_IDLE`] out of the kernel.
+    fn retire_idle(&mut self, snap: &collect::Snapshot) {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        for (k, &count) in &snap.in_hash {
+            match self.hash_seen.get_mut(k) {
+                Some((c, since)) if *c == count => {
+                    if now.duration_since(*since) >= RETIRE_IDLE {
+                        idle.push(*k);
+                    }
+                }
+                Some(seen) => *seen = (count, now),
+                None => {
+                    self.hash_seen.insert(*k, (count, now));
+                }
+            }
+        }
+        self.hash_seen.retain(|k, _| snap.in_hash.contains_key(k));
+        if idle.is_empty() {
+            return;
+        }
+        match collect::retire(&mut self.attached.ebpf, &idle) {
+            Ok(moved) => {
+                for (k, h) in moved {
+                    self.retired.entry(k).or_insert_with(Hist::zeroed).merge(&h);
+                    self.hash_seen.remove(&k);
+                }
+            }
+            Err(e) => eprintln!("netprobe: cannot retire idle hop pairs: {e:#}"),
+        }
     }
 
     /// For live views (`top`): closes an interval like [`Recorder::sample`],
     /// but hands it back in report form (devices named, directions decided)
     /// with the snapshot it ends at, instead of keeping it.
     pub fn next_interval(&mut self) -> Result<(IntervalReport, collect::Snapshot)> {
-        let snap = collect::snapshot(&self.attached.ebpf)?;
+        let snap = self.kernel_snapshot()?;
         let iv = self.close_interval(&snap);
+        self.retire_idle(&snap);
         let report = crate::correlate::intervals(std::slice::from_ref(&iv), &snap, &self.guest_facing);
         Ok((report.into_iter().next().context("no interval")?, snap))
     }
 
     /// The kernel's cumulative aggregates now (for `serve`).
     pub fn snapshot(&self) -> Result<collect::Snapshot> {
-        collect::snapshot(&self.attached.ebpf)
+        self.kernel_snapshot()
     }
 
     /// What gives the raw aggregates a meaning besides the snapshot: the
@@ -317,7 +379,7 @@ impl Recorder {
         // Trace mode: the kernel is still sending; stop the consumer after
         // it drained the queue, so the aggregates below see no later event.
         let trace = self.trace.as_ref().map(|t| t.lock().map(|mut t| t.finish()).unwrap_or_default());
-        let snap = collect::snapshot(&self.attached.ebpf)?;
+        let snap = self.kernel_snapshot()?;
         let mut extra = std::collections::BTreeMap::new();
         let mut samples = Vec::new();
         if let Some(t) = trace {

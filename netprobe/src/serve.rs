@@ -48,8 +48,14 @@ pub fn run(server: &Server, rec: &mut Recorder, opts: &ServeOptions, stop: &Atom
     let mut pair_cap = SeriesCap::new(opts.max_series);
     let mut drop_cap = SeriesCap::new(opts.max_series);
     let mut last_rescan = Instant::now();
+    let mut last_maintain = Instant::now();
     let mut modules = loaded_modules();
     while !stop.load(Ordering::SeqCst) {
+        // Pairs of devices gone (guests stopped) leave the kernel map.
+        if last_maintain.elapsed() >= Duration::from_secs(5) {
+            rec.maintain();
+            last_maintain = Instant::now();
+        }
         // A rescan re-reads kallsyms and BTF (~0.4 s of CPU here): only
         // when the set of loaded modules changed.
         if last_rescan.elapsed() >= opts.rescan_every {

@@ -65,9 +65,14 @@ fn soak_with_devices_coming_and_going() {
          tracking {}",
         first.1, last.1, first.2, last.2, r["tracking"]
     );
-    // Memory: the maps are sized once; RSS may grow only by the interval
-    // series (bounded per second), not with packets or devices.
-    assert_eq!(first.2, last.2, "BPF map memory changed: {samples:?}");
+    // Memory: hop pairs of deleted devices leave the kernel's hash map
+    // after 10 s idle, so map memory levels off once the first ones go:
+    // the second half of the run holds no more than the first half's peak.
+    let half = samples.iter().filter(|s| s.0 <= secs as f64 / 2.0).map(|s| s.2).max().unwrap_or(first.2);
+    let late = samples.iter().filter(|s| s.0 > secs as f64 / 2.0).map(|s| s.2).max().unwrap_or(last.2);
+    assert!(late <= half + half / 50, "BPF map memory still growing: {half} -> {late} bytes: {samples:?}");
+    // RSS may grow only by the interval series (bounded per second), not
+    // with packets or devices.
     let allowed = 64 * (last.0 - first.0) as u64 + 8 * 1024;
     assert!(last.1 <= first.1 + allowed, "RSS grew {} -> {} KiB in {secs} s: {samples:?}", first.1, last.1);
     // Accounting: every loss is a number in the report, and none of the
