@@ -305,9 +305,7 @@ pub fn intervals(
                     }
                 })
                 .collect(),
-            packets: r.packets,
-            softirq_ns: r.softirq_ns,
-            cpu_ns_by_role: r.cpu_ns_by_role.clone(),
+            load: r.load.clone(),
         })
         .collect()
 }

@@ -329,9 +329,11 @@ impl Recorder {
         IntervalRec {
             t_s: self.started.elapsed().as_secs_f64(),
             pairs,
-            packets: started.saturating_sub(self.last_started),
-            softirq_ns: softirq.saturating_sub(self.last_softirq_ns),
-            cpu_ns_by_role,
+            load: crate::report::IntervalLoad {
+                packets: started.saturating_sub(self.last_started),
+                softirq_ns: softirq.saturating_sub(self.last_softirq_ns),
+                cpu_ns_by_role,
+            },
         }
     }
 

@@ -165,15 +165,8 @@ pub struct IntervalPair {
 pub struct IntervalRec {
     pub t_s: f64,
     pub pairs: Vec<IntervalPair>,
-    /// Packets whose tracking started in the interval.
-    #[serde(default)]
-    pub packets: u64,
-    /// NET_RX + NET_TX softirq ns in the interval (all CPUs).
-    #[serde(default)]
-    pub softirq_ns: u64,
-    /// On-CPU ns in the interval by thread role.
-    #[serde(default)]
-    pub cpu_ns_by_role: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub load: crate::report::IntervalLoad,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

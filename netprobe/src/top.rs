@@ -278,9 +278,7 @@ mod tests {
                 pair(Direction::ToWire, "queue@m0", "xmit@m0", 1000, 900, 600_000),
                 pair(Direction::ToGuest, "receive@u0", "copy_out@m0", 100, 2_000_000, 50_000_000),
             ],
-            packets: 1100,
-            softirq_ns: 0,
-            cpu_ns_by_role: BTreeMap::new(),
+            load: crate::report::IntervalLoad { packets: 1100, ..Default::default() },
         };
         let cpu = |vcpu: u64, rx: u64| CpuReport {
             by_role_ns: BTreeMap::from([("vcpu".to_owned(), vcpu)]),

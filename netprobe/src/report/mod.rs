@@ -174,13 +174,21 @@ pub struct IntervalReport {
     /// End of the interval, seconds since the recording started.
     pub t_s: f64,
     pub pairs: Vec<IntervalPairReport>,
+    #[serde(flatten)]
+    pub load: IntervalLoad,
+}
+
+/// What one interval cost besides its hop pairs' latencies (kept in the
+/// recording and shown in the report alike; absent in older recordings).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IntervalLoad {
     /// Packets whose tracking started in the interval.
     #[serde(default)]
     pub packets: u64,
-    /// CPU ns in the interval: NET_RX + NET_TX softirq, and on-CPU time
-    /// by thread role.
+    /// NET_RX + NET_TX softirq ns in the interval (all CPUs).
     #[serde(default)]
     pub softirq_ns: u64,
+    /// On-CPU ns in the interval by thread role.
     #[serde(default)]
     pub cpu_ns_by_role: BTreeMap<String, u64>,
 }

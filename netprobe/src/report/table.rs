@@ -94,10 +94,11 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "\ninterval series ({} intervals): busiest hop pair per interval", r.intervals.len())?;
         for iv in &r.intervals {
             if let Some(p) = iv.pairs.iter().max_by_key(|p| p.packets) {
-                let threads: u64 = iv.cpu_ns_by_role.iter().filter(|(r, _)| *r != "netprobe").map(|(_, v)| v).sum();
+                let threads: u64 =
+                    iv.load.cpu_ns_by_role.iter().filter(|(r, _)| *r != "netprobe").map(|(_, v)| v).sum();
                 // Recordings before the CPU series have neither.
-                let cpu = if iv.softirq_ns > 0 || threads > 0 {
-                    format!("  (softirq {}, threads {})", fmt_ns(iv.softirq_ns), fmt_ns(threads))
+                let cpu = if iv.load.softirq_ns > 0 || threads > 0 {
+                    format!("  (softirq {}, threads {})", fmt_ns(iv.load.softirq_ns), fmt_ns(threads))
                 } else {
                     String::new()
                 };
