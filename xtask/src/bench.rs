@@ -31,6 +31,19 @@ pub(crate) struct BenchOpts {
     /// Length of the memory soak run (the figure is 600).
     #[arg(long, default_value_t = 60)]
     soak_seconds: u64,
+    /// Modes to compare, interleaved (order rotated each repetition):
+    /// untraced, empty (netprobe's programs returning at once: the
+    /// tracepoints' own cost), aggregate, aggregate_nocpu (without the CPU
+    /// accounting programs), aggregate_probe (the skb laundered by a helper
+    /// call, as before), trace, bpftrace.
+    #[arg(long, value_delimiter = ',', default_value = "untraced,empty,aggregate,trace,bpftrace")]
+    modes: Vec<String>,
+    /// Paths to flood: veth, macvtap.
+    #[arg(long, value_delimiter = ',', default_value = "veth,macvtap")]
+    paths: Vec<String>,
+    /// Throughput only: no per-hop costs, no soak.
+    #[arg(long)]
+    quick: bool,
 }
 
 /// Where a flood goes: (sender ns, receiver ns, receiver address).
@@ -100,9 +113,14 @@ struct Tracer {
 
 impl Tracer {
     fn netprobe(bin: &Path, extra: &[&str]) -> Result<Tracer> {
+        Tracer::netprobe_env(bin, extra, &[])
+    }
+
+    fn netprobe_env(bin: &Path, extra: &[&str], env: &[&str]) -> Result<Tracer> {
         let mut child = Command::new(bin)
             .args(["record", "--format", "json"])
             .args(extra)
+            .envs(env.iter().map(|v| (v, "1")))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -228,7 +246,7 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
 
     let veth = VethPair::create()?;
     let topo = Topology::create_kind(Kind::Macvtap)?;
-    let paths = [
+    let paths: Vec<Path2> = [
         Path2 { name: "veth", from_ns: "npbench-a".into(), to_ns: "npbench-b".into(), to_addr: "198.18.2.2".into() },
         Path2 {
             name: "macvtap",
@@ -236,42 +254,66 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             to_ns: topo.peer_ns.clone(),
             to_addr: netprobe::demo::PEER_ADDR.into(),
         },
-    ];
+    ]
+    .into_iter()
+    .filter(|p| opts.paths.iter().any(|n| n == p.name))
+    .collect();
+    for m in &opts.modes {
+        if mode_tracer(m).is_none() {
+            bail!("unknown bench mode {m}");
+        }
+    }
     let mut results = serde_json::Map::new();
     let mut table = Vec::new();
     for p in &paths {
-        let mut pps: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+        let mut pps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        // Each traced run relative to the untraced run of its repetition:
+        // the machine's background load drifts between repetitions.
+        let mut ratios: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         let mut trace_reports = Vec::new();
         for rep in 0..opts.reps {
             eprintln!("xtask bench: {} repetition {}/{}", p.name, rep + 1, opts.reps);
-            pps.entry("untraced").or_default().push(flood(p, opts.seconds)?.0);
-            let t = Tracer::netprobe(&bin, &[])?;
-            pps.entry("netprobe_aggregate").or_default().push(flood(p, opts.seconds)?.0);
-            t.stop()?;
-            let t = Tracer::netprobe(&bin, &["--trace"])?;
-            let started = Instant::now();
-            pps.entry("netprobe_trace").or_default().push(flood(p, opts.seconds)?.0);
-            let secs = started.elapsed().as_secs_f64();
-            if let Some(r) = t.stop()? {
-                trace_reports.push((r, secs));
+            let n = opts.modes.len();
+            let mut this_rep = Vec::new();
+            for i in 0..n {
+                let mode = &opts.modes[(i + rep) % n];
+                let started = Instant::now();
+                let (rate, report) = match mode_tracer(mode).unwrap_or_default() {
+                    None => (flood(p, opts.seconds)?.0, None),
+                    Some(start) => {
+                        let t = start(&bin, &script)?;
+                        let rate = flood(p, opts.seconds)?.0;
+                        (rate, t.stop()?)
+                    }
+                };
+                if mode == "trace" {
+                    if let Some(r) = report {
+                        trace_reports.push((r, started.elapsed().as_secs_f64()));
+                    }
+                }
+                pps.entry(mode.clone()).or_default().push(rate);
+                this_rep.push((mode.clone(), rate));
             }
-            let t = Tracer::bpftrace(&script)?;
-            pps.entry("bpftrace").or_default().push(flood(p, opts.seconds)?.0);
-            t.stop()?;
+            if let Some(&(_, u)) = this_rep.iter().find(|(m, _)| m == "untraced") {
+                for (m, r) in this_rep {
+                    ratios.entry(m).or_default().push(r / u);
+                }
+            }
         }
-        let base = pps["untraced"].iter().sum::<f64>() / pps["untraced"].len() as f64;
         let mut modes = serde_json::Map::new();
-        for (mode, v) in &pps {
-            let ratios: Vec<f64> = v.iter().map(|x| x / base).collect();
-            modes.insert(mode.to_string(), json!({"pps": stats(v), "ratio_to_untraced": stats(&ratios)}));
+        for mode in &opts.modes {
+            let v = &pps[mode];
+            let r = ratios.get(mode).cloned().unwrap_or_default();
+            modes.insert(mode.to_string(), json!({"pps": stats(v), "ratio_to_untraced": stats(&r)}));
+            let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
             table.push(format!(
                 "{:<8} {:<20} {:>10.0} pps  ratio {:.2} (min {:.2}, max {:.2})",
                 p.name,
                 mode,
-                v.iter().sum::<f64>() / v.len() as f64,
-                ratios.iter().sum::<f64>() / ratios.len() as f64,
-                ratios.iter().cloned().fold(f64::INFINITY, f64::min),
-                ratios.iter().cloned().fold(0.0, f64::max),
+                mean(v),
+                mean(&r),
+                r.iter().cloned().fold(f64::INFINITY, f64::min),
+                r.iter().cloned().fold(0.0, f64::max),
             ));
         }
         // Trace delivery: events consumed per second, lost, consumer CPU.
@@ -301,6 +343,11 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         }
         modes.insert("trace_delivery".into(), Value::Array(delivery));
         results.insert(p.name.into(), Value::Object(modes));
+    }
+    if opts.quick {
+        drop(topo);
+        drop(veth);
+        return finish(&out_dir, &results, &table, opts);
     }
 
     // Per-hop cost per backend on the veth path (bpf_stats adds its own
@@ -337,9 +384,12 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         );
     }
     // From throughput: extra time per packet over hops seen per packet.
-    if let (Some(v), Some(hops)) = (results.get("veth"), hops_per_packet(&bin, &paths[0])?) {
+    let veth_path = paths.iter().find(|p| p.name == "veth");
+    if let (Some(v), Some(hops)) =
+        (results.get("veth"), veth_path.map(|p| hops_per_packet(&bin, p)).transpose()?.flatten())
+    {
         let u = v["untraced"]["pps"]["mean"].as_f64().unwrap_or(0.0);
-        let a = v["netprobe_aggregate"]["pps"]["mean"].as_f64().unwrap_or(0.0);
+        let a = v["aggregate"]["pps"]["mean"].as_f64().unwrap_or(0.0);
         if u > 0.0 && a > 0.0 {
             let ns = (1e9 / a - 1e9 / u) / hops;
             table.push(format!(
@@ -383,14 +433,35 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
 
     drop(topo);
     drop(veth);
+    finish(&out_dir, &results, &table, opts)
+}
+
+fn finish(out_dir: &Path, results: &serde_json::Map<String, Value>, table: &[String], opts: &BenchOpts) -> Result<()> {
     let out = out_dir.join("bench.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(results))?)?;
+    std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(results.clone()))?)?;
     println!("\nnetprobe bench ({} reps x {} s, 64-byte UDP, iperf3)", opts.reps, opts.seconds);
     for l in table {
         println!("  {l}");
     }
     println!("figures: {}", out.display());
     Ok(())
+}
+
+type StartTracer = fn(&Path, &Path) -> Result<Tracer>;
+
+/// How a bench mode is traced: None for an unknown mode, Some(None) untraced.
+fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
+    let start: StartTracer = match mode {
+        "untraced" => return Some(None),
+        "empty" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_EMPTY_PROGRAMS"]),
+        "aggregate" => |b, _| Tracer::netprobe(b, &[]),
+        "aggregate_nocpu" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_NO_CPU"]),
+        "aggregate_probe" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_PROBE_LAUNDER"]),
+        "trace" => |b, _| Tracer::netprobe(b, &["--trace"]),
+        "bpftrace" => |_, s| Tracer::bpftrace(s),
+        _ => return None,
+    };
+    Some(Some(start))
 }
 
 /// Hops per packet on a path: samples per followed packet, plus the first hop.
