@@ -447,7 +447,10 @@ pub struct TrackState {
     pub net: u64,
     pub hop: u8,
     pub origin_hop: u8,
-    pub _pad: [u8; 6],
+    // Padding as words, not byte arrays: zeroing a byte array is a memset
+    // (a call and a byte loop) in the BPF program, on every packet.
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// Key of the per-hop-pair latency aggregates in `NP_HOPS`.
@@ -462,7 +465,9 @@ pub struct PairKey {
     pub from_hop: u8,
     pub to_hop: u8,
     pub origin_hop: u8,
-    pub _pad: [u8; 5],
+    // Words, not a byte array (see `TrackState`).
+    pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// Entries of the per-CPU hop-pair cache `NP_PAIRS` (a power of two): a

@@ -578,7 +578,8 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
                     net,
                     hop,
                     origin_hop: hop,
-                    _pad: [0; 6],
+                    _pad: 0,
+                    _pad2: 0,
                 };
                 bump(counter::TRACK_STARTED);
             } else {
@@ -593,7 +594,8 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             from_hop: st.hop,
             to_hop: hop,
             origin_hop: st.origin_hop,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         };
         aggregate(&key, gap, dev);
         if unsafe { core::ptr::read_volatile(&cfg().trace) } != 0 {
@@ -646,7 +648,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
         // Another packet's state: it loses its slot, counted.
         bump(counter::TRACK_EVICTED);
     }
-    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: [0; 6] };
+    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: 0, _pad2: 0 };
     bump(counter::TRACK_STARTED);
 }
 
