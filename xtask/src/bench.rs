@@ -1,8 +1,11 @@
 //! `cargo xtask bench`: what netprobe costs the datapath it measures.
 //! A 64-byte UDP flood (iperf3) through (a) a veth pair between two
 //! namespaces and (b) the demo MacVTap topology, each measured untraced,
-//! under netprobe's aggregate mode, its per-packet trace mode, and the
-//! equivalent bpftrace script (bench/hops.bt), interleaved and repeated.
+//! under netprobe's aggregate mode, its per-packet trace mode, the
+//! equivalent bpftrace script (bench/hops.bt), and netprobe's programs
+//! attached to the same tracepoints but returning at once ("empty
+//! programs": what any tracepoint-based tool pays here before doing
+//! anything), interleaved (order rotated each repetition) and repeated.
 //! Also: per-hop cost per backend (kernel.bpf_stats_enabled), trace
 //! delivery (events/s, lost, consumer CPU) and memory over a soak run.
 //! Figures go to target/bench/bench.json and a table.
@@ -161,17 +164,25 @@ fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
     // bpftrace prints "Attaching" on stdout; netprobe "recording" on stderr.
     if let Some(out) = out {
         if needle == "Attaching" {
-            let mut r = BufReader::new(out);
-            let mut line = String::new();
-            while r.read_line(&mut line)? > 0 {
-                if line.contains(needle) {
-                    std::thread::spawn(move || for _ in r.lines() {});
-                    std::thread::spawn(move || for _ in reader.lines() {});
-                    return Ok(());
+            // Read on a thread: bpftrace's stdout into a pipe is not always
+            // flushed at "Attaching" (seen once in a loaded run, which then
+            // hung); after 30 s its probes are attached anyway.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.contains("Attaching") {
+                        let _ = tx.send(());
+                    }
                 }
-                line.clear();
+            });
+            std::thread::spawn(move || for _ in reader.lines() {});
+            if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+                if child.try_wait()?.is_some() {
+                    bail!("bpftrace exited before attaching");
+                }
+                eprintln!("xtask bench: bpftrace printed no \"Attaching\" in 30 s; going on");
             }
-            bail!("bpftrace exited before attaching");
+            return Ok(());
         }
         child.stdout = Some(out);
     }
@@ -191,12 +202,22 @@ fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
     }
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
 fn stats(v: &[f64]) -> Value {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = v.iter().cloned().fold(0.0, f64::max);
-    json!({"mean": mean, "min": min, "max": max, "runs": v})
+    json!({"mean": mean, "median": median(v), "min": min, "max": max, "runs": v})
 }
 
 /// Average run time per invocation of netprobe's programs, from
@@ -307,10 +328,11 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             modes.insert(mode.to_string(), json!({"pps": stats(v), "ratio_to_untraced": stats(&r)}));
             let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
             table.push(format!(
-                "{:<8} {:<20} {:>10.0} pps  ratio {:.2} (min {:.2}, max {:.2})",
+                "{:<8} {:<20} {:>10.0} pps  ratio median {:.2}, mean {:.2} (min {:.2}, max {:.2})",
                 p.name,
-                mode,
+                mode_label(mode),
                 mean(v),
+                median(&r),
                 mean(&r),
                 r.iter().cloned().fold(f64::INFINITY, f64::min),
                 r.iter().cloned().fold(0.0, f64::max),
@@ -397,6 +419,17 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             ));
             per_backend.insert("from_throughput".into(), json!({"ns_per_hop": ns, "hops_per_packet": hops}));
         }
+        // Of which the tracepoints' own cost (empty programs) and netprobe's code.
+        let e = v.get("empty").and_then(|e| e["pps"]["mean"].as_f64()).unwrap_or(0.0);
+        if u > 0.0 && a > 0.0 && e > 0.0 {
+            let floor = (1e9 / e - 1e9 / u) / hops;
+            let code = (1e9 / a - 1e9 / e) / hops;
+            table.push(format!(
+                "per-hop  of which               {floor:>10.0} ns empty programs (tracepoint floor), {code:.0} ns netprobe's code"
+            ));
+            per_backend
+                .insert("from_throughput_split".into(), json!({"empty_ns_per_hop": floor, "code_ns_per_hop": code}));
+        }
     }
     results.insert("per_hop_cost".into(), Value::Object(per_backend));
 
@@ -445,6 +478,18 @@ fn finish(out_dir: &Path, results: &serde_json::Map<String, Value>, table: &[Str
     }
     println!("figures: {}", out.display());
     Ok(())
+}
+
+/// A bench mode as the table names it.
+fn mode_label(mode: &str) -> &str {
+    match mode {
+        "empty" => "empty programs",
+        "aggregate" => "netprobe aggregate",
+        "aggregate_nocpu" => "aggregate, no CPU",
+        "aggregate_probe" => "aggregate, helper",
+        "trace" => "netprobe trace",
+        other => other,
+    }
 }
 
 type StartTracer = fn(&Path, &Path) -> Result<Tracer>;
