@@ -101,8 +101,23 @@ pub mod names {
     pub const CPU_LAST: &str = "NP_CPU_LAST";
     /// Per-CPU softirq time by vector, and entry times.
     pub const SOFTIRQ: &str = "NP_SOFTIRQ";
-    pub const ALL_MAPS: [&str; 14] =
-        [TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS, CPU, CPU_LAST, SOFTIRQ];
+    /// Per-CPU scratch word: turns a BTF-typed pointer into a plain number.
+    pub const SCRATCH: &str = "NP_SCRATCH";
+    pub const ALL_MAPS: [&str; 15] = [
+        TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS, CPU, CPU_LAST, SOFTIRQ, SCRATCH,
+    ];
+}
+
+/// `Config::bench` bits: what `cargo xtask bench` switches to separate
+/// netprobe's own cost from the tracepoints' (environment variables of the
+/// loader, see `attach`).
+pub mod bench {
+    /// Every program returns at once (`NETPROBE_EMPTY_PROGRAMS`): the
+    /// floor any tool with programs on the same tracepoints pays.
+    pub const EMPTY: u32 = 1 << 0;
+    /// Launder the skb pointer with `bpf_probe_read_kernel` (a helper call
+    /// per hop; `NETPROBE_PROBE_LAUNDER`), as before the scratch word.
+    pub const PROBE_LAUNDER: u32 = 1 << 1;
 }
 
 /// How a kernel program is attached; also the prefix of its program name.
@@ -266,7 +281,8 @@ pub struct Config {
     /// Offset of `vec` in the classic `irq:softirq_entry/exit` records
     /// (from their tracefs format files).
     pub softirq_vec_off: u32,
-    pub _pad2: u32,
+    /// Benchmark switches ([`bench`] bits; 0 in normal use).
+    pub bench: u32,
     /// The flow filter (`--filter`), applied where a packet's tracking
     /// would start.
     pub flow: FlowFilter,
@@ -294,7 +310,7 @@ impl Config {
             classic: [ClassicFields { skbaddr: 0, name_loc: 0, reason: 0, reason_size: 0 }; MAX_HOPS],
             slots: [SlotConfig { hop: 0, skb_arg: SlotConfig::NO_SKB, skb_indirect: 0, _pad: 0 }; MAX_SLOTS],
             softirq_vec_off: 0,
-            _pad2: 0,
+            bench: 0,
             flow: FlowFilter::zeroed(),
         }
     }
@@ -431,7 +447,10 @@ pub struct TrackState {
     pub net: u64,
     pub hop: u8,
     pub origin_hop: u8,
-    pub _pad: [u8; 6],
+    // Padding as words, not byte arrays: zeroing a byte array is a memset
+    // (a call and a byte loop) in the BPF program, on every packet.
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// Key of the per-hop-pair latency aggregates in `NP_HOPS`.
@@ -446,7 +465,9 @@ pub struct PairKey {
     pub from_hop: u8,
     pub to_hop: u8,
     pub origin_hop: u8,
-    pub _pad: [u8; 5],
+    // Words, not a byte array (see `TrackState`).
+    pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// Entries of the per-CPU hop-pair cache `NP_PAIRS` (a power of two): a

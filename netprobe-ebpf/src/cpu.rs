@@ -25,6 +25,9 @@ static NP_SOFTIRQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(17, 0);
 
 #[inline(always)]
 fn switched() {
+    if crate::empty() {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(last) = NP_CPU_LAST.get_ptr_mut(0) else { return };
     let last = unsafe { &mut *last };
@@ -54,6 +57,9 @@ fn switched() {
 
 #[inline(always)]
 fn softirq(vec: u32, entry: bool) {
+    if crate::empty() {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(t0) = NP_SOFTIRQ.get_ptr_mut(16) else { return };
     if entry {

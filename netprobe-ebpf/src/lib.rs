@@ -73,6 +73,10 @@ static NP_ENTRY: LruHashMap<EntryKey, u64> = LruHashMap::with_max_entries(16384,
 #[map(name = "NP_FUNCS")]
 static NP_FUNCS: PerCpuHashMap<u32, Hist> = PerCpuHashMap::with_max_entries(256, BPF_F_NO_PREALLOC);
 
+/// One word per CPU where [`scalar_of`] turns a typed pointer into a number.
+#[map(name = "NP_SCRATCH")]
+static NP_SCRATCH: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// One all-zero histogram, the initial value of a new hop-pair aggregate
 /// (too large for the BPF stack). Never written.
 #[map(name = "NP_ZERO")]
@@ -83,6 +87,18 @@ fn cfg() -> &'static Config {
     // The loader rewrites NP_CONFIG in the object before loading; read it
     // through a volatile pointer so the compiler cannot fold the zeroes in.
     unsafe { &*core::ptr::read_volatile(&&raw const NP_CONFIG) }
+}
+
+/// `Config::bench` bits (0 in normal use).
+#[inline(always)]
+pub(crate) fn bench_bits() -> u32 {
+    unsafe { core::ptr::read_volatile(&cfg().bench) }
+}
+
+/// The bench's floor: programs that return at once.
+#[inline(always)]
+pub(crate) fn empty() -> bool {
+    bench_bits() & netprobe_common::bench::EMPTY != 0
 }
 
 #[inline(always)]
@@ -487,12 +503,33 @@ fn count_drop(key: &DropKey) {
 
 /// A pointer's address as a plain number. tp_btf and fentry arguments are
 /// typed pointers on which the verifier refuses arithmetic (hashing), and
-/// it refuses to refill them from the stack by halves; copied by the probe
-/// helper, the copy is a scalar. `DIRECT` says the pointer is typed.
+/// it refuses to refill them from the stack by halves. Stored in a map
+/// value (allowed to a privileged loader) and loaded back, the copy is a
+/// scalar: a per-CPU word, an inlined lookup and plain accesses, where
+/// `bpf_probe_read_kernel` was a helper call per hop. A program nesting on
+/// this CPU (an interrupt) between the store and the load could overwrite
+/// the word; each use bumps a generation word first, so a changed
+/// generation says so, and the helper is used then. (The copy cannot be
+/// compared with the pointer: the compiler would reuse the pointer.)
+/// `DIRECT` says the pointer is typed.
 #[inline(always)]
 fn scalar_of<const DIRECT: bool>(p: u64) -> u64 {
     if !DIRECT {
         return p;
+    }
+    if bench_bits() & netprobe_common::bench::PROBE_LAUNDER == 0 {
+        if let Some(w) = NP_SCRATCH.get_ptr_mut(0) {
+            let w = w as *mut u64;
+            unsafe {
+                let gen = core::ptr::read_volatile(w).wrapping_add(1);
+                core::ptr::write_volatile(w, gen);
+                core::ptr::write_volatile(w.add(1), p);
+                let v = core::ptr::read_volatile(w.add(1));
+                if core::ptr::read_volatile(w) == gen {
+                    return v;
+                }
+            }
+        }
     }
     let spill = [p];
     unsafe { bpf_probe_read_kernel(spill.as_ptr()) }.unwrap_or(0)
@@ -541,7 +578,8 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
                     net,
                     hop,
                     origin_hop: hop,
-                    _pad: [0; 6],
+                    _pad: 0,
+                    _pad2: 0,
                 };
                 bump(counter::TRACK_STARTED);
             } else {
@@ -556,7 +594,8 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             from_hop: st.hop,
             to_hop: hop,
             origin_hop: st.origin_hop,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         };
         aggregate(&key, gap, dev);
         if unsafe { core::ptr::read_volatile(&cfg().trace) } != 0 {
@@ -609,7 +648,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
         // Another packet's state: it loses its slot, counted.
         bump(counter::TRACK_EVICTED);
     }
-    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: [0; 6] };
+    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: 0, _pad2: 0 };
     bump(counter::TRACK_STARTED);
 }
 
@@ -632,6 +671,9 @@ fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64) {
 /// `net_dev_start_xmit`; the drop reason third for `kfree_skb`).
 #[inline(always)]
 fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u64) {
+    if empty() {
+        return;
+    }
     let flags = flags_of(hop);
     if flags & hop_flags::ENABLED == 0 {
         return;
@@ -663,6 +705,9 @@ fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u64) {
 /// read from each tracepoint's `format` file; devices identified by name.
 #[inline(always)]
 fn classic_hop(ctx: &aya_ebpf::programs::TracePointContext, hop: u8) {
+    if empty() {
+        return;
+    }
     let flags = flags_of(hop);
     if flags & hop_flags::ENABLED == 0 {
         return;

@@ -101,6 +101,16 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
     config.max_gap_ns = opts.max_gap_ns;
     config.filter_enabled = opts.filter_enabled as u32;
     config.trace = opts.trace as u32;
+    // Bench switches (`cargo xtask bench`): the same programs on the same
+    // tracepoints returning at once; the old pointer laundering.
+    for (var, bit) in [
+        ("NETPROBE_EMPTY_PROGRAMS", netprobe_common::bench::EMPTY),
+        ("NETPROBE_PROBE_LAUNDER", netprobe_common::bench::PROBE_LAUNDER),
+    ] {
+        if std::env::var_os(var).is_some() {
+            config.bench |= bit;
+        }
+    }
     let mut drop_reasons = BTreeMap::new();
     let mut global_notes = Vec::new();
     if let Some(btf) = &btf_rs {
@@ -137,8 +147,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         let h = p.hop;
         // Every hop is configured, attached or not, so one whose module
         // loads later can still be attached by a rescan.
-        config.hop_flags[h.id as usize] =
-            if std::env::var_os("NETPROBE_EMPTY_PROGRAMS").is_some() { 0 } else { h.flags | hop_flags::ENABLED };
+        config.hop_flags[h.id as usize] = h.flags | hop_flags::ENABLED;
         match h.site {
             Site::Tracepoint(t) => {
                 if let Ok(fs) = &tracefs {
@@ -208,7 +217,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         att.coverage.push(c);
     }
     // CPU accounting (not a packet hop): the best backend that loads.
-    for (category, name) in CPU_TRACEPOINTS {
+    // (NETPROBE_NO_CPU: without it, for the bench.)
+    let cpu = if std::env::var_os("NETPROBE_NO_CPU").is_some() { &[][..] } else { &CPU_TRACEPOINTS[..] };
+    for &(category, name) in cpu {
         let mut why = Vec::new();
         let ok = Backend::TRACEPOINT.into_iter().find(|&b| {
             match attach_tracepoint(&mut att.ebpf, b, category, name, att.btf_for_load.as_ref()) {

@@ -499,7 +499,8 @@ pub(crate) mod tests {
             from_hop,
             to_hop,
             origin_hop: if origin == 0x10 { hop::NET_DEV_QUEUE } else { hop::NETIF_RECEIVE_SKB },
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         };
         // guest -> wire: queue@macvtap0 -> xmit@macvtap0 -> queue@eth0
         s.pairs.insert(k(0x10, hop::NET_DEV_START_XMIT, 0x10, hop::NET_DEV_QUEUE, 0x20), hist(&[2000]));

@@ -314,7 +314,8 @@ impl Recording {
                 from_hop: p.from_hop,
                 to_hop: p.to_hop,
                 origin_hop: p.origin_hop,
-                _pad: [0; 5],
+                _pad: 0,
+                _pad2: 0,
             };
             s.pairs.insert(k, p.hist.to_hist()?);
         }
@@ -483,7 +484,8 @@ mod tests {
             from_hop: hop::NET_DEV_QUEUE,
             to_hop: hop::NET_DEV_START_XMIT,
             origin_hop: hop::NET_DEV_QUEUE,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         };
         snap.pairs.insert(key, h);
         snap.devs.insert(0x10, DevInfo { name: name16("macvtap0"), kind: name16("macvtap"), ifindex: 3, netns: 7 });

@@ -1,8 +1,11 @@
 //! `cargo xtask bench`: what netprobe costs the datapath it measures.
 //! A 64-byte UDP flood (iperf3) through (a) a veth pair between two
 //! namespaces and (b) the demo MacVTap topology, each measured untraced,
-//! under netprobe's aggregate mode, its per-packet trace mode, and the
-//! equivalent bpftrace script (bench/hops.bt), interleaved and repeated.
+//! under netprobe's aggregate mode, its per-packet trace mode, the
+//! equivalent bpftrace script (bench/hops.bt), and netprobe's programs
+//! attached to the same tracepoints but returning at once ("empty
+//! programs": what any tracepoint-based tool pays here before doing
+//! anything), interleaved (order rotated each repetition) and repeated.
 //! Also: per-hop cost per backend (kernel.bpf_stats_enabled), trace
 //! delivery (events/s, lost, consumer CPU) and memory over a soak run.
 //! Figures go to target/bench/bench.json and a table.
@@ -31,6 +34,19 @@ pub(crate) struct BenchOpts {
     /// Length of the memory soak run (the issue's figure is 600).
     #[arg(long, default_value_t = 60)]
     soak_seconds: u64,
+    /// Modes to compare, interleaved (order rotated each repetition):
+    /// untraced, empty (netprobe's programs returning at once: the
+    /// tracepoints' own cost), aggregate, aggregate_nocpu (without the CPU
+    /// accounting programs), aggregate_probe (the skb laundered by a helper
+    /// call, as before), trace, bpftrace.
+    #[arg(long, value_delimiter = ',', default_value = "untraced,empty,aggregate,trace,bpftrace")]
+    modes: Vec<String>,
+    /// Paths to flood: veth, macvtap.
+    #[arg(long, value_delimiter = ',', default_value = "veth,macvtap")]
+    paths: Vec<String>,
+    /// Throughput only: no per-hop costs, no soak.
+    #[arg(long)]
+    quick: bool,
 }
 
 /// Where a flood goes: (sender ns, receiver ns, receiver address).
@@ -100,9 +116,14 @@ struct Tracer {
 
 impl Tracer {
     fn netprobe(bin: &Path, extra: &[&str]) -> Result<Tracer> {
+        Tracer::netprobe_env(bin, extra, &[])
+    }
+
+    fn netprobe_env(bin: &Path, extra: &[&str], env: &[&str]) -> Result<Tracer> {
         let mut child = Command::new(bin)
             .args(["record", "--format", "json"])
             .args(extra)
+            .envs(env.iter().map(|v| (v, "1")))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -143,17 +164,25 @@ fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
     // bpftrace prints "Attaching" on stdout; netprobe "recording" on stderr.
     if let Some(out) = out {
         if needle == "Attaching" {
-            let mut r = BufReader::new(out);
-            let mut line = String::new();
-            while r.read_line(&mut line)? > 0 {
-                if line.contains(needle) {
-                    std::thread::spawn(move || for _ in r.lines() {});
-                    std::thread::spawn(move || for _ in reader.lines() {});
-                    return Ok(());
+            // Read on a thread: bpftrace's stdout into a pipe is not always
+            // flushed at "Attaching" (seen once in a loaded run, which then
+            // hung); after 30 s its probes are attached anyway.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.contains("Attaching") {
+                        let _ = tx.send(());
+                    }
                 }
-                line.clear();
+            });
+            std::thread::spawn(move || for _ in reader.lines() {});
+            if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+                if child.try_wait()?.is_some() {
+                    bail!("bpftrace exited before attaching");
+                }
+                eprintln!("xtask bench: bpftrace printed no \"Attaching\" in 30 s; going on");
             }
-            bail!("bpftrace exited before attaching");
+            return Ok(());
         }
         child.stdout = Some(out);
     }
@@ -173,12 +202,22 @@ fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
     }
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
 fn stats(v: &[f64]) -> Value {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = v.iter().cloned().fold(0.0, f64::max);
-    json!({"mean": mean, "min": min, "max": max, "runs": v})
+    json!({"mean": mean, "median": median(v), "min": min, "max": max, "runs": v})
 }
 
 /// Average run time per invocation of netprobe's programs, from
@@ -228,7 +267,7 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
 
     let veth = VethPair::create()?;
     let topo = Topology::create_kind(Kind::Macvtap)?;
-    let paths = [
+    let paths: Vec<Path2> = [
         Path2 { name: "veth", from_ns: "npbench-a".into(), to_ns: "npbench-b".into(), to_addr: "198.18.2.2".into() },
         Path2 {
             name: "macvtap",
@@ -236,42 +275,67 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             to_ns: topo.peer_ns.clone(),
             to_addr: netprobe::demo::PEER_ADDR.into(),
         },
-    ];
+    ]
+    .into_iter()
+    .filter(|p| opts.paths.iter().any(|n| n == p.name))
+    .collect();
+    for m in &opts.modes {
+        if mode_tracer(m).is_none() {
+            bail!("unknown bench mode {m}");
+        }
+    }
     let mut results = serde_json::Map::new();
     let mut table = Vec::new();
     for p in &paths {
-        let mut pps: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+        let mut pps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        // Each traced run relative to the untraced run of its repetition:
+        // the machine's background load drifts between repetitions.
+        let mut ratios: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         let mut trace_reports = Vec::new();
         for rep in 0..opts.reps {
             eprintln!("xtask bench: {} repetition {}/{}", p.name, rep + 1, opts.reps);
-            pps.entry("untraced").or_default().push(flood(p, opts.seconds)?.0);
-            let t = Tracer::netprobe(&bin, &[])?;
-            pps.entry("netprobe_aggregate").or_default().push(flood(p, opts.seconds)?.0);
-            t.stop()?;
-            let t = Tracer::netprobe(&bin, &["--trace"])?;
-            let started = Instant::now();
-            pps.entry("netprobe_trace").or_default().push(flood(p, opts.seconds)?.0);
-            let secs = started.elapsed().as_secs_f64();
-            if let Some(r) = t.stop()? {
-                trace_reports.push((r, secs));
+            let n = opts.modes.len();
+            let mut this_rep = Vec::new();
+            for i in 0..n {
+                let mode = &opts.modes[(i + rep) % n];
+                let started = Instant::now();
+                let (rate, report) = match mode_tracer(mode).unwrap_or_default() {
+                    None => (flood(p, opts.seconds)?.0, None),
+                    Some(start) => {
+                        let t = start(&bin, &script)?;
+                        let rate = flood(p, opts.seconds)?.0;
+                        (rate, t.stop()?)
+                    }
+                };
+                if mode == "trace" {
+                    if let Some(r) = report {
+                        trace_reports.push((r, started.elapsed().as_secs_f64()));
+                    }
+                }
+                pps.entry(mode.clone()).or_default().push(rate);
+                this_rep.push((mode.clone(), rate));
             }
-            let t = Tracer::bpftrace(&script)?;
-            pps.entry("bpftrace").or_default().push(flood(p, opts.seconds)?.0);
-            t.stop()?;
+            if let Some(&(_, u)) = this_rep.iter().find(|(m, _)| m == "untraced") {
+                for (m, r) in this_rep {
+                    ratios.entry(m).or_default().push(r / u);
+                }
+            }
         }
-        let base = pps["untraced"].iter().sum::<f64>() / pps["untraced"].len() as f64;
         let mut modes = serde_json::Map::new();
-        for (mode, v) in &pps {
-            let ratios: Vec<f64> = v.iter().map(|x| x / base).collect();
-            modes.insert(mode.to_string(), json!({"pps": stats(v), "ratio_to_untraced": stats(&ratios)}));
+        for mode in &opts.modes {
+            let v = &pps[mode];
+            let r = ratios.get(mode).cloned().unwrap_or_default();
+            modes.insert(mode.to_string(), json!({"pps": stats(v), "ratio_to_untraced": stats(&r)}));
+            let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
             table.push(format!(
-                "{:<8} {:<20} {:>10.0} pps  ratio {:.2} (min {:.2}, max {:.2})",
+                "{:<8} {:<20} {:>10.0} pps  ratio median {:.2}, mean {:.2} (min {:.2}, max {:.2})",
                 p.name,
-                mode,
-                v.iter().sum::<f64>() / v.len() as f64,
-                ratios.iter().sum::<f64>() / ratios.len() as f64,
-                ratios.iter().cloned().fold(f64::INFINITY, f64::min),
-                ratios.iter().cloned().fold(0.0, f64::max),
+                mode_label(mode),
+                mean(v),
+                median(&r),
+                mean(&r),
+                r.iter().cloned().fold(f64::INFINITY, f64::min),
+                r.iter().cloned().fold(0.0, f64::max),
             ));
         }
         // Trace delivery: events consumed per second, lost, consumer CPU.
@@ -301,6 +365,11 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         }
         modes.insert("trace_delivery".into(), Value::Array(delivery));
         results.insert(p.name.into(), Value::Object(modes));
+    }
+    if opts.quick {
+        drop(topo);
+        drop(veth);
+        return finish(&out_dir, &results, &table, opts);
     }
 
     // Per-hop cost per backend on the veth path (bpf_stats adds its own
@@ -337,15 +406,29 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         );
     }
     // From throughput: extra time per packet over hops seen per packet.
-    if let (Some(v), Some(hops)) = (results.get("veth"), hops_per_packet(&bin, &paths[0])?) {
+    let veth_path = paths.iter().find(|p| p.name == "veth");
+    if let (Some(v), Some(hops)) =
+        (results.get("veth"), veth_path.map(|p| hops_per_packet(&bin, p)).transpose()?.flatten())
+    {
         let u = v["untraced"]["pps"]["mean"].as_f64().unwrap_or(0.0);
-        let a = v["netprobe_aggregate"]["pps"]["mean"].as_f64().unwrap_or(0.0);
+        let a = v["aggregate"]["pps"]["mean"].as_f64().unwrap_or(0.0);
         if u > 0.0 && a > 0.0 {
             let ns = (1e9 / a - 1e9 / u) / hops;
             table.push(format!(
                 "per-hop  from throughput        {ns:>10.0} ns per hop ({hops:.1} hops per packet, aggregate mode)"
             ));
             per_backend.insert("from_throughput".into(), json!({"ns_per_hop": ns, "hops_per_packet": hops}));
+        }
+        // Of which the tracepoints' own cost (empty programs) and netprobe's code.
+        let e = v.get("empty").and_then(|e| e["pps"]["mean"].as_f64()).unwrap_or(0.0);
+        if u > 0.0 && a > 0.0 && e > 0.0 {
+            let floor = (1e9 / e - 1e9 / u) / hops;
+            let code = (1e9 / a - 1e9 / e) / hops;
+            table.push(format!(
+                "per-hop  of which               {floor:>10.0} ns empty programs (tracepoint floor), {code:.0} ns netprobe's code"
+            ));
+            per_backend
+                .insert("from_throughput_split".into(), json!({"empty_ns_per_hop": floor, "code_ns_per_hop": code}));
         }
     }
     results.insert("per_hop_cost".into(), Value::Object(per_backend));
@@ -383,14 +466,47 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
 
     drop(topo);
     drop(veth);
+    finish(&out_dir, &results, &table, opts)
+}
+
+fn finish(out_dir: &Path, results: &serde_json::Map<String, Value>, table: &[String], opts: &BenchOpts) -> Result<()> {
     let out = out_dir.join("bench.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(results))?)?;
+    std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(results.clone()))?)?;
     println!("\nnetprobe bench ({} reps x {} s, 64-byte UDP, iperf3)", opts.reps, opts.seconds);
     for l in table {
         println!("  {l}");
     }
     println!("figures: {}", out.display());
     Ok(())
+}
+
+/// A bench mode as the table names it.
+fn mode_label(mode: &str) -> &str {
+    match mode {
+        "empty" => "empty programs",
+        "aggregate" => "netprobe aggregate",
+        "aggregate_nocpu" => "aggregate, no CPU",
+        "aggregate_probe" => "aggregate, helper",
+        "trace" => "netprobe trace",
+        other => other,
+    }
+}
+
+type StartTracer = fn(&Path, &Path) -> Result<Tracer>;
+
+/// How a bench mode is traced: None for an unknown mode, Some(None) untraced.
+fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
+    let start: StartTracer = match mode {
+        "untraced" => return Some(None),
+        "empty" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_EMPTY_PROGRAMS"]),
+        "aggregate" => |b, _| Tracer::netprobe(b, &[]),
+        "aggregate_nocpu" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_NO_CPU"]),
+        "aggregate_probe" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_PROBE_LAUNDER"]),
+        "trace" => |b, _| Tracer::netprobe(b, &["--trace"]),
+        "bpftrace" => |_, s| Tracer::bpftrace(s),
+        _ => return None,
+    };
+    Some(Some(start))
 }
 
 /// Hops per packet on a path: samples per followed packet, plus the first hop.

@@ -274,7 +274,8 @@ mod tests {
             from_hop: hop::NET_DEV_QUEUE,
             to_hop: hop::NET_DEV_START_XMIT,
             origin_hop: hop::NET_DEV_QUEUE,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 
