@@ -149,9 +149,11 @@ fn iperf3_stream_by_pid_and_the_series_spans_it() {
     let w = &r["workload"];
     assert!(w["command"].to_string().contains("iperf3"), "{w}");
     assert!(w["tgids"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(u64::from(client.id()))), "{w}");
-    // Ended by the client's exit, right after its 3 s run.
+    // Ended by the client's exit, soon after its 3 s run (connecting and
+    // ending take a moment more on a loaded machine; a recording that did
+    // not end with it would run on to Ctrl-C).
     let secs = r["duration_s"].as_f64().unwrap();
-    assert!((3.0..4.5).contains(&secs), "recorded {secs} s of a 3 s run");
+    assert!((2.9..6.0).contains(&secs), "recorded {secs} s of a 3 s run");
     assert!(role_ns(&r, "workload") > 10_000_000, "iperf3 used no CPU? {}", r["cpu"]);
     assert!(role_ns(&r, "guest") > 0, "{}", r["cpu"]);
     assert!(r["cpu"]["per_packet_ns"]["softirq"].as_f64().unwrap() > 0.0);
