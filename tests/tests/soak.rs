@@ -81,7 +81,12 @@ fn soak_with_devices_coming_and_going() {
     for k in ["events_lost", "pair_lost", "drop_lost", "track_evicted", "events_received"] {
         assert!(tracking[k].is_u64(), "{k} missing: {tracking}");
     }
-    assert_eq!(tracking["pair_lost"], 0, "{tracking}");
+    // A sample can be lost when a new pair's per-CPU entry cannot be
+    // allocated at that instant (no-prealloc maps allocate from a cache
+    // refilled asynchronously): rare, and counted. (2 of 548,627 packets in
+    // one CI run.)
+    let lost = tracking["pair_lost"].as_u64().unwrap();
+    assert!(lost * 10_000 <= tracking["track_started"].as_u64().unwrap(), "{lost} samples lost: {tracking}");
     assert!(tracking["track_started"].as_u64().unwrap() > 1000 * cycles as u64, "{tracking}");
     // Nothing left behind: programs, namespaces.
     let left = netprobe_tests::netprobe_programs();
