@@ -167,24 +167,28 @@ fn loaded_programs() -> Vec<(u64, String)> {
         .collect()
 }
 
-/// BPF program ids each live process holds a file descriptor of (the
-/// program's own, or a link's: fdinfo `prog_id:`).
+/// Ids of the BPF programs process `pid` holds a file descriptor of (the
+/// program's own, or a link's: fdinfo `prog_id:`), sorted.
+pub fn program_ids_of(pid: u32) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    let mut ids: Vec<u32> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// (pid, program id) for every program a live process holds.
 fn held_programs() -> Vec<(u32, u64)> {
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else { continue };
-        for fd in fds.flatten() {
-            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")) {
-                if let Ok(id) = id.trim().parse() {
-                    out.push((pid, id));
-                }
-            }
-        }
-    }
-    out
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .flat_map(|pid| program_ids_of(pid).into_iter().map(move |id| (pid, u64::from(id))))
+        .collect()
 }
 
 /// netprobe's programs still in the kernel that no live process holds:
@@ -198,26 +202,8 @@ pub fn netprobe_programs() -> Vec<String> {
 
 /// netprobe's programs that process `pid` holds.
 pub fn netprobe_programs_of(pid: u32) -> Vec<String> {
-    let held = held_programs();
-    loaded_programs().into_iter().filter(|(id, _)| held.contains(&(pid, *id))).map(|(_, n)| n).collect()
-}
-
-/// Ids of the BPF programs process `pid` holds (its program and link file
-/// descriptors, from /proc/PID/fdinfo): what must be gone once it exited,
-/// whatever other netprobe runs on the same kernel have loaded.
-pub fn program_ids_of(pid: u32) -> Vec<u32> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
-    let mut ids: Vec<u32> = fds
-        .flatten()
-        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().starts_with("anon_inode:bpf")))
-        .filter_map(|fd| {
-            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).ok()
-        })
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+    let ids = program_ids_of(pid);
+    loaded_programs().into_iter().filter(|(id, _)| ids.iter().any(|&i| u64::from(i) == *id)).map(|(_, n)| n).collect()
 }
 
 /// Those of `ids` still loaded in the kernel (bpftool).
