@@ -190,7 +190,7 @@ fn filter_key(dev: Dev<'_>) -> u64 {
 /// Whether a packet first seen on `dev` is to be followed: its device
 /// is among `--iface`'s, and its headers pass `--filter`.
 #[inline(always)]
-fn passes_filter(dev: Dev<'_>, skb: u64) -> bool {
+fn passes_filter(dev: Dev<'_>, skb: u64, head: u64) -> bool {
     let enabled = unsafe { core::ptr::read_volatile(&cfg().filter_enabled) };
     if enabled != 0 && NP_FILTER.get_ptr(&filter_key(dev)).is_none() {
         return false;
@@ -198,7 +198,7 @@ fn passes_filter(dev: Dev<'_>, skb: u64) -> bool {
     if unsafe { core::ptr::read_volatile(&cfg().flow.enabled) } == 0 {
         return true;
     }
-    if flow_passes(skb) != 0 {
+    if flow_passes(skb, head) != 0 {
         return true;
     }
     bump(counter::FLOW_EXCLUDED);
@@ -223,7 +223,7 @@ fn word(b: &[u8], i: usize) -> u32 {
 /// skipped): EtherType, IPv4/IPv6 addresses and protocol, TCP/UDP/SCTP
 /// ports. Fields it cannot read stay zero (the packet is then not IP).
 #[inline(always)]
-fn flow_fields(skb: u64) -> FlowFields {
+fn flow_fields(skb: u64, head: u64) -> FlowFields {
     let mut f = FlowFields::default();
     let off = &cfg().off;
     let (head_off, mac_off) = unsafe {
@@ -232,7 +232,8 @@ fn flow_fields(skb: u64) -> FlowFields {
     if head_off == 0 || mac_off == 0 {
         return f;
     }
-    let head = read_u64(skb + head_off);
+    // The hop read skb->head already, except classic tracepoints.
+    let head = if head != 0 { head } else { read_u64(skb + head_off) };
     let Some(mac) = read_bytes::<2>(skb + mac_off) else { return f };
     let mac = u16::from_ne_bytes(mac);
     if mac == 0xffff {
@@ -286,8 +287,8 @@ fn flow_fields(skb: u64) -> FlowFields {
 /// packet: 1 when it passes. Out of line: it runs only where tracking
 /// would start, and only with `--filter`.
 #[inline(never)]
-fn flow_passes(skb: u64) -> u32 {
-    let f = flow_fields(skb);
+fn flow_passes(skb: u64, head: u64) -> u32 {
+    let f = flow_fields(skb, head);
     let flow = &cfg().flow;
     let terms = unsafe { core::ptr::read_volatile(&flow.terms) } as usize;
     let mut t = 0;
@@ -568,7 +569,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             // The skb address now holds another packet (a new data buffer),
             // or the packet sat longer than max_gap: restart, never join.
             bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
-            if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb) {
+            if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb, head) {
                 *st = TrackState {
                     skb,
                     ts: now,
@@ -641,7 +642,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
     if flags & hop_flags::START == 0 || devkey == 0 {
         return;
     }
-    if !passes_filter(dev, skb) {
+    if !passes_filter(dev, skb, head) {
         return;
     }
     if st.skb != 0 {
