@@ -50,6 +50,10 @@ pub struct AttachOptions {
     pub trace: bool,
     /// Keep what a later rescan needs (the parsed kernel BTF, ~30 MiB).
     pub rescan: bool,
+    /// Time NET_RX and NET_TX softirqs with programs on
+    /// `irq:softirq_entry/exit` (two more programs per softirq, which is
+    /// up to one per packet); without, softirq time is read from /proc/stat.
+    pub softirq_vectors: bool,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -217,9 +221,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         att.coverage.push(c);
     }
     // CPU accounting (not a packet hop): the best backend that loads.
-    // (NETPROBE_NO_CPU: without it, for the bench.)
+    // The softirq pair only when asked: at one softirq per packet it is a
+    // third of the programs run per packet (see README, Performance).
+    // (NETPROBE_NO_CPU: none of it, for the bench.)
     let cpu = if std::env::var_os("NETPROBE_NO_CPU").is_some() { &[][..] } else { &CPU_TRACEPOINTS[..] };
     for &(category, name) in cpu {
+        if category == "irq" && !opts.softirq_vectors {
+            continue;
+        }
         let mut why = Vec::new();
         let ok = Backend::TRACEPOINT.into_iter().find(|&b| {
             match attach_tracepoint(&mut att.ebpf, b, category, name, att.btf_for_load.as_ref()) {

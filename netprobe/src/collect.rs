@@ -24,12 +24,43 @@ pub struct Snapshot {
     pub counters: [u64; counter::COUNT as usize],
     /// On-CPU ns per thread (`pid_tgid`), with its name.
     pub cpu: BTreeMap<u64, CpuTime>,
-    /// NET_RX and NET_TX softirq ns, per CPU.
+    /// NET_RX and NET_TX softirq ns, per CPU (with `--softirq-vectors`).
     pub softirq_rx: Vec<u64>,
     pub softirq_tx: Vec<u64>,
+    /// Otherwise all softirq ns per CPU since the start, from /proc/stat.
+    pub softirq_all: Vec<u64>,
     /// Sample counts of the pairs held in the `NP_HOPS` hash map (rather
     /// than the fixed per-CPU cache): what [`retire`] can move out.
     pub in_hash: BTreeMap<PairKey, u64>,
+}
+
+impl Snapshot {
+    /// Softirq ns, all CPUs: NET_RX + NET_TX when timed by vector, else
+    /// all softirq time.
+    pub fn softirq_ns(&self) -> u64 {
+        if self.softirq_rx.is_empty() && self.softirq_tx.is_empty() {
+            self.softirq_all.iter().sum()
+        } else {
+            self.softirq_rx.iter().chain(&self.softirq_tx).sum()
+        }
+    }
+}
+
+/// Softirq ns per CPU since boot, from /proc/stat (kept by the kernel at
+/// every tick, or exactly with CONFIG_IRQ_TIME_ACCOUNTING); empty if
+/// unreadable.
+pub fn softirq_stat_ns() -> Vec<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    std::fs::read_to_string("/proc/stat").map(|t| parse_softirq_stat(&t, hz)).unwrap_or_default()
+}
+
+fn parse_softirq_stat(text: &str, hz: u64) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        // cpuN user nice system idle iowait irq softirq ...
+        .map(|l| l.split_whitespace().nth(7).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * (1_000_000_000 / hz))
+        .collect()
 }
 
 pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
@@ -126,4 +157,13 @@ pub fn counters(ebpf: &Ebpf) -> Result<[u64; counter::COUNT as usize]> {
         out[i as usize] = counters.get(&i, 0)?.iter().sum();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn softirq_column_of_each_cpu() {
+        let t = "cpu  10 0 5 100 0 0 7 0 0 0\ncpu0 5 0 2 50 0 0 3 0 0 0\ncpu1 5 0 3 50 0 0 4 0 0 0\nintr 1 2\n";
+        assert_eq!(super::parse_softirq_stat(t, 100), vec![30_000_000, 40_000_000]);
+    }
 }

@@ -410,10 +410,14 @@ fn per_unit(by: &BTreeMap<String, u64>, softirq_ns: u64, units: u64) -> BTreeMap
     out
 }
 
+/// `CpuReport::softirq_source` values.
+pub const SOFTIRQ_FROM_BPF: &str = "bpf: NET_RX+NET_TX";
+pub const SOFTIRQ_FROM_STAT: &str = "/proc/stat: all vectors";
+
 /// CPU time by role, softirq and thread, cumulative as the snapshot is;
 /// per packet followed and per workload transaction.
 pub fn cpu(s: &Snapshot, workload: Option<&crate::report::Workload>) -> Option<crate::report::CpuReport> {
-    if s.cpu.is_empty() && s.softirq_rx.is_empty() {
+    if s.cpu.is_empty() && s.softirq_rx.is_empty() && s.softirq_all.is_empty() {
         return None;
     }
     let mut by_role: BTreeMap<String, u64> = BTreeMap::new();
@@ -431,18 +435,31 @@ pub fn cpu(s: &Snapshot, workload: Option<&crate::report::Workload>) -> Option<c
     threads.sort_by_key(|t| std::cmp::Reverse(t.ns));
     threads.truncate(20);
     let (rx, tx): (u64, u64) = (s.softirq_rx.iter().sum(), s.softirq_tx.iter().sum());
+    let softirq = s.softirq_ns();
+    let source = if s.softirq_rx.is_empty() && s.softirq_tx.is_empty() {
+        if s.softirq_all.is_empty() {
+            ""
+        } else {
+            SOFTIRQ_FROM_STAT
+        }
+    } else {
+        SOFTIRQ_FROM_BPF
+    };
     let packets = s.counters[counter::TRACK_STARTED as usize];
     let transactions = workload.and_then(|w| w.transactions).unwrap_or(0);
     Some(crate::report::CpuReport {
-        per_packet_ns: per_unit(&by_role, rx + tx, packets),
-        per_transaction_ns: per_unit(&by_role, rx + tx, transactions),
+        per_packet_ns: per_unit(&by_role, softirq, packets),
+        per_transaction_ns: per_unit(&by_role, softirq, transactions),
         transactions: (transactions > 0).then_some(transactions),
         by_role_ns: by_role,
         softirq_net_rx_ns: rx,
         softirq_net_tx_ns: tx,
         softirq_net_rx_per_cpu_ns: s.softirq_rx.clone(),
         softirq_net_tx_per_cpu_ns: s.softirq_tx.clone(),
-        softirq_ns_per_packet: if packets > 0 { (rx + tx) as f64 / packets as f64 } else { 0.0 },
+        softirq_ns: softirq,
+        softirq_source: source.to_owned(),
+        softirq_per_cpu_ns: s.softirq_all.clone(),
+        softirq_ns_per_packet: if packets > 0 { softirq as f64 / packets as f64 } else { 0.0 },
         threads,
     })
 }

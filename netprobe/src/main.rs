@@ -88,6 +88,12 @@ struct ProbeArgs {
     /// one origin device. Implies --trace.
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
+    /// Time NET_RX and NET_TX softirqs apart, with two more programs on
+    /// irq:softirq_entry/exit (each softirq; up to one per packet, a third
+    /// of the programs a forwarded packet runs). Default: all softirq time
+    /// per CPU from /proc/stat, which costs nothing per packet.
+    #[arg(long)]
+    softirq_vectors: bool,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +230,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
         trace: p.trace || p.samples.is_some(),
         samples: p.samples.unwrap_or(record::DEFAULT_SAMPLES),
         filter: p.filter.clone(),
+        softirq_vectors: p.softirq_vectors,
     }
 }
 

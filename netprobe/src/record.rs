@@ -38,6 +38,9 @@ pub struct RecordOptions {
     pub wait_for_modules: bool,
     /// Flow filter expression (`--filter`), applied in the kernel.
     pub filter: Option<String>,
+    /// NET_RX/NET_TX softirq time from BPF programs (`--softirq-vectors`)
+    /// rather than all softirq time from /proc/stat.
+    pub softirq_vectors: bool,
 }
 
 impl Default for RecordOptions {
@@ -51,6 +54,7 @@ impl Default for RecordOptions {
             samples: DEFAULT_SAMPLES,
             wait_for_modules: false,
             filter: None,
+            softirq_vectors: false,
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct Recorder {
     /// The time series: cumulative histograms at the last sample, and the
     /// intervals so far.
     last_sample: BTreeMap<PairKey, Hist>,
+    /// /proc/stat's softirq ns per CPU at the start (None with
+    /// `--softirq-vectors`: programs time NET_RX/NET_TX instead).
+    softirq_base: Option<Vec<u64>>,
     /// CPU counters at the last sample: per thread, softirq total, packets.
     last_cpu: BTreeMap<u64, u64>,
     last_softirq_ns: u64,
@@ -136,6 +143,7 @@ impl Recorder {
             flow,
             trace: opts.trace,
             rescan: opts.wait_for_modules,
+            softirq_vectors: opts.softirq_vectors,
         })?;
         let classic = attached.classic_only;
         let mut filter: HashMap<_, u64, u8> =
@@ -158,7 +166,10 @@ impl Recorder {
         } else {
             None
         };
+        // Softirq time from /proc/stat counts from here.
+        let softirq_base = if opts.softirq_vectors { None } else { Some(collect::softirq_stat_ns()) };
         Ok(Recorder {
+            softirq_base,
             attached,
             trace,
             started: Instant::now(),
@@ -193,6 +204,16 @@ impl Recorder {
     /// The kernel's aggregates with the retired pairs added back.
     fn kernel_snapshot(&self) -> Result<collect::Snapshot> {
         let mut s = collect::snapshot(&self.attached.ebpf)?;
+        if let Some(base) = &self.softirq_base {
+            // No softirq programs ran: their map holds only zeroes.
+            s.softirq_rx.clear();
+            s.softirq_tx.clear();
+            s.softirq_all = collect::softirq_stat_ns()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.saturating_sub(base.get(i).copied().unwrap_or(0)))
+                .collect();
+        }
         for (k, h) in &self.retired {
             s.pairs.entry(*k).or_insert_with(Hist::zeroed).merge(h);
         }
@@ -275,7 +296,7 @@ impl Recorder {
         let iv = self.interval(snap);
         self.last_sample.clone_from(&snap.pairs);
         self.last_cpu = snap.cpu.iter().map(|(&id, c)| (id, c.ns)).collect();
-        self.last_softirq_ns = snap.softirq_rx.iter().chain(&snap.softirq_tx).sum();
+        self.last_softirq_ns = snap.softirq_ns();
         self.last_started = snap.counters[netprobe_common::counter::TRACK_STARTED as usize];
         iv
     }
@@ -324,7 +345,7 @@ impl Recorder {
                 *cpu_ns_by_role.entry(role.to_owned()).or_default() += delta;
             }
         }
-        let softirq: u64 = snap.softirq_rx.iter().chain(&snap.softirq_tx).sum();
+        let softirq = snap.softirq_ns();
         let started = snap.counters[netprobe_common::counter::TRACK_STARTED as usize];
         IntervalRec {
             t_s: self.started.elapsed().as_secs_f64(),

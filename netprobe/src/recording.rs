@@ -194,6 +194,9 @@ pub struct Recording {
     pub softirq_net_rx_ns: Vec<u64>,
     #[serde(default)]
     pub softirq_net_tx_ns: Vec<u64>,
+    /// Without `--softirq-vectors`: all softirq ns per CPU (/proc/stat).
+    #[serde(default)]
+    pub softirq_all_ns: Vec<u64>,
     /// Trace mode: complete packet journeys, the first `--samples` that
     /// ended (format 2). Hops and times only, never packet contents.
     #[serde(default)]
@@ -299,6 +302,7 @@ impl Recording {
                 .collect(),
             softirq_net_rx_ns: snap.softirq_rx.clone(),
             softirq_net_tx_ns: snap.softirq_tx.clone(),
+            softirq_all_ns: snap.softirq_all.clone(),
             samples: Vec::new(),
         }
     }
@@ -346,6 +350,7 @@ impl Recording {
         }
         s.softirq_rx = self.softirq_net_rx_ns.clone();
         s.softirq_tx = self.softirq_net_tx_ns.clone();
+        s.softirq_all = self.softirq_all_ns.clone();
         Ok(s)
     }
 

@@ -59,7 +59,8 @@ pub struct View {
     pub lost: u64,
     /// Costliest first.
     pub rows: Vec<HopRow>,
-    /// Share of one CPU over the interval, by role; then NET_RX, NET_TX.
+    /// Share of one CPU over the interval, by role; then softirq (NET_RX,
+    /// NET_TX with --softirq-vectors, else all).
     pub cpu: Vec<(String, f64)>,
 }
 
@@ -97,8 +98,11 @@ impl View {
                 .collect();
             roles.sort_by(|a, b| b.1.total_cmp(&a.1));
             cpu.extend(roles);
-            cpu.push(("NET_RX".to_owned(), share(now.softirq_net_rx_ns, before(&|c| c.softirq_net_rx_ns))));
-            cpu.push(("NET_TX".to_owned(), share(now.softirq_net_tx_ns, before(&|c| c.softirq_net_tx_ns))));
+            for (label, ns) in now.softirq_rows() {
+                let then = before(&|c| c.softirq_rows().iter().find(|(l, _)| *l == label).map_or(0, |r| r.1));
+                let name = if label == "all" { "softirq".to_owned() } else { label.to_owned() };
+                cpu.push((name, share(ns, then)));
+            }
         }
         View { interval_s: dt, rows, cpu, ..View::default() }
     }
@@ -286,6 +290,9 @@ mod tests {
             softirq_net_tx_ns: 0,
             softirq_net_rx_per_cpu_ns: vec![],
             softirq_net_tx_per_cpu_ns: vec![],
+            softirq_ns: rx,
+            softirq_source: crate::correlate::SOFTIRQ_FROM_BPF.to_owned(),
+            softirq_per_cpu_ns: vec![],
             softirq_ns_per_packet: 0.0,
             per_packet_ns: BTreeMap::new(),
             per_transaction_ns: BTreeMap::new(),

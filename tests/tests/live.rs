@@ -77,7 +77,7 @@ impl Serve {
         let ifaces = t.ifaces();
         let child = Command::new(netprobe_bin())
             .args(["serve", "--listen", &addr, "--host", "testhost", "--max-series", "50"])
-            .args(["--iface", &ifaces[0], "--iface", &ifaces[1]])
+            .args(["--iface", &ifaces[0], "--iface", &ifaces[1], "--softirq-vectors"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start netprobe serve");

@@ -103,14 +103,16 @@ fn cpu(h: &mut String, a: &Report, b: &Report) {
             values: vec![ca.by_role_ns.get(role).copied(), cb.by_role_ns.get(role).copied()],
         })
         .collect();
-    rows.push(BarRow {
-        label: "softirq NET_RX".to_owned(),
-        values: vec![Some(ca.softirq_net_rx_ns), Some(cb.softirq_net_rx_ns)],
-    });
-    rows.push(BarRow {
-        label: "softirq NET_TX".to_owned(),
-        values: vec![Some(ca.softirq_net_tx_ns), Some(cb.softirq_net_tx_ns)],
-    });
+    // Softirq rows by label; A and B may have timed softirqs differently.
+    let (sa, sb) = (ca.softirq_rows(), cb.softirq_rows());
+    let mut labels: Vec<&str> = sa.iter().chain(&sb).map(|(l, _)| *l).collect();
+    labels.dedup();
+    labels.sort_unstable();
+    labels.dedup();
+    for l in labels {
+        let of = |rows: &[(&str, u64)]| rows.iter().find(|(x, _)| *x == l).map(|(_, ns)| *ns);
+        rows.push(BarRow { label: format!("softirq {l}"), values: vec![of(&sa), of(&sb)] });
+    }
     let hi = rows.iter().flat_map(|r| r.values.iter().flatten()).max().copied().unwrap_or(1);
     h.push_str("<section id=\"cpu\"><h2>CPU time, A against B</h2>\n");
     h.push_str(&svg::hbars("cpu-bars", &["A", "B"], &rows, &Axis::linear(hi as f64, fmt_ns), fmt_ns));

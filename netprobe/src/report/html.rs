@@ -238,14 +238,16 @@ fn cpu(h: &mut String, r: &Report) {
         .iter()
         .map(|(role, ns)| BarRow { label: format!("on-CPU: {role}"), values: vec![Some(*ns)] })
         .collect();
-    rows.push(BarRow { label: "softirq NET_RX".to_owned(), values: vec![Some(c.softirq_net_rx_ns)] });
-    rows.push(BarRow { label: "softirq NET_TX".to_owned(), values: vec![Some(c.softirq_net_tx_ns)] });
+    for (l, ns) in c.softirq_rows() {
+        rows.push(BarRow { label: format!("softirq {l}"), values: vec![Some(ns)] });
+    }
     let hi = rows.iter().filter_map(|r| r.values[0]).max().unwrap_or(1) as f64;
     h.push_str(&svg::hbars("cpu-bars", &["CPU time"], &rows, &Axis::linear(hi, fmt_ns), fmt_ns));
     let _ = writeln!(
         h,
-        "<p class=\"note\">{:.0} ns of NET_RX + NET_TX softirq per packet followed; thread times include the softirqs that ran in their context.</p>",
-        c.softirq_ns_per_packet
+        "<p class=\"note\">{:.0} ns of softirq ({}) per packet followed; thread times include the softirqs that ran in their context.</p>",
+        c.softirq_ns_per_packet,
+        esc(if c.softirq_source.is_empty() { "NET_RX + NET_TX" } else { &c.softirq_source })
     );
     h.push_str("<table class=\"threads\"><tr><th>thread</th><th class=\"text\">role</th><th>pid/tid</th><th>on-CPU</th></tr>\n");
     for t in c.threads.iter().take(10) {

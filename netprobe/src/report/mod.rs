@@ -135,8 +135,19 @@ pub struct CpuReport {
     pub softirq_net_tx_ns: u64,
     pub softirq_net_rx_per_cpu_ns: Vec<u64>,
     pub softirq_net_tx_per_cpu_ns: Vec<u64>,
-    /// NET_RX + NET_TX softirq ns per packet followed. (Thread times also
-    /// include the softirqs that ran in their context: do not add them.)
+    /// Softirq ns, all CPUs: NET_RX + NET_TX when timed by vector
+    /// (`--softirq-vectors`), else all softirq time from /proc/stat.
+    #[serde(default)]
+    pub softirq_ns: u64,
+    /// Where `softirq_ns` comes from: "bpf: NET_RX+NET_TX" or
+    /// "/proc/stat: all vectors".
+    #[serde(default)]
+    pub softirq_source: String,
+    /// Without `--softirq-vectors`: all softirq ns per CPU.
+    #[serde(default)]
+    pub softirq_per_cpu_ns: Vec<u64>,
+    /// `softirq_ns` per packet followed. (Thread times also include the
+    /// softirqs that ran in their context: do not add them.)
     pub softirq_ns_per_packet: f64,
     /// CPU ns per packet followed, by role, plus `softirq` (NET_RX +
     /// NET_TX). Thread times include softirqs that ran in their context.
@@ -149,6 +160,20 @@ pub struct CpuReport {
     #[serde(default)]
     pub transactions: Option<u64>,
     pub threads: Vec<CpuThread>,
+}
+
+impl CpuReport {
+    /// Softirq time as reported: NET_RX and NET_TX when timed by vector,
+    /// else one "all" row (label, ns).
+    pub fn softirq_rows(&self) -> Vec<(&'static str, u64)> {
+        let by_vector = self.softirq_source == crate::correlate::SOFTIRQ_FROM_BPF
+            || (self.softirq_source.is_empty() && self.softirq_net_rx_ns + self.softirq_net_tx_ns > 0);
+        if by_vector {
+            vec![("NET_RX", self.softirq_net_rx_ns), ("NET_TX", self.softirq_net_tx_ns)]
+        } else {
+            vec![("all", self.softirq_ns)]
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -145,11 +145,9 @@ fn exposition(s: &Snapshot, cx: &mut Context<'_>) -> Exposition {
     e.tracking =
         counter::NAMES.iter().zip(s.counters.iter()).map(|(n, &v)| (vec![("counter", (*n).to_owned())], v)).collect();
     if let Some(cpu) = correlate::cpu(s, None) {
+        e.softirq_ns =
+            cpu.softirq_rows().into_iter().map(|(l, ns)| (vec![("softirq", l.to_ascii_lowercase())], ns)).collect();
         e.cpu_ns = cpu.by_role_ns.into_iter().map(|(role, ns)| (vec![("role", role)], ns)).collect();
-        e.softirq_ns = vec![
-            (vec![("softirq", "net_rx".to_owned())], cpu.softirq_net_rx_ns),
-            (vec![("softirq", "net_tx".to_owned())], cpu.softirq_net_tx_ns),
-        ];
     }
     e
 }
@@ -218,7 +216,7 @@ impl Collector for Exposition {
         counter_family(
             &mut enc,
             "netprobe_softirq_seconds",
-            "NET_RX and NET_TX softirq time, all CPUs (also included in the thread times it ran in).",
+            "Softirq time, all CPUs: net_rx and net_tx with --softirq-vectors, else all (from /proc/stat); also included in the thread times it ran in.",
             self.softirq_ns.iter().map(|(l, ns)| (l, *ns as f64 / NS)),
         )?;
         let m = enc.encode_descriptor(

@@ -117,11 +117,12 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         }
     }
     if let Some(c) = &r.cpu {
+        let soft: Vec<String> = c.softirq_rows().iter().map(|(l, ns)| format!("{l} {}", fmt_ns(*ns))).collect();
+        let from = if c.softirq_source.is_empty() { String::new() } else { format!(", {}", c.softirq_source) };
         writeln!(
             out,
-            "\nCPU: softirq NET_RX {}, NET_TX {} ({:.0} ns per packet followed)",
-            fmt_ns(c.softirq_net_rx_ns),
-            fmt_ns(c.softirq_net_tx_ns),
+            "\nCPU: softirq {} ({:.0} ns per packet followed{from})",
+            soft.join(", "),
             c.softirq_ns_per_packet
         )?;
         let roles: Vec<String> = c.by_role_ns.iter().map(|(r, ns)| format!("{r} {}", fmt_ns(*ns))).collect();
