@@ -5,7 +5,9 @@
 //! equivalent bpftrace script (bench/hops.bt), and netprobe's programs
 //! attached to the same tracepoints but returning at once ("empty
 //! programs": what any tracepoint-based tool pays here before doing
-//! anything), interleaved (order rotated each repetition) and repeated.
+//! anything). Each repetition runs one continuous flood; every traced
+//! window sits between two untraced ones and its ratio is to their mean,
+//! the order of modes rotating from one repetition to the next.
 //! Also: per-hop cost per backend (kernel.bpf_stats_enabled), trace
 //! delivery (events/s, lost, consumer CPU) and memory over a soak run.
 //! Figures go to target/bench/bench.json and a table.
@@ -25,11 +27,12 @@ use crate::{build, run, tools};
 
 #[derive(clap::Args, Clone)]
 pub(crate) struct BenchOpts {
-    /// Repetitions of each measurement.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    /// Seconds of flood per measurement.
+    /// Repetitions: each starts a flood and measures every mode once,
+    /// each traced window between two untraced ones.
     #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Seconds per measuring window.
+    #[arg(long, default_value_t = 3)]
     seconds: u64,
     /// Length of the memory soak run (the issue's figure is 600).
     #[arg(long, default_value_t = 60)]
@@ -37,7 +40,8 @@ pub(crate) struct BenchOpts {
     /// Modes to compare, interleaved (order rotated each repetition):
     /// untraced, empty (netprobe's programs returning at once: the
     /// tracepoints' own cost), aggregate, aggregate_nocpu (without the CPU
-    /// accounting programs), aggregate_probe (the skb laundered by a helper
+    /// accounting programs), softirq_vectors (aggregate with
+    /// --softirq-vectors), aggregate_probe (the skb laundered by a helper
     /// call, as before), trace, bpftrace.
     #[arg(long, value_delimiter = ',', default_value = "untraced,empty,aggregate,trace,bpftrace")]
     modes: Vec<String>,
@@ -47,12 +51,17 @@ pub(crate) struct BenchOpts {
     /// Throughput only: no per-hop costs, no soak.
     #[arg(long)]
     quick: bool,
+    /// The memory soak only (e.g. `--soak-only --soak-seconds 600`).
+    #[arg(long, conflicts_with = "quick")]
+    soak_only: bool,
 }
 
-/// Where a flood goes: (sender ns, receiver ns, receiver address).
+/// Where a flood goes: sender namespace and interface, receiver namespace and address.
 struct Path2 {
     name: &'static str,
     from_ns: String,
+    /// The sender's interface, whose counter gives the rate.
+    from_dev: String,
     to_ns: String,
     to_addr: String,
 }
@@ -86,26 +95,81 @@ impl Drop for VethPair {
     }
 }
 
-/// One iperf3 64-byte UDP flood; returns (sent pps, received pps).
-fn flood(p: &Path2, seconds: u64) -> Result<(f64, f64)> {
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &p.to_ns, "iperf3", "-s", "-1", "-B", &p.to_addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new("ip")
-        .args(["netns", "exec", &p.from_ns, "iperf3", "-c", &p.to_addr, "-u", "-l", "64", "-b", "0", "-J"])
-        .args(["-t", &seconds.to_string()])
-        .output()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
-    let sum = &v["end"]["sum"];
-    let secs = sum["seconds"].as_f64().context("iperf3: no seconds")?;
-    let sent = sum["packets"].as_f64().context("iperf3: no packets")?;
-    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    Ok((sent / secs, (sent - lost) / secs))
+/// A 64-byte UDP flood (iperf3, `-b 0`) that runs for as long as it is
+/// held. The client is pinned to CPU 0 and the server to CPU 1, so the
+/// sender's CPU (which also runs the softirq that carries each packet
+/// through the path) is the bottleneck, the same one in every window. The
+/// rate is read from the sender's interface counter over a window, not from
+/// iperf3's end-of-run summary: windows are short and placed next to each
+/// other, which keeps the machine's drifting background load out of the
+/// ratios.
+struct Flood {
+    client: Child,
+    server: Child,
+    dev: String,
+}
+
+impl Flood {
+    fn start(p: &Path2) -> Result<Flood> {
+        let pin = |cpu: &str| if num_cpus() >= 2 { vec!["-A".to_owned(), cpu.to_owned()] } else { Vec::new() };
+        let server = Command::new("ip")
+            .args(["netns", "exec", &p.to_ns, "iperf3", "-s", "-1", "-B", &p.to_addr])
+            .args(pin("1"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("iperf3 (Debian's iperf3)")?;
+        std::thread::sleep(Duration::from_millis(300));
+        let client = Command::new("ip")
+            .args(["netns", "exec", &p.from_ns, "iperf3", "-c", &p.to_addr, "-u", "-l", "64", "-b", "0", "-t", "86400"])
+            .args(pin("0"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut f = Flood { client, server, dev: p.from_dev.clone() };
+        // Up to speed before the first window.
+        std::thread::sleep(Duration::from_millis(700));
+        if f.tx_packets()? == 0 {
+            bail!("iperf3 sent nothing from {} to {}", p.from_ns, p.to_addr);
+        }
+        if let Some(st) = f.client.try_wait()? {
+            bail!("iperf3 client exited at once ({st})");
+        }
+        Ok(f)
+    }
+
+    /// Packets sent so far by the sender's interface (its namespace's
+    /// /proc/net/dev, read through the client's /proc entry).
+    fn tx_packets(&self) -> Result<u64> {
+        let t = std::fs::read_to_string(format!("/proc/{}/net/dev", self.client.id()))
+            .context("the iperf3 client is gone")?;
+        t.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim() == self.dev)
+            .and_then(|(_, v)| v.split_whitespace().nth(9)?.parse().ok())
+            .with_context(|| format!("no counters for {} in the sender's namespace", self.dev))
+    }
+
+    /// Packets per second over the next `secs`.
+    fn rate(&self, secs: f64) -> Result<f64> {
+        let (a, t) = (self.tx_packets()?, Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let b = self.tx_packets()?;
+        Ok(b.saturating_sub(a) as f64 / t.elapsed().as_secs_f64())
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        for c in [&mut self.client, &mut self.server] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// A background tracer, started and confirmed attached.
@@ -236,14 +300,20 @@ fn per_program_ns() -> Result<Vec<(String, f64, u64)>> {
     Ok(res)
 }
 
-/// Sum of memlock of netprobe's maps (names start with NP_).
-fn map_bytes() -> u64 {
+/// Sum of memlock of the maps process `pid` holds (its fds' `map_id`),
+/// so that other netprobes on the machine do not count.
+fn map_bytes(pid: u32) -> u64 {
+    let mut ids = std::collections::BTreeSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten().flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(info.lines().filter_map(|l| l.strip_prefix("map_id:")?.trim().parse::<u64>().ok()));
+    }
     let Ok(out) = Command::new("bpftool").args(["map", "show", "-j"]).output() else { return 0 };
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v.as_array()
         .into_iter()
         .flatten()
-        .filter(|m| m["name"].as_str().is_some_and(|n| n.starts_with("NP_")))
+        .filter(|m| m["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .map(|m| m["bytes_memlock"].as_u64().unwrap_or(0))
         .sum()
 }
@@ -257,6 +327,22 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+fn veth_path() -> Path2 {
+    Path2 {
+        name: "veth",
+        from_ns: "npbench-a".into(),
+        from_dev: "npba".into(),
+        to_ns: "npbench-b".into(),
+        to_addr: "198.18.2.2".into(),
+    }
+}
+
+/// A mode's window rate over the untraced windows around it.
+struct Window {
+    mode: String,
+    pps: f64,
+}
+
 pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
     tools::ensure_debs(&["iproute2", "iperf3", "bpftrace", "bpftool"])?;
     let bin = build::build_all(&build::BuildOpts::default())?;
@@ -264,79 +350,86 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
     let out_dir = build::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let _ = run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=0"]));
-
-    let veth = VethPair::create()?;
-    let topo = Topology::create_kind(Kind::Macvtap)?;
-    let paths: Vec<Path2> = [
-        Path2 { name: "veth", from_ns: "npbench-a".into(), to_ns: "npbench-b".into(), to_addr: "198.18.2.2".into() },
-        Path2 {
-            name: "macvtap",
-            from_ns: topo.guest_ns.clone(),
-            to_ns: topo.peer_ns.clone(),
-            to_addr: netprobe::demo::PEER_ADDR.into(),
-        },
-    ]
-    .into_iter()
-    .filter(|p| opts.paths.iter().any(|n| n == p.name))
-    .collect();
     for m in &opts.modes {
         if mode_tracer(m).is_none() {
             bail!("unknown bench mode {m}");
         }
     }
+    let traced: Vec<&String> = opts.modes.iter().filter(|m| *m != "untraced").collect();
+
+    let veth = VethPair::create()?;
+    let topo = Topology::create_kind(Kind::Macvtap)?;
+    let paths: Vec<Path2> = [
+        veth_path(),
+        Path2 {
+            name: "macvtap",
+            from_ns: topo.guest_ns.clone(),
+            from_dev: topo.guest_dev.clone(),
+            to_ns: topo.peer_ns.clone(),
+            to_addr: netprobe::demo::PEER_ADDR.into(),
+        },
+    ]
+    .into_iter()
+    .filter(|p| !opts.soak_only && opts.paths.iter().any(|n| n == p.name))
+    .collect();
     let mut results = serde_json::Map::new();
     let mut table = Vec::new();
     for p in &paths {
         let mut pps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-        // Each traced run relative to the untraced run of its repetition:
-        // the machine's background load drifts between repetitions.
+        // Each traced window relative to the untraced windows just before
+        // and after it: the machine's background load drifts.
         let mut ratios: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         let mut trace_reports = Vec::new();
         for rep in 0..opts.reps {
             eprintln!("xtask bench: {} repetition {}/{}", p.name, rep + 1, opts.reps);
-            let n = opts.modes.len();
-            let mut this_rep = Vec::new();
-            for i in 0..n {
-                let mode = &opts.modes[(i + rep) % n];
+            let flood = Flood::start(p)?;
+            let mut windows = vec![Window { mode: "untraced".into(), pps: flood.rate(opts.seconds as f64)? }];
+            for i in 0..traced.len() {
+                let mode = traced[(i + rep) % traced.len()];
+                let start = mode_tracer(mode).flatten().context("mode")?;
                 let started = Instant::now();
-                let (rate, report) = match mode_tracer(mode).unwrap_or_default() {
-                    None => (flood(p, opts.seconds)?.0, None),
-                    Some(start) => {
-                        let t = start(&bin, &script)?;
-                        let rate = flood(p, opts.seconds)?.0;
-                        (rate, t.stop()?)
-                    }
-                };
+                let t = start(&bin, &script)?;
+                std::thread::sleep(Duration::from_millis(500));
+                let rate = flood.rate(opts.seconds as f64)?;
+                let report = t.stop()?;
                 if mode == "trace" {
                     if let Some(r) = report {
                         trace_reports.push((r, started.elapsed().as_secs_f64()));
                     }
                 }
-                pps.entry(mode.clone()).or_default().push(rate);
-                this_rep.push((mode.clone(), rate));
+                windows.push(Window { mode: mode.clone(), pps: rate });
+                std::thread::sleep(Duration::from_millis(500));
+                windows.push(Window { mode: "untraced".into(), pps: flood.rate(opts.seconds as f64)? });
             }
-            if let Some(&(_, u)) = this_rep.iter().find(|(m, _)| m == "untraced") {
-                for (m, r) in this_rep {
-                    ratios.entry(m).or_default().push(r / u);
+            drop(flood);
+            for (i, w) in windows.iter().enumerate() {
+                pps.entry(w.mode.clone()).or_default().push(w.pps);
+                if w.mode != "untraced" {
+                    let around = (windows[i - 1].pps + windows[i + 1].pps) / 2.0;
+                    ratios.entry(w.mode.clone()).or_default().push(w.pps / around);
                 }
             }
         }
         let mut modes = serde_json::Map::new();
         for mode in &opts.modes {
             let v = &pps[mode];
-            let r = ratios.get(mode).cloned().unwrap_or_default();
+            let r = ratios.get(mode).cloned().unwrap_or_else(|| vec![1.0]);
             modes.insert(mode.to_string(), json!({"pps": stats(v), "ratio_to_untraced": stats(&r)}));
-            let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
             table.push(format!(
-                "{:<8} {:<20} {:>10.0} pps  ratio median {:.2}, mean {:.2} (min {:.2}, max {:.2})",
+                "{:<8} {:<20} {:>10.0} pps  ratio median {:.2} (min {:.2}, max {:.2}, {} windows)",
                 p.name,
                 mode_label(mode),
-                mean(v),
+                median(v),
                 median(&r),
-                mean(&r),
                 r.iter().cloned().fold(f64::INFINITY, f64::min),
                 r.iter().cloned().fold(0.0, f64::max),
+                v.len(),
             ));
+        }
+        if let (Some(a), Some(b)) = (ratios.get("aggregate"), ratios.get("bpftrace")) {
+            let (a, b) = (median(a), median(b));
+            table.push(format!("{:<8} aggregate / bpftrace  {:>10.2}x", p.name, a / b));
+            modes.insert("aggregate_over_bpftrace".into(), json!(a / b));
         }
         // Trace delivery: events consumed per second, lost, consumer CPU.
         let delivery: Vec<Value> = trace_reports
@@ -375,24 +468,16 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
     // Per-hop cost per backend on the veth path (bpf_stats adds its own
     // few tens of ns to each figure).
     let mut per_backend = serde_json::Map::new();
-    for backend in ["tp_btf", "raw_tp", "tracepoint"] {
+    let backends: &[&str] = if opts.soak_only { &[] } else { &["tp_btf", "raw_tp", "tracepoint"] };
+    for &backend in backends {
+        let flood = Flood::start(&veth_path())?;
         run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]))?;
         let t = Tracer::netprobe(&bin, &["--backend", backend])?;
-        let flooder = std::thread::spawn({
-            let p = Path2 {
-                name: "veth",
-                from_ns: "npbench-a".into(),
-                to_ns: "npbench-b".into(),
-                to_addr: "198.18.2.2".into(),
-            };
-            let secs = opts.seconds;
-            move || flood(&p, secs)
-        });
-        std::thread::sleep(Duration::from_secs(opts.seconds.max(2) - 1));
+        flood.rate(opts.seconds as f64)?;
         let progs = per_program_ns()?;
-        let _ = flooder.join();
         t.stop()?;
         run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
+        drop(flood);
         let busy: Vec<&(String, f64, u64)> = progs.iter().collect();
         let mean =
             busy.iter().map(|p| p.1 * p.2 as f64).sum::<f64>() / busy.iter().map(|p| p.2 as f64).sum::<f64>().max(1.0);
@@ -406,12 +491,10 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         );
     }
     // From throughput: extra time per packet over hops seen per packet.
-    let veth_path = paths.iter().find(|p| p.name == "veth");
-    if let (Some(v), Some(hops)) =
-        (results.get("veth"), veth_path.map(|p| hops_per_packet(&bin, p)).transpose()?.flatten())
-    {
-        let u = v["untraced"]["pps"]["mean"].as_f64().unwrap_or(0.0);
-        let a = v["aggregate"]["pps"]["mean"].as_f64().unwrap_or(0.0);
+    let hops = if results.contains_key("veth") { hops_per_packet(&bin, &veth_path())? } else { None };
+    if let (Some(v), Some(hops)) = (results.get("veth"), hops) {
+        let rate = |m: &str| v.get(m).and_then(|e| e["pps"]["median"].as_f64()).unwrap_or(0.0);
+        let (u, a, e) = (rate("untraced"), rate("aggregate"), rate("empty"));
         if u > 0.0 && a > 0.0 {
             let ns = (1e9 / a - 1e9 / u) / hops;
             table.push(format!(
@@ -420,7 +503,6 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             per_backend.insert("from_throughput".into(), json!({"ns_per_hop": ns, "hops_per_packet": hops}));
         }
         // Of which the tracepoints' own cost (empty programs) and netprobe's code.
-        let e = v.get("empty").and_then(|e| e["pps"]["mean"].as_f64()).unwrap_or(0.0);
         if u > 0.0 && a > 0.0 && e > 0.0 {
             let floor = (1e9 / e - 1e9 / u) / hops;
             let code = (1e9 / a - 1e9 / e) / hops;
@@ -435,20 +517,17 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
 
     // Memory over a soak run at full rate: netprobe's RSS and its maps.
     eprintln!("xtask bench: soak {} s", opts.soak_seconds);
+    let flood = Flood::start(&veth_path())?;
     let t = Tracer::netprobe(&bin, &["--trace"])?;
     let pid = t.child.id();
-    let soak_path =
-        Path2 { name: "veth", from_ns: "npbench-a".into(), to_ns: "npbench-b".into(), to_addr: "198.18.2.2".into() };
-    let secs = opts.soak_seconds;
-    let flooder = std::thread::spawn(move || flood(&soak_path, secs));
     let mut samples = Vec::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(opts.soak_seconds) {
-        samples.push(json!({"t_s": start.elapsed().as_secs(), "rss_kib": rss_kib(pid), "map_bytes": map_bytes()}));
+        samples.push(json!({"t_s": start.elapsed().as_secs(), "rss_kib": rss_kib(pid), "map_bytes": map_bytes(pid)}));
         std::thread::sleep(Duration::from_secs(5));
     }
-    let _ = flooder.join();
     let soak_report = t.stop()?;
+    drop(flood);
     let first = &samples[0];
     let last = &samples[samples.len() - 1];
     let max_rss = samples.iter().filter_map(|s| s["rss_kib"].as_u64()).max().unwrap_or(0);
@@ -487,6 +566,7 @@ fn mode_label(mode: &str) -> &str {
         "aggregate" => "netprobe aggregate",
         "aggregate_nocpu" => "aggregate, no CPU",
         "aggregate_probe" => "aggregate, helper",
+        "softirq_vectors" => "aggregate+softirq",
         "trace" => "netprobe trace",
         other => other,
     }
@@ -501,6 +581,7 @@ fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
         "empty" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_EMPTY_PROGRAMS"]),
         "aggregate" => |b, _| Tracer::netprobe(b, &[]),
         "aggregate_nocpu" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_NO_CPU"]),
+        "softirq_vectors" => |b, _| Tracer::netprobe(b, &["--softirq-vectors"]),
         "aggregate_probe" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_PROBE_LAUNDER"]),
         "trace" => |b, _| Tracer::netprobe(b, &["--trace"]),
         "bpftrace" => |_, s| Tracer::bpftrace(s),
@@ -511,9 +592,11 @@ fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
 
 /// Hops per packet on a path: samples per followed packet, plus the first hop.
 fn hops_per_packet(bin: &Path, p: &Path2) -> Result<Option<f64>> {
+    let flood = Flood::start(p)?;
     let t = Tracer::netprobe(bin, &[])?;
-    flood(p, 2)?;
+    flood.rate(2.0)?;
     let Some(r) = t.stop()? else { return Ok(None) };
+    drop(flood);
     let samples: u64 = r["directions"]
         .as_array()
         .into_iter()
