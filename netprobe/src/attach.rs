@@ -94,7 +94,10 @@ pub fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-pub fn attach(opts: &AttachOptions) -> Result<Attached> {
+/// Loads netprobe's object, calls `loaded` (before any program is attached:
+/// the place to start draining a map the programs will fill), then attaches
+/// every hop it can.
+pub fn attach(opts: &AttachOptions, loaded: &mut dyn FnMut(&mut Ebpf) -> Result<()>) -> Result<Attached> {
     if BPF_OBJECT.is_empty() {
         bail!("this netprobe binary was built without its BPF object; build it with `cargo xtask build`");
     }
@@ -200,6 +203,8 @@ pub fn attach(opts: &AttachOptions) -> Result<Attached> {
         .override_global(names::CONFIG, &config, true)
         .load(BPF_OBJECT)
         .context("loading netprobe's BPF object into the kernel failed")?;
+    let mut ebpf = ebpf;
+    loaded(&mut ebpf)?;
 
     let plan_opts = PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok() };
     let mut att = Attached {

@@ -135,16 +135,33 @@ impl Recorder {
         }
         // Journeys' times count from here (before any program runs).
         let base_ns = crate::trace::monotonic_ns();
-        let mut attached = attach::attach(&AttachOptions {
-            btf_file: opts.btf_file.clone(),
-            backend: opts.backend,
-            max_gap_ns: opts.max_gap.as_nanos() as u64,
-            filter_enabled: !resolved.is_empty(),
-            flow,
-            trace: opts.trace,
-            rescan: opts.wait_for_modules,
-            softirq_vectors: opts.softirq_vectors,
-        })?;
+        // Trace mode's reader drains the ring buffer from before the first
+        // program is attached: attaching every hop takes a while (each
+        // load is verified, refused backends are tried first), and at a
+        // million events a second the ring would fill in the meantime.
+        let mut trace = None;
+        let mut start_reader = |ebpf: &mut aya::Ebpf| -> Result<()> {
+            if opts.trace {
+                let map = ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
+                let ring = aya::maps::RingBuf::try_from(map)?;
+                let journeys = crate::trace::Journeys::new(base_ns, opts.samples);
+                trace = Some(std::sync::Mutex::new(crate::trace::TraceReader::start(ring, journeys)?));
+            }
+            Ok(())
+        };
+        let mut attached = attach::attach(
+            &AttachOptions {
+                btf_file: opts.btf_file.clone(),
+                backend: opts.backend,
+                max_gap_ns: opts.max_gap.as_nanos() as u64,
+                filter_enabled: !resolved.is_empty(),
+                flow,
+                trace: opts.trace,
+                rescan: opts.wait_for_modules,
+                softirq_vectors: opts.softirq_vectors,
+            },
+            &mut start_reader,
+        )?;
         let classic = attached.classic_only;
         let mut filter: HashMap<_, u64, u8> =
             HashMap::try_from(attached.ebpf.map_mut(names::FILTER).context("map NP_FILTER missing")?)?;
@@ -158,14 +175,6 @@ impl Recorder {
             };
             filter.insert(key, 1, 0)?;
         }
-        let trace = if opts.trace {
-            let map = attached.ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
-            let ring = aya::maps::RingBuf::try_from(map)?;
-            let journeys = crate::trace::Journeys::new(base_ns, opts.samples);
-            Some(std::sync::Mutex::new(crate::trace::TraceReader::start(ring, journeys)?))
-        } else {
-            None
-        };
         // Softirq time from /proc/stat counts from here.
         let softirq_base = if opts.softirq_vectors { None } else { Some(collect::softirq_stat_ns()) };
         Ok(Recorder {
