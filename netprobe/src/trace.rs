@@ -150,6 +150,13 @@ impl TraceReader {
         let thread = std::thread::Builder::new()
             .name("netprobe-trace".into())
             .spawn(move || {
+                // A little ahead of the workload's threads (nice -10): the
+                // reader needs a few percent of a CPU, but in time. Where
+                // the host's threads keep every CPU busy (a flood pinned to
+                // each), a reader at the same priority was now and then
+                // off the CPU long enough for the ring to fill.
+                // SAFETY: setpriority on this thread's own id.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
                 let mut stats = TraceStats::default();
                 loop {
                     let done = flag.load(Ordering::Relaxed);
