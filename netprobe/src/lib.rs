@@ -6,7 +6,8 @@
 //! `correlate` (per-hop numbers) -> `report` (one module per format).
 //! `record` drives a session; `top` (live terminal view) and `serve`
 //! (OpenMetrics exporter) are live consumers of the same aggregates;
-//! `demo` builds the demo topology.
+//! `demo` builds the demo topology; `spool` keeps a long recording's
+//! time series out of memory.
 
 pub mod attach;
 pub mod catalog;
@@ -24,5 +25,6 @@ pub mod record;
 pub mod recording;
 pub mod report;
 pub mod serve;
+pub mod spool;
 pub mod top;
 pub mod trace;

@@ -231,6 +231,16 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
         samples: p.samples.unwrap_or(record::DEFAULT_SAMPLES),
         filter: p.filter.clone(),
         softirq_vectors: p.softirq_vectors,
+        spool_dir: None,
+    }
+}
+
+/// The directory of an output file: where its recording's time series
+/// waits to be written (on the same disk, not in a memory-backed /tmp).
+fn spool_dir(output: &std::path::Path) -> std::path::PathBuf {
+    match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => ".".into(),
     }
 }
 
@@ -259,7 +269,11 @@ fn run(cli: Cli) -> Result<()> {
                 (None, Some(c)) => Some(record::Workload::cgroup(c, transactions)?),
                 (None, None) => None,
             };
-            let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces) })?;
+            let mut rec = Recorder::start(&RecordOptions {
+                wait_for_modules,
+                spool_dir: output.as_deref().map(spool_dir),
+                ..options(&probe, ifaces)
+            })?;
             let until = match (&duration, command.is_empty(), &workload) {
                 (_, false, _) => format!("while `{}` runs", command.join(" ")),
                 (_, true, Some(_)) if pid.is_some() => format!("while PID {} runs", pid.unwrap_or_default()),
@@ -400,7 +414,7 @@ fn run(cli: Cli) -> Result<()> {
 fn run_demo(kind: demo::Kind, output: Option<&std::path::Path>, probe: &ProbeArgs) -> Result<()> {
     eprintln!("netprobe demo: building the {kind:?} topology in network namespaces");
     let topo = std::sync::Arc::new(Topology::create_kind(kind)?);
-    let rec = Recorder::start(&options(probe, topo.ifaces()))?;
+    let rec = Recorder::start(&RecordOptions { spool_dir: output.map(spool_dir), ..options(probe, topo.ifaces()) })?;
     eprintln!(
         "netprobe demo: guest {} <-> {kind:?} {} / {} <-> peer {}; sending ICMP, TCP, UDP (Ctrl-C stops early)",
         demo::GUEST_ADDR,

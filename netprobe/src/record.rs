@@ -41,6 +41,10 @@ pub struct RecordOptions {
     /// NET_RX/NET_TX softirq time from BPF programs (`--softirq-vectors`)
     /// rather than all softirq time from /proc/stat.
     pub softirq_vectors: bool,
+    /// Where the time series' histograms wait for the recording to be
+    /// assembled (an unlinked file): the output file's directory, say.
+    /// None: the system's temporary directory.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for RecordOptions {
@@ -55,6 +59,7 @@ impl Default for RecordOptions {
             wait_for_modules: false,
             filter: None,
             softirq_vectors: false,
+            spool_dir: None,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Recorder {
     last_softirq_ns: u64,
     last_started: u64,
     intervals: Vec<IntervalRec>,
+    /// The intervals' full histograms, off the heap.
+    spool: Option<crate::spool::HistSpool>,
     /// The workload's processes so far (their threads' role is `workload`).
     workload: Option<crate::report::Workload>,
     filter: Option<String>,
@@ -188,6 +195,7 @@ impl Recorder {
             last_softirq_ns: 0,
             last_started: 0,
             intervals: Vec::new(),
+            spool: crate::spool::HistSpool::new(&opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir)),
             workload: None,
             filter: opts.filter.clone(),
             guests: crate::guests::discover(),
@@ -205,7 +213,10 @@ impl Recorder {
     pub fn sample(&mut self) {
         crate::guests::merge(&mut self.guests, crate::guests::discover(), self.started.elapsed().as_secs_f64());
         let Ok(snap) = self.kernel_snapshot() else { return };
-        let iv = self.close_interval(&snap);
+        let mut iv = self.close_interval(&snap);
+        if let Some(spool) = &mut self.spool {
+            spool.push(&mut iv);
+        }
         self.intervals.push(iv);
         self.retire_idle(&snap);
     }
@@ -431,6 +442,9 @@ impl Recorder {
         // The last, partial interval ends at this very snapshot, so the
         // intervals add up to the whole recording.
         rec.intervals = self.intervals.clone();
+        if let Some(spool) = &self.spool {
+            spool.restore(&mut rec.intervals)?;
+        }
         rec.meta.workload = self.workload.clone();
         rec.meta.filter = self.filter.clone();
         rec.meta.guests = self.guests.clone();
