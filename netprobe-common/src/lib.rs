@@ -93,8 +93,11 @@ pub mod names {
     pub const ENTRY: &str = "NP_ENTRY";
     /// Time inside hop functions: `u32` hop id -> histogram.
     pub const FUNCS: &str = "NP_FUNCS";
-    /// Ring buffer of [`crate::HopEvent`]s (trace mode).
+    /// Ring buffer of [`crate::JourneyRecord`]s (trace mode).
     pub const EVENTS: &str = "NP_EVENTS";
+    /// Trace mode: each tracked packet's journey so far, in the slot of its
+    /// `NP_TRACK` state (one entry unless tracing).
+    pub const JOURNEY: &str = "NP_JOURNEY";
     /// On-CPU time per thread ([`crate::CpuTime`]).
     pub const CPU: &str = "NP_CPU";
     /// Per-CPU time of the last context switch.
@@ -103,8 +106,9 @@ pub mod names {
     pub const SOFTIRQ: &str = "NP_SOFTIRQ";
     /// Per-CPU scratch word: turns a BTF-typed pointer into a plain number.
     pub const SCRATCH: &str = "NP_SCRATCH";
-    pub const ALL_MAPS: [&str; 15] = [
-        TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS, CPU, CPU_LAST, SOFTIRQ, SCRATCH,
+    pub const ALL_MAPS: [&str; 16] = [
+        TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS, JOURNEY, CPU, CPU_LAST, SOFTIRQ,
+        SCRATCH,
     ];
 }
 
@@ -273,7 +277,7 @@ pub struct Config {
     /// Nonzero: only packets first seen on a device in `NP_FILTER` are tracked.
     pub filter_enabled: u32,
     /// Nonzero: per-packet trace mode, every hop-pair sample is also sent
-    /// to userspace as a [`HopEvent`] on `NP_EVENTS` (lost ones counted).
+    /// to userspace, in a [`JourneyRecord`] on `NP_EVENTS` (lost ones counted).
     pub trace: u32,
     pub hop_flags: [u16; MAX_HOPS],
     pub classic: [ClassicFields; MAX_HOPS],
@@ -508,21 +512,58 @@ pub struct DropKey {
     pub _pad: [u8; 2],
 }
 
-/// One hop-pair sample of one packet (trace mode), on `NP_EVENTS`.
+/// Hops a [`JourneyRecord`] carries after the one it starts from.
+pub const JOURNEY_HOPS: usize = 6;
+
+/// One hop of a [`JourneyRecord`]: one hop-pair sample of the packet (the
+/// previous hop to this one).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HopEvent {
-    /// Time of the later hop (ns, CLOCK_MONOTONIC).
-    pub ts: u64,
-    /// The packet (its skb address).
-    pub skb: u64,
-    pub from_dev: u64,
-    pub to_dev: u64,
+pub struct JourneyHop {
+    /// Device key of this hop (0 where the hop has no device).
+    pub dev: u64,
     /// Time since the packet's previous hop.
     pub gap_ns: u32,
+    pub hop: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+/// `JourneyRecord::flags`.
+pub mod journey {
+    /// The packet reached a terminal hop (consumed, dropped): its journey
+    /// ends with this record.
+    pub const END: u8 = 1;
+    /// The packet's tracking ended otherwise (its skb address reappeared as
+    /// another packet, it went unseen past --max-gap, or another packet took
+    /// its tracking slot): the journey ends here, incomplete.
+    pub const CUT: u8 = 2;
+}
+
+/// Trace mode's unit on `NP_EVENTS`: a stretch of one packet's journey.
+/// The kernel side gathers a packet's hops in its slot of `NP_JOURNEY` and
+/// sends them in one record (at its end, or every [`JOURNEY_HOPS`] hops),
+/// where one ring-buffer record per hop pair cost a reservation (a lock
+/// and atomics shared by every CPU) each. A journey's records arrive in
+/// order: the next is only gathered after the previous was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JourneyRecord {
+    /// The packet (its skb address).
+    pub skb: u64,
+    /// Time of the hop this stretch starts from (ns, CLOCK_MONOTONIC).
+    pub ts: u64,
+    /// Device key of that hop.
+    pub from_dev: u64,
     pub from_hop: u8,
-    pub to_hop: u8,
-    pub _pad: u16,
+    /// Hops filled in `hops`.
+    pub n: u8,
+    /// [`journey`] flags.
+    pub flags: u8,
+    /// Set on the first stretch of a journey (it starts where tracking did).
+    pub first: u8,
+    pub _pad: u32,
+    pub hops: [JourneyHop; JOURNEY_HOPS],
 }
 
 /// Default size of `NP_EVENTS` in bytes (a power of two).
@@ -595,8 +636,9 @@ pub mod counter {
     /// A function returned without its entry on record (entry map full or
     /// the program attached mid-call): its time inside is not measured.
     pub const EXIT_UNMATCHED: u32 = 8;
-    /// Trace mode: events the ring buffer had no room for (userspace
-    /// too slow); each one is counted here, never silently dropped.
+    /// Trace mode: hop-pair events the ring buffer had no room for
+    /// (userspace too slow): each event of a record that could not be sent
+    /// is counted here, never silently dropped.
     pub const EVENTS_LOST: u32 = 9;
     /// Sightings of a packet where tracking could start that the flow
     /// filter (`--filter`) excluded (a packet is counted at each such hop).
@@ -656,7 +698,8 @@ const _: () = {
     assert!(core::mem::size_of::<DropKey>() == 24);
     assert!(core::mem::size_of::<DevInfo>() == 40);
     assert!(core::mem::size_of::<EntryKey>() == 16);
-    assert!(core::mem::size_of::<HopEvent>() == 40);
+    assert!(core::mem::size_of::<JourneyHop>() == 16);
+    assert!(core::mem::size_of::<JourneyRecord>() == 32 + 16 * JOURNEY_HOPS);
     assert!(core::mem::size_of::<CpuTime>() == 24);
     assert!(core::mem::size_of::<SlotConfig>() == 4);
     assert!(core::mem::size_of::<PairSlot>() == 32 + core::mem::size_of::<hist::Hist>());
@@ -674,7 +717,7 @@ mod pod {
     unsafe impl aya::Pod for super::DevInfo {}
     unsafe impl aya::Pod for super::EntryKey {}
     unsafe impl aya::Pod for super::PairSlot {}
-    unsafe impl aya::Pod for super::HopEvent {}
+    unsafe impl aya::Pod for super::JourneyRecord {}
     unsafe impl aya::Pod for super::CpuTime {}
     unsafe impl aya::Pod for super::hist::Hist {}
 }

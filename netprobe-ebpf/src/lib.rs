@@ -30,8 +30,9 @@ use aya_ebpf::{
 use netprobe_common::{
     counter,
     hist::{bucket_of, Hist, BUCKETS},
-    hop, hop_flags, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, FlowFields, HopEvent, PairKey,
-    PairSlot, TrackState, EVENTS_BYTES, FLOW_LITS, FLOW_TERMS, MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
+    hop, hop_flags, journey, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, FlowFields,
+    JourneyHop, JourneyRecord, PairKey, PairSlot, TrackState, EVENTS_BYTES, FLOW_LITS, FLOW_TERMS, JOURNEY_HOPS,
+    MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
 };
 
 /// Load-time configuration, written by the loader before loading.
@@ -52,6 +53,12 @@ static NP_PAIRS: PerCpuArray<PairSlot> = PerCpuArray::with_max_entries(PAIR_SLOT
 /// Trace mode's per-packet events (bounded; losses counted).
 #[map(name = "NP_EVENTS")]
 static NP_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Trace mode: the journey so far of the packet in the same `NP_TRACK`
+/// slot. The loader sizes it to one entry when not tracing (every lookup
+/// past it fails, and nothing is gathered).
+#[map(name = "NP_JOURNEY")]
+static NP_JOURNEY: Array<JourneyRecord> = Array::with_max_entries(TRACK_SLOTS, 0);
 
 #[map(name = "NP_DROPS")]
 static NP_DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(2048, 0);
@@ -536,6 +543,90 @@ fn scalar_of<const DIRECT: bool>(p: u64) -> u64 {
     unsafe { bpf_probe_read_kernel(spill.as_ptr()) }.unwrap_or(0)
 }
 
+/// Trace mode: whether hops are gathered into journeys.
+#[inline(always)]
+fn tracing() -> bool {
+    (unsafe { core::ptr::read_volatile(&cfg().trace) }) != 0
+}
+
+/// Sends what a journey holds (with `flags`) and empties it. A record the
+/// ring has no room for counts each of its events as lost.
+#[inline(never)]
+fn journey_send(j: &mut JourneyRecord, flags: u8) {
+    if j.n == 0 {
+        return;
+    }
+    j.flags = flags;
+    // No wakeup per record (an irq_work each): the reader drains in
+    // batches on its own clock.
+    if NP_EVENTS.output::<JourneyRecord>(&*j, aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64).is_err() {
+        if let Some(c) = NP_COUNTERS.get_ptr_mut(counter::EVENTS_LOST) {
+            unsafe { *c += j.n as u64 };
+        }
+    }
+    j.n = 0;
+}
+
+/// Trace mode: a packet's tracking starts in `slot` at this hop. Whatever
+/// journey the slot held ends there, cut short.
+#[inline(always)]
+fn journey_start(slot: u32, skb: u64, now: u64, devkey: u64, hop: u8) {
+    if !tracing() {
+        return;
+    }
+    let Some(j) = NP_JOURNEY.get_ptr_mut(slot) else { return };
+    let j = unsafe { &mut *j };
+    journey_send(j, journey::CUT);
+    j.skb = skb;
+    j.ts = now;
+    j.from_dev = devkey;
+    j.from_hop = hop;
+    j.first = 1;
+}
+
+/// Trace mode: a packet's tracking in `slot` ends without a terminal hop.
+#[inline(always)]
+fn journey_cut(slot: u32) {
+    if !tracing() {
+        return;
+    }
+    if let Some(j) = NP_JOURNEY.get_ptr_mut(slot) {
+        journey_send(unsafe { &mut *j }, journey::CUT);
+    }
+}
+
+/// Trace mode: one more hop of the packet in `slot` (one hop-pair event).
+#[inline(always)]
+fn journey_hop(slot: u32, skb: u64, now: u64, devkey: u64, hop: u8, gap: u64, terminal: bool) {
+    let Some(j) = NP_JOURNEY.get_ptr_mut(slot) else { return };
+    let j = unsafe { &mut *j };
+    let i = j.n as usize;
+    if j.skb != skb || i >= JOURNEY_HOPS {
+        // Never expected (the slot started with this packet and is sent
+        // when full); counted rather than lost silently.
+        bump(counter::EVENTS_LOST);
+        return;
+    }
+    j.hops[i] = JourneyHop {
+        dev: devkey,
+        gap_ns: if gap > u32::MAX as u64 { u32::MAX } else { gap as u32 },
+        hop,
+        _pad: 0,
+        _pad2: 0,
+    };
+    j.n = i as u8 + 1;
+    if terminal {
+        journey_send(j, journey::END);
+    } else if i + 1 == JOURNEY_HOPS {
+        journey_send(j, 0);
+        // The next stretch starts from this hop.
+        j.ts = now;
+        j.from_dev = devkey;
+        j.from_hop = hop;
+        j.first = 0;
+    }
+}
+
 /// The heart of netprobe's kernel side: one hop of one packet.
 #[inline(always)]
 fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reason: u32) {
@@ -544,7 +635,8 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let devkey = dev.key();
-    let Some(st) = NP_TRACK.get_ptr_mut(track_slot(skb)) else { return };
+    let slot = track_slot(skb);
+    let Some(st) = NP_TRACK.get_ptr_mut(slot) else { return };
     let st = unsafe { &mut *st };
     if st.skb == skb {
         let gap = now.wrapping_sub(st.ts);
@@ -569,6 +661,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             // The skb address now holds another packet (a new data buffer),
             // or the packet sat longer than max_gap: restart, never join.
             bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
+            journey_cut(slot);
             if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb, head) {
                 *st = TrackState {
                     skb,
@@ -583,6 +676,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
                     _pad2: 0,
                 };
                 bump(counter::TRACK_STARTED);
+                journey_start(slot, skb, now, devkey, hop);
             } else {
                 st.skb = 0;
             }
@@ -599,22 +693,8 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             _pad2: 0,
         };
         aggregate(&key, gap, dev);
-        if unsafe { core::ptr::read_volatile(&cfg().trace) } != 0 {
-            let ev = HopEvent {
-                ts: now,
-                skb,
-                from_dev: key.from_dev,
-                to_dev: key.to_dev,
-                gap_ns: if gap > u32::MAX as u64 { u32::MAX } else { gap as u32 },
-                from_hop: key.from_hop,
-                to_hop: hop,
-                _pad: 0,
-            };
-            // No wakeup per event (an irq_work each): the reader drains in
-            // batches on its own clock.
-            if NP_EVENTS.output::<HopEvent>(&ev, aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64).is_err() {
-                bump(counter::EVENTS_LOST);
-            }
+        if tracing() {
+            journey_hop(slot, skb, now, devkey, hop, gap, flags & hop_flags::TERMINAL != 0);
         }
         if flags & hop_flags::DROP != 0 {
             count_drop(&DropKey {
@@ -651,6 +731,7 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
     }
     *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: 0, _pad2: 0 };
     bump(counter::TRACK_STARTED);
+    journey_start(slot, skb, now, devkey, hop);
 }
 
 /// Entry of a function hop in slot `slot`, its skb already fetched (0 if

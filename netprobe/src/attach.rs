@@ -201,6 +201,8 @@ pub fn attach(opts: &AttachOptions, loaded: &mut dyn FnMut(&mut Ebpf) -> Result<
     let ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(names::CONFIG, &config, true)
+        // Journeys are gathered only in trace mode (8 MiB for every slot).
+        .map_max_entries(names::JOURNEY, if opts.trace { netprobe_common::TRACK_SLOTS } else { 1 })
         .load(BPF_OBJECT)
         .context("loading netprobe's BPF object into the kernel failed")?;
     let mut ebpf = ebpf;

@@ -159,6 +159,19 @@ pub fn counters(ebpf: &Ebpf) -> Result<[u64; counter::COUNT as usize]> {
     Ok(out)
 }
 
+/// Trace mode: hop-pair events still being gathered into journeys in the
+/// kernel (packets in flight, or whose end no hop saw and whose slot no
+/// other packet took yet): neither delivered nor lost.
+pub fn journey_events_in_flight(ebpf: &Ebpf) -> Result<u64> {
+    let map = ebpf.map(names::JOURNEY).context("map NP_JOURNEY missing")?;
+    let journeys: aya::maps::Array<_, netprobe_common::JourneyRecord> = aya::maps::Array::try_from(map)?;
+    let mut n = 0;
+    for i in 0..journeys.len() {
+        n += journeys.get(&i, 0).map_or(0, |j| j.n as u64);
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

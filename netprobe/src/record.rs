@@ -428,6 +428,10 @@ impl Recorder {
         if let Some(t) = trace {
             samples = t.journeys;
             extra.insert("events_received".to_owned(), t.events);
+            extra.insert("event_records".to_owned(), t.records);
+            if let Ok(n) = collect::journey_events_in_flight(&self.attached.ebpf) {
+                extra.insert("events_in_flight".to_owned(), n);
+            }
             extra.insert("events_malformed".to_owned(), t.malformed);
             extra.insert("trace_reader_cpu_us".to_owned(), t.cpu_ns / 1000);
         }

@@ -1,16 +1,19 @@
 //! Trace mode's consumer: drains the `NP_EVENTS` ring buffer on its own
 //! thread, in batches (every tick reads all that is there), without an
-//! allocation per event. What the kernel could not queue is counted there
-//! (`events_lost`); what arrives is counted here, so every event is either
-//! delivered or counted as lost.
+//! allocation per event. Each record is a stretch of one packet's journey
+//! ([`JourneyRecord`]: up to `JOURNEY_HOPS` hop-pair events). What the
+//! kernel could not queue is counted there (`events_lost`, per event);
+//! what arrives is counted here, so every event is either delivered or
+//! counted as lost (or, when the recording stops, still being gathered in
+//! the kernel: `events_in_flight`).
 //!
-//! The consumer also puts each packet's events back together into its
-//! journey ([`Journeys`]): consecutive hop-pair events of one skb chain
-//! (an event's earlier hop is the previous event's later hop, at the same
-//! time), and a journey is complete when it reaches a terminal hop
-//! (consumed, dropped). The first `limit` complete journeys are kept for
-//! the recording, no more than half of them from one origin device, so a
-//! busy direction (say TCP data) leaves room for the other (its ACKs).
+//! The consumer also puts each packet's records back together into its
+//! journey ([`Journeys`]): a journey's first record starts it, the next
+//! ones continue from its last hop, and a journey is complete when a
+//! record says it reached a terminal hop (consumed, dropped). The first
+//! `limit` complete journeys are kept for the recording, no more than half
+//! of them from one origin device, so a busy direction (say TCP data)
+//! leaves room for the other (its ACKs).
 
 use std::{
     collections::HashMap,
@@ -23,7 +26,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use netprobe_common::{hop_flags, HopEvent};
+use netprobe_common::{journey, JourneyRecord, JOURNEY_HOPS};
 
 use crate::recording::{SampleHop, SampleRec};
 
@@ -35,7 +38,9 @@ const TICK_MS: u64 = 5;
 #[derive(Clone, Debug, Default)]
 pub struct TraceStats {
     pub events: u64,
-    /// Events whose size was not a [`HopEvent`] (should stay 0).
+    /// Records (stretches of journeys) the events came in.
+    pub records: u64,
+    /// Records whose size was not a [`JourneyRecord`] (should stay 0).
     pub malformed: u64,
     /// Sum of the events' gaps: proof the payload was read (and a total).
     pub gap_ns_total: u64,
@@ -54,7 +59,6 @@ pub struct Journeys {
     /// Journeys kept per origin device (the first hop's) at most.
     per_origin_limit: usize,
     per_origin: HashMap<u64, usize>,
-    terminal: [bool; 256],
     open: HashMap<u64, Vec<SampleHop>>,
     done: Vec<SampleRec>,
 }
@@ -66,46 +70,50 @@ const MAX_OPEN: usize = 65_536;
 impl Journeys {
     /// Keeps up to `limit` journeys; times relative to `base_ns`.
     pub fn new(base_ns: u64, limit: usize) -> Journeys {
-        let mut terminal = [false; 256];
-        for h in crate::catalog::HOPS.iter().filter(|h| h.flags & hop_flags::TERMINAL != 0) {
-            terminal[h.id as usize] = true;
-        }
         Journeys {
             base_ns,
             limit,
             per_origin_limit: limit.div_ceil(2),
             per_origin: HashMap::new(),
-            terminal,
             open: HashMap::new(),
             done: Vec::new(),
         }
     }
 
-    pub fn push(&mut self, ev: &HopEvent) {
+    pub fn push(&mut self, r: &JourneyRecord) {
         if self.done.len() >= self.limit {
             return;
         }
-        let to = SampleHop { hop: ev.to_hop, dev: ev.to_dev, t_ns: ev.ts.saturating_sub(self.base_ns) };
-        let from_t = ev.ts.saturating_sub(ev.gap_ns as u64).saturating_sub(self.base_ns);
-        let chained = self
-            .open
-            .get(&ev.skb)
-            .and_then(|j| j.last())
-            .is_some_and(|last| last.hop == ev.from_hop && last.dev == ev.from_dev && last.t_ns == from_t);
-        if !chained {
-            if self.per_origin.get(&ev.from_dev).is_some_and(|&n| n >= self.per_origin_limit) {
-                self.open.remove(&ev.skb);
+        let from = SampleHop { hop: r.from_hop, dev: r.from_dev, t_ns: r.ts.saturating_sub(self.base_ns) };
+        let j = if r.first != 0 {
+            if self.per_origin.get(&r.from_dev).is_some_and(|&n| n >= self.per_origin_limit) {
+                self.open.remove(&r.skb);
                 return;
             }
             if self.open.len() >= MAX_OPEN {
                 self.open.clear();
             }
-            self.open.insert(ev.skb, vec![SampleHop { hop: ev.from_hop, dev: ev.from_dev, t_ns: from_t }]);
+            let j = self.open.entry(r.skb).or_default();
+            j.clear();
+            j.push(from);
+            j
+        } else {
+            // A continuation: from the last hop of the journey under way
+            // (else its start was not kept: nothing to continue).
+            match self.open.get_mut(&r.skb) {
+                Some(j) if j.last().is_some_and(|l| l.hop == from.hop && l.t_ns == from.t_ns) => j,
+                _ => return,
+            }
+        };
+        let mut t = from.t_ns;
+        for h in &r.hops[..(r.n as usize).min(JOURNEY_HOPS)] {
+            t += h.gap_ns as u64;
+            j.push(SampleHop { hop: h.hop, dev: h.dev, t_ns: t });
         }
-        let Some(j) = self.open.get_mut(&ev.skb) else { return };
-        j.push(to);
-        if self.terminal[ev.to_hop as usize] {
-            if let Some(hops) = self.open.remove(&ev.skb) {
+        if r.flags & journey::CUT != 0 {
+            self.open.remove(&r.skb);
+        } else if r.flags & journey::END != 0 {
+            if let Some(hops) = self.open.remove(&r.skb) {
                 let n = self.per_origin.entry(hops[0].dev).or_default();
                 if *n < self.per_origin_limit {
                     *n += 1;
@@ -161,13 +169,15 @@ impl TraceReader {
                 loop {
                     let done = flag.load(Ordering::Relaxed);
                     while let Some(item) = ring.next() {
-                        if item.len() == std::mem::size_of::<HopEvent>() {
-                            // SAFETY: HopEvent is plain old data of this size;
-                            // read_unaligned copes with any alignment.
-                            let ev: HopEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                            stats.events += 1;
-                            stats.gap_ns_total += ev.gap_ns as u64;
-                            journeys.push(&ev);
+                        if item.len() == std::mem::size_of::<JourneyRecord>() {
+                            // SAFETY: JourneyRecord is plain old data of this
+                            // size; read_unaligned copes with any alignment.
+                            let r: JourneyRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                            let n = (r.n as usize).min(JOURNEY_HOPS);
+                            stats.records += 1;
+                            stats.events += n as u64;
+                            stats.gap_ns_total += r.hops[..n].iter().map(|h| h.gap_ns as u64).sum::<u64>();
+                            journeys.push(&r);
                         } else {
                             stats.malformed += 1;
                         }
@@ -201,48 +211,66 @@ impl Drop for TraceReader {
 
 #[cfg(test)]
 mod tests {
-    use netprobe_common::hop;
+    use netprobe_common::{hop, JourneyHop};
 
     use super::*;
 
-    fn ev(skb: u64, ts: u64, gap: u32, from: (u8, u64), to: (u8, u64)) -> HopEvent {
-        HopEvent { ts, skb, from_dev: from.1, to_dev: to.1, gap_ns: gap, from_hop: from.0, to_hop: to.0, _pad: 0 }
+    /// A record of `skb`'s journey starting at `from` (hop, device, time),
+    /// then `hops` as (hop, device, gap).
+    fn rec(skb: u64, first: bool, from: (u8, u64, u64), hops: &[(u8, u64, u32)], flags: u8) -> JourneyRecord {
+        let mut r = JourneyRecord {
+            skb,
+            ts: from.2,
+            from_dev: from.1,
+            from_hop: from.0,
+            n: hops.len() as u8,
+            flags,
+            first: first as u8,
+            ..Default::default()
+        };
+        for (i, &(hop, dev, gap_ns)) in hops.iter().enumerate() {
+            r.hops[i] = JourneyHop { dev, gap_ns, hop, ..Default::default() };
+        }
+        r
     }
 
     #[test]
-    fn chained_events_make_one_journey_until_a_terminal_hop() {
+    fn records_make_one_journey_until_a_terminal_hop() {
         let mut j = Journeys::new(1_000, 10);
-        let (q, x, c) = ((hop::NET_DEV_QUEUE, 7), (hop::NET_DEV_START_XMIT, 7), (hop::CONSUME_SKB, 0));
-        // Two packets interleaved on different skbs.
-        j.push(&ev(0xa, 2_000, 500, q, x));
-        j.push(&ev(0xb, 2_100, 100, q, x));
-        j.push(&ev(0xa, 2_300, 300, x, c));
-        // 0xb: an event that does not chain (another packet at the same
-        // address) starts over; the cut-short one is never kept.
-        j.push(&ev(0xb, 9_000, 50, q, x));
-        j.push(&ev(0xb, 9_400, 400, x, c));
+        let (q, x, c) = (hop::NET_DEV_QUEUE, hop::NET_DEV_START_XMIT, hop::CONSUME_SKB);
+        let (rx, rcv, copy) = (hop::NETIF_RX, hop::NETIF_RECEIVE_SKB, hop::SKB_COPY_DATAGRAM_IOVEC);
+        // 0xa: seven hops, in two records (a full one, then the rest).
+        let full: Vec<(u8, u64, u32)> =
+            vec![(x, 7, 500), (rx, 8, 10), (rcv, 8, 20), (copy, 0, 30), (q, 9, 5), (x, 9, 5)];
+        assert_eq!(full.len(), JOURNEY_HOPS);
+        j.push(&rec(0xa, true, (q, 7, 1_500), &full, 0));
+        // 0xb: a journey cut short (its skb reappeared as another packet) is never kept.
+        j.push(&rec(0xb, true, (q, 7, 2_000), &[(x, 7, 100)], journey::CUT));
+        j.push(&rec(0xa, false, (x, 9, 1_500 + 570), &[(c, 0, 30)], journey::END));
+        // 0xc: a continuation whose start was never seen is dropped.
+        j.push(&rec(0xc, false, (x, 9, 9_000), &[(c, 0, 30)], journey::END));
         let done = j.finish();
-        assert_eq!(done.len(), 2);
+        assert_eq!(done.len(), 1);
         let times: Vec<u64> = done[0].hops.iter().map(|h| h.t_ns).collect();
-        assert_eq!(times, [500, 1_000, 1_300]);
-        assert_eq!(done[0].hops[2].hop, hop::CONSUME_SKB);
-        let times: Vec<u64> = done[1].hops.iter().map(|h| h.t_ns).collect();
-        assert_eq!(times, [7_950, 8_000, 8_400]);
+        assert_eq!(times, [500, 1_000, 1_010, 1_030, 1_060, 1_065, 1_070, 1_100]);
+        let hops: Vec<u8> = done[0].hops.iter().map(|h| h.hop).collect();
+        assert_eq!(hops, [q, x, rx, rcv, copy, q, x, c]);
+        assert_eq!(done[0].hops[1].dev, 7);
     }
 
     #[test]
     fn keeps_at_most_the_limit_and_half_of_it_per_origin_device() {
         let mut j = Journeys::new(0, 4);
         for i in 0..10u64 {
-            j.push(&ev(i, 100 + i, 10, (hop::NETIF_RX, 1), (hop::KFREE_SKB, 0)));
+            j.push(&rec(i, true, (hop::NETIF_RX, 1, 100 + i), &[(hop::KFREE_SKB, 0, 10)], journey::END));
         }
-        j.push(&ev(99, 500, 10, (hop::NET_DEV_QUEUE, 2), (hop::CONSUME_SKB, 0)));
+        j.push(&rec(99, true, (hop::NET_DEV_QUEUE, 2, 500), &[(hop::CONSUME_SKB, 0, 10)], journey::END));
         let done = j.finish();
         let origins: Vec<u64> = done.iter().map(|j| j.hops[0].dev).collect();
         assert_eq!(origins, [1, 1, 2], "half of 4 from device 1, then device 2's");
         let mut j = Journeys::new(0, 3);
         for i in 0..10u64 {
-            j.push(&ev(i, 100 + i, 10, (hop::NETIF_RX, i % 3), (hop::KFREE_SKB, 0)));
+            j.push(&rec(i, true, (hop::NETIF_RX, i % 3, 100 + i), &[(hop::KFREE_SKB, 0, 10)], journey::END));
         }
         assert_eq!(j.finish().len(), 3);
     }
