@@ -201,8 +201,10 @@ pub fn attach(opts: &AttachOptions, loaded: &mut dyn FnMut(&mut Ebpf) -> Result<
     let ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(names::CONFIG, &config, true)
-        // Journeys are gathered only in trace mode (8 MiB for every slot).
+        // Journeys are gathered and sent only in trace mode (8 MiB for
+        // every slot, a 16 MiB ring); otherwise one entry and one page.
         .map_max_entries(names::JOURNEY, if opts.trace { netprobe_common::TRACK_SLOTS } else { 1 })
+        .map_max_entries(names::EVENTS, if opts.trace { netprobe_common::EVENTS_BYTES } else { page_size() })
         .load(BPF_OBJECT)
         .context("loading netprobe's BPF object into the kernel failed")?;
     let mut ebpf = ebpf;
@@ -420,6 +422,17 @@ fn attach_function(
             Ok(r.map_err(|e| first_line(&format!("{e:#}"))))
         }
         other => bail!("{} is not a function backend", other.label()),
+    }
+}
+
+/// The smallest ring buffer the kernel takes: one page.
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u32
+    } else {
+        4096
     }
 }
 
