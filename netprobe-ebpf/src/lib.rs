@@ -602,8 +602,9 @@ fn journey_hop(slot: u32, skb: u64, now: u64, devkey: u64, hop: u8, gap: u64, te
     let j = unsafe { &mut *j };
     let i = j.n as usize;
     if j.skb != skb || i >= JOURNEY_HOPS {
-        // Never expected (the slot started with this packet and is sent
-        // when full); counted rather than lost silently.
+        // Another CPU started another packet in this slot (a hash
+        // collision) between this hop's tracking check and now: a few per
+        // second at most under a flood. Counted, not lost silently.
         bump(counter::EVENTS_LOST);
         return;
     }
@@ -661,7 +662,6 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
             // The skb address now holds another packet (a new data buffer),
             // or the packet sat longer than max_gap: restart, never join.
             bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
-            journey_cut(slot);
             if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb, head) {
                 *st = TrackState {
                     skb,
@@ -676,9 +676,11 @@ fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reaso
                     _pad2: 0,
                 };
                 bump(counter::TRACK_STARTED);
+                // (Sends the old journey, cut short, first.)
                 journey_start(slot, skb, now, devkey, hop);
             } else {
                 st.skb = 0;
+                journey_cut(slot);
             }
             return;
         }

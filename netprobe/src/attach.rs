@@ -198,7 +198,7 @@ pub fn attach(opts: &AttachOptions, loaded: &mut dyn FnMut(&mut Ebpf) -> Result<
         }
     }
 
-    let ebpf = EbpfLoader::new()
+    let mut ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(names::CONFIG, &config, true)
         // Journeys are gathered and sent only in trace mode (8 MiB for
@@ -207,7 +207,6 @@ pub fn attach(opts: &AttachOptions, loaded: &mut dyn FnMut(&mut Ebpf) -> Result<
         .map_max_entries(names::EVENTS, if opts.trace { netprobe_common::EVENTS_BYTES } else { page_size() })
         .load(BPF_OBJECT)
         .context("loading netprobe's BPF object into the kernel failed")?;
-    let mut ebpf = ebpf;
     loaded(&mut ebpf)?;
 
     let plan_opts = PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok() };

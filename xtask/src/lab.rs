@@ -388,7 +388,7 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
             std::thread::sleep(Duration::from_millis(200));
         };
         let text = std::fs::read_to_string(&console).unwrap_or_default();
-        let tail = || text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail = || console_tail(&text);
         if crashed && attempt < ATTEMPTS {
             eprintln!(
                 "xtask lab: a kernel module's init crashed in the {arch:?} VM (attempt {attempt} of {ATTEMPTS}); \
@@ -406,7 +406,7 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         }
         break text;
     };
-    let tail = || text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let tail = || console_tail(&text);
     let facts = work.join("facts");
     std::fs::create_dir_all(&facts)?;
     for f in FACT_FILES {
@@ -443,6 +443,11 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         bail!("{arch:?} lab scenarios without a valid result: {failed:?}; console tail:\n{}", tail());
     }
     Ok(())
+}
+
+/// The console's last 40 lines, for an error message.
+fn console_tail(text: &str) -> String {
+    text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// Whether a module's init crashed during boot (its insmod failed with an
