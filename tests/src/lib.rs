@@ -194,10 +194,28 @@ fn held_programs() -> Vec<(u32, u64)> {
 /// netprobe's programs still in the kernel that no live process holds:
 /// what a netprobe that exited (however it ended) left behind. Programs
 /// of another netprobe running at the same time are held by it, so they
-/// do not count.
+/// do not count. The kernel frees a program after its last link is gone
+/// and a grace period has passed, a moment after the process exits (seen:
+/// three of a trace-mode netprobe's programs still listed right after it
+/// was reaped), so this waits up to 3 s for them to go.
 pub fn netprobe_programs() -> Vec<String> {
-    let held = held_programs();
-    loaded_programs().into_iter().filter(|(id, _)| !held.iter().any(|(_, h)| h == id)).map(|(_, n)| n).collect()
+    let unheld = || {
+        let held = held_programs();
+        loaded_programs()
+            .into_iter()
+            .filter(|(id, _)| !held.iter().any(|(_, h)| h == id))
+            .map(|(_, n)| n)
+            .collect::<Vec<_>>()
+    };
+    let mut left = unheld();
+    for _ in 0..30 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = unheld();
+    }
+    left
 }
 
 /// netprobe's programs that process `pid` holds.

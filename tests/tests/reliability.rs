@@ -33,14 +33,7 @@ fn sigkill_mid_run_leaves_no_program_attached() {
     child.kill().unwrap(); // SIGKILL: no chance to clean up by itself
     child.wait().unwrap();
     // Links and programs die with their last file descriptor.
-    let mut left = netprobe_tests::netprobe_programs();
-    for _ in 0..20 {
-        if left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        left = netprobe_tests::netprobe_programs();
-    }
+    let left = netprobe_tests::netprobe_programs();
     assert!(left.is_empty(), "programs left after SIGKILL: {left:?}");
 }
 
