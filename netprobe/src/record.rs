@@ -511,7 +511,11 @@ pub fn wait_for(
         tokio::pin!(sleep, finished);
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
-        let mut every = tokio::time::interval(Duration::from_secs(1));
+        // The first tick a second from now: an immediate one would close
+        // an empty interval a few milliseconds into every series.
+        let second = Duration::from_secs(1);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = &mut sleep => return Ok(false),

@@ -93,7 +93,15 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         .map(|p| p["packets"].as_u64().unwrap())
         .sum();
     assert!(in_series <= total && in_series + 5 >= total, "series {in_series} vs total {total}");
-    assert!(r["intervals"].as_array().unwrap().len() >= 2, "one interval per second of the run");
+    // One interval per whole second of the run, and the last one ends it.
+    let ivs = r["intervals"].as_array().unwrap();
+    let secs = r["duration_s"].as_f64().unwrap();
+    let last = ivs.last().unwrap()["t_s"].as_f64().unwrap();
+    assert!(
+        ivs.len() as f64 >= secs.floor().max(1.0) && (last - secs).abs() < 0.5,
+        "{} intervals up to {last} s for a {secs} s run",
+        ivs.len()
+    );
     // CPU: the softirq that received the packets, and the guest stand-in
     // (the relay threads of this test process) that moved them.
     let cpu = &r["cpu"];
