@@ -91,7 +91,8 @@ struct ProbeArgs {
     /// Time NET_RX and NET_TX softirqs apart, with two more programs on
     /// irq:softirq_entry/exit (each softirq; up to one per packet, a third
     /// of the programs a forwarded packet runs). Default: all softirq time
-    /// per CPU from /proc/stat, which costs nothing per packet.
+    /// per CPU from /proc/stat, which costs nothing per packet but counts
+    /// in 10 ms units (tick-sampled without CONFIG_IRQ_TIME_ACCOUNTING).
     #[arg(long)]
     softirq_vectors: bool,
 }
