@@ -54,6 +54,8 @@ pub struct AttachOptions {
     /// `irq:softirq_entry/exit` (two more programs per softirq, which is
     /// up to one per packet); without, softirq time is read from /proc/stat.
     pub softirq_vectors: bool,
+    /// The catalog hops to attach (`--hops`).
+    pub hops: crate::catalog::HopSet,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -145,7 +147,7 @@ pub fn attach(opts: &AttachOptions, loaded: &mut dyn FnMut(&mut Ebpf) -> Result<
     let tracefs = kernel::tracefs();
     let plans = plan::plan(
         &facts,
-        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok() },
+        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok(), hops: opts.hops },
     );
 
     // Per-hop configuration, and classic tracepoint fields, before loading.
@@ -209,7 +211,8 @@ pub fn attach(opts: &AttachOptions, loaded: &mut dyn FnMut(&mut Ebpf) -> Result<
         .context("loading netprobe's BPF object into the kernel failed")?;
     loaded(&mut ebpf)?;
 
-    let plan_opts = PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok() };
+    let plan_opts =
+        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok(), hops: opts.hops };
     let mut att = Attached {
         ebpf,
         coverage: Vec::new(),

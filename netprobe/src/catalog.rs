@@ -554,6 +554,56 @@ pub fn label(id: u8) -> String {
     by_id(id).map_or_else(|| format!("hop{id}"), |h| h.label.to_owned())
 }
 
+/// A set of catalog hops (`--hops`): which ones a recording attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopSet(u64);
+
+impl Default for HopSet {
+    fn default() -> Self {
+        HopSet::ALL
+    }
+}
+
+impl HopSet {
+    /// Every hop of the catalog (the default).
+    pub const ALL: HopSet = HopSet(u64::MAX);
+
+    pub fn contains(self, id: u8) -> bool {
+        self.0 & (1u64 << id) != 0
+    }
+
+    /// The hops named by `labels` (each a catalog label, e.g. `queue`,
+    /// `xmit`, `tap_read`). Refuses an unknown label, naming the known ones,
+    /// and a set in which no hop starts following a packet.
+    pub fn of_labels(labels: &[String]) -> anyhow::Result<HopSet> {
+        let mut set = 0u64;
+        for l in labels.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+            let Some(h) = HOPS.iter().find(|h| h.label == l) else {
+                let known: Vec<&str> = HOPS.iter().map(|h| h.label).collect();
+                anyhow::bail!(
+                    "--hops: no hop is called {l:?}; the catalog's hops are {} (`netprobe probes` shows each with its kernel event)",
+                    known.join(", ")
+                );
+            };
+            set |= 1u64 << h.id;
+        }
+        if set == 0 {
+            anyhow::bail!(
+                "--hops names no hop: give catalog labels separated by commas, e.g. --hops queue,xmit,consumed"
+            );
+        }
+        let set = HopSet(set);
+        if !HOPS.iter().any(|h| set.contains(h.id) && h.flags & hop_flags::START != 0) {
+            let starts: Vec<&str> = HOPS.iter().filter(|h| h.flags & hop_flags::START != 0).map(|h| h.label).collect();
+            anyhow::bail!(
+                "--hops: none of these hops starts following a packet, so nothing would be measured; add one of {}",
+                starts.join(", ")
+            );
+        }
+        Ok(set)
+    }
+}
+
 /// The catalog's kernel functions, for looking them up in kallsyms/BTF.
 pub fn functions() -> impl Iterator<Item = (&'static Hop, &'static str, Option<&'static str>)> {
     HOPS.iter().filter_map(|h| match h.site {
@@ -565,6 +615,23 @@ pub fn functions() -> impl Iterator<Item = (&'static Hop, &'static str, Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_sets_by_label() {
+        assert!(HOPS.iter().all(|h| h.id < 64), "HopSet is a 64-bit mask");
+        let s = HopSet::of_labels(&["queue".into(), " consumed".into()]).unwrap();
+        assert!(s.contains(by_label("queue").id) && s.contains(by_label("consumed").id));
+        assert!(!s.contains(by_label("xmit").id));
+        let e = HopSet::of_labels(&["queue".into(), "xmitt".into()]).unwrap_err().to_string();
+        assert!(e.contains("\"xmitt\"") && e.contains("tap_read"), "{e}");
+        let e = HopSet::of_labels(&["consumed".into()]).unwrap_err().to_string();
+        assert!(e.contains("starts following") && e.contains("queue"), "{e}");
+        assert!(HopSet::of_labels(&[]).is_err());
+    }
+
+    fn by_label(l: &str) -> &'static Hop {
+        HOPS.iter().find(|h| h.label == l).unwrap()
+    }
 
     #[test]
     fn ids_labels_and_programs_are_consistent() {

@@ -95,6 +95,12 @@ struct ProbeArgs {
     /// in 10 ms units (tick-sampled without CONFIG_IRQ_TIME_ACCOUNTING).
     #[arg(long)]
     softirq_vectors: bool,
+    /// Attach only these catalog hops (labels separated by commas, as
+    /// `netprobe probes` lists them), e.g. --hops queue,xmit,consumed:
+    /// fewer programs per packet, less overhead. Default: every hop this
+    /// kernel offers.
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    hops: Option<Vec<String>>,
 }
 
 #[derive(Subcommand)]
@@ -221,8 +227,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
-    RecordOptions {
+fn options(p: &ProbeArgs, ifaces: Vec<String>) -> Result<RecordOptions> {
+    let hops = match &p.hops {
+        Some(labels) => netprobe::catalog::HopSet::of_labels(labels)?,
+        None => netprobe::catalog::HopSet::ALL,
+    };
+    Ok(RecordOptions {
         wait_for_modules: false,
         ifaces,
         btf_file: p.btf.clone(),
@@ -232,8 +242,9 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>) -> RecordOptions {
         samples: p.samples.unwrap_or(record::DEFAULT_SAMPLES),
         filter: p.filter.clone(),
         softirq_vectors: p.softirq_vectors,
+        hops,
         spool_dir: None,
-    }
+    })
 }
 
 /// The directory of an output file: where its recording's time series
@@ -273,7 +284,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut rec = Recorder::start(&RecordOptions {
                 wait_for_modules,
                 spool_dir: output.as_deref().map(spool_dir),
-                ..options(&probe, ifaces)
+                ..options(&probe, ifaces)?
             })?;
             let until = match (&duration, command.is_empty(), &workload) {
                 (_, false, _) => format!("while `{}` runs", command.join(" ")),
@@ -329,7 +340,7 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("`netprobe top` needs a terminal; use `record` or `serve` otherwise");
             }
             let stop = record::stop_on_signals();
-            let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces) })?;
+            let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces)? })?;
             // The terminal is given back inside top::run on every way out;
             // rec is dropped (every probe detached) right after, error or not.
             let res = netprobe::top::run(&mut rec, &netprobe::serve::hostname(), stop);
@@ -345,7 +356,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let server = netprobe::serve::listen(&opts)?;
             let stop = record::stop_on_signals();
-            let mut rec = Recorder::start(&RecordOptions { wait_for_modules: true, ..options(&probe, ifaces) })?;
+            let mut rec = Recorder::start(&RecordOptions { wait_for_modules: true, ..options(&probe, ifaces)? })?;
             let res = netprobe::serve::run(&server, &mut rec, &opts, stop);
             drop(rec);
             res
@@ -378,7 +389,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Cmd::Probes { probe, save_facts } => {
-            let rec = Recorder::start(&options(&probe, Vec::new()))?;
+            let rec = Recorder::start(&options(&probe, Vec::new())?)?;
             let report = rec.report(false)?;
             drop(rec);
             if let Some(dir) = save_facts {
@@ -415,7 +426,7 @@ fn run(cli: Cli) -> Result<()> {
 fn run_demo(kind: demo::Kind, output: Option<&std::path::Path>, probe: &ProbeArgs) -> Result<()> {
     eprintln!("netprobe demo: building the {kind:?} topology in network namespaces");
     let topo = std::sync::Arc::new(Topology::create_kind(kind)?);
-    let rec = Recorder::start(&RecordOptions { spool_dir: output.map(spool_dir), ..options(probe, topo.ifaces()) })?;
+    let rec = Recorder::start(&RecordOptions { spool_dir: output.map(spool_dir), ..options(probe, topo.ifaces())? })?;
     eprintln!(
         "netprobe demo: guest {} <-> {kind:?} {} / {} <-> peer {}; sending ICMP, TCP, UDP (Ctrl-C stops early)",
         demo::GUEST_ADDR,

@@ -41,6 +41,9 @@ pub struct PlanOptions {
     pub offsets: bool,
     /// tracefs is usable.
     pub tracefs: bool,
+    /// The hops to attach (`--hops`); the others are planned with no
+    /// candidate and say why.
+    pub hops: catalog::HopSet,
 }
 
 pub fn plan(facts: &KernelFacts, opts: PlanOptions) -> Vec<HopPlan> {
@@ -132,6 +135,10 @@ fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
             candidates.clear();
         }
     }
+    if !opts.hops.contains(hop.id) {
+        candidates.clear();
+        notes = vec!["left out by --hops".to_owned()];
+    }
     HopPlan { hop, candidates, skb, skb_from, notes }
 }
 
@@ -159,7 +166,7 @@ mod tests {
     }
 
     fn with_btf(f: &KernelFacts) -> PlanOptions {
-        PlanOptions { only: None, offsets: f.btf, tracefs: true }
+        PlanOptions { only: None, offsets: f.btf, tracefs: true, hops: catalog::HopSet::ALL }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct RecordOptions {
     /// NET_RX/NET_TX softirq time from BPF programs (`--softirq-vectors`)
     /// rather than all softirq time from /proc/stat.
     pub softirq_vectors: bool,
+    /// The catalog hops to attach (`--hops`).
+    pub hops: crate::catalog::HopSet,
     /// Where the time series' histograms wait for the recording to be
     /// assembled (an unlinked file): the output file's directory, say.
     /// None: the system's temporary directory.
@@ -59,6 +61,7 @@ impl Default for RecordOptions {
             wait_for_modules: false,
             filter: None,
             softirq_vectors: false,
+            hops: crate::catalog::HopSet::ALL,
             spool_dir: None,
         }
     }
@@ -86,6 +89,8 @@ pub struct Recorder {
     intervals: Vec<IntervalRec>,
     /// The intervals' full histograms, off the heap.
     spool: Option<crate::spool::HistSpool>,
+    /// Where the spool is to be made, until the first interval makes it.
+    spool_dir: Option<PathBuf>,
     /// The workload's processes so far (their threads' role is `workload`).
     workload: Option<crate::report::Workload>,
     filter: Option<String>,
@@ -166,6 +171,7 @@ impl Recorder {
                 trace: opts.trace,
                 rescan: opts.wait_for_modules,
                 softirq_vectors: opts.softirq_vectors,
+                hops: opts.hops,
             },
             &mut start_reader,
         )?;
@@ -195,7 +201,8 @@ impl Recorder {
             last_softirq_ns: 0,
             last_started: 0,
             intervals: Vec::new(),
-            spool: crate::spool::HistSpool::new(&opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir)),
+            spool: None,
+            spool_dir: Some(opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir)),
             workload: None,
             filter: opts.filter.clone(),
             guests: crate::guests::discover(),
@@ -214,6 +221,11 @@ impl Recorder {
         crate::guests::merge(&mut self.guests, crate::guests::discover(), self.started.elapsed().as_secs_f64());
         let Ok(snap) = self.kernel_snapshot() else { return };
         let mut iv = self.close_interval(&snap);
+        // The spool file is made at the first interval kept (serve and
+        // top keep none), tried once.
+        if let Some(dir) = self.spool_dir.take() {
+            self.spool = crate::spool::HistSpool::new(&dir);
+        }
         if let Some(spool) = &mut self.spool {
             spool.push(&mut iv);
         }

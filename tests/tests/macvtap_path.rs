@@ -165,6 +165,60 @@ fn classic_tracepoint_backend_measures_the_macvtap_path() {
 }
 
 #[test]
+fn hops_attaches_only_the_hops_named() {
+    if !require_root("hops_attaches_only_the_hops_named") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let chosen = ["queue", "xmit", "consumed"];
+    let rec = Recording::start(&["--hops", &chosen.join(","), "--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let programs = netprobe_tests::netprobe_programs_of(rec.pid());
+    assert_eq!(t.ping(10, "0.02").unwrap(), 10);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = rec.interrupt();
+    for c in r["coverage"].as_array().unwrap() {
+        let hop = c["hop"].as_str().unwrap();
+        if chosen.contains(&hop) {
+            assert!(!c["backend"].is_null(), "{hop} was asked for: {c}");
+        } else {
+            assert!(c["backend"].is_null(), "{hop} was not asked for: {c}");
+            assert_eq!(c["notes"], serde_json::json!(["left out by --hops"]), "{c}");
+        }
+    }
+    // Only the three hops' programs (and the CPU accounting's) ran.
+    let hop_programs = programs.iter().filter(|p| !p.contains("sched") && !p.contains("softirq")).count();
+    assert_eq!(hop_programs, chosen.len(), "{programs:?}");
+    let mut seen = 0;
+    for d in ["to-wire", "to-guest"] {
+        for (from, to, p) in netprobe_tests::pairs(&r, d) {
+            for end in [&from, &to] {
+                let label = end.split('@').next().unwrap();
+                assert!(chosen.contains(&label), "{d} {from} -> {to} crosses a hop left out");
+            }
+            seen += p["packets"].as_u64().unwrap();
+        }
+    }
+    let (m, u) = (&t.macvtap, &t.uplink);
+    assert_plausible(pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}")), 10, "queue -> xmit");
+    assert_plausible(pair(&r, "to-wire", &format!("xmit@{m}"), &format!("queue@{u}")), 10, "xmit -> queue");
+    assert!(seen >= 30, "{seen} packets measured between the chosen hops");
+}
+
+#[test]
+fn hops_with_an_unknown_label_is_a_clear_error() {
+    for (arg, says) in [("queue,xmitt", "no hop is called \"xmitt\""), ("consumed", "starts following a packet")] {
+        let out = Command::new(netprobe_tests::netprobe_bin())
+            .args(["record", "--duration", "1s", "--hops", arg])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && !err.contains("panicked"), "--hops {arg}: {err}");
+    }
+}
+
+#[test]
 fn unknown_interface_is_a_clear_error() {
     let out = Command::new(netprobe_tests::netprobe_bin())
         .args(["record", "--duration", "1s", "--iface", "nosuchif0"])

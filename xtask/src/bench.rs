@@ -40,10 +40,11 @@ pub(crate) struct BenchOpts {
     /// Modes to compare, interleaved (order rotated each repetition):
     /// untraced, empty (netprobe's programs returning at once: the
     /// tracepoints' own cost), aggregate, aggregate_nocpu (without the CPU
-    /// accounting programs), softirq_vectors (aggregate with
+    /// accounting programs), aggregate_bt_hops (only the five hops
+    /// bench/hops.bt times, `--hops`), softirq_vectors (aggregate with
     /// --softirq-vectors), aggregate_probe (the skb laundered by a helper
     /// call, as before), trace, bpftrace.
-    #[arg(long, value_delimiter = ',', default_value = "untraced,empty,aggregate,trace,bpftrace")]
+    #[arg(long, value_delimiter = ',', default_value = "untraced,empty,aggregate,aggregate_bt_hops,trace,bpftrace")]
     modes: Vec<String>,
     /// Paths to flood: veth, macvtap.
     #[arg(long, value_delimiter = ',', default_value = "veth,macvtap")]
@@ -431,6 +432,11 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             table.push(format!("{:<8} aggregate / bpftrace  {:>10.2}x", p.name, a / b));
             modes.insert("aggregate_over_bpftrace".into(), json!(a / b));
         }
+        if let (Some(a), Some(b)) = (ratios.get("aggregate_bt_hops"), ratios.get("bpftrace")) {
+            let (a, b) = (median(a), median(b));
+            table.push(format!("{:<8} same hops / bpftrace  {:>10.2}x", p.name, a / b));
+            modes.insert("aggregate_bt_hops_over_bpftrace".into(), json!(a / b));
+        }
         // Trace delivery: events consumed per second, lost, consumer CPU.
         let delivery: Vec<Value> = trace_reports
             .iter()
@@ -559,12 +565,16 @@ fn finish(out_dir: &Path, results: &serde_json::Map<String, Value>, table: &[Str
     Ok(())
 }
 
+/// The hops bench/hops.bt times, as netprobe's `--hops`.
+const BT_HOPS: &str = "queue,xmit,netif_rx,receive,consumed";
+
 /// A bench mode as the table names it.
 fn mode_label(mode: &str) -> &str {
     match mode {
         "empty" => "empty programs",
         "aggregate" => "netprobe aggregate",
         "aggregate_nocpu" => "aggregate, no CPU",
+        "aggregate_bt_hops" => "aggregate, 5 bt hops",
         "aggregate_probe" => "aggregate, helper",
         "softirq_vectors" => "aggregate+softirq",
         "trace" => "netprobe trace",
@@ -581,6 +591,8 @@ fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
         "empty" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_EMPTY_PROGRAMS"]),
         "aggregate" => |b, _| Tracer::netprobe(b, &[]),
         "aggregate_nocpu" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_NO_CPU"]),
+        // bench/hops.bt's five tracepoints only: the same work as bpftrace.
+        "aggregate_bt_hops" => |b, _| Tracer::netprobe(b, &["--hops", BT_HOPS]),
         "softirq_vectors" => |b, _| Tracer::netprobe(b, &["--softirq-vectors"]),
         "aggregate_probe" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_PROBE_LAUNDER"]),
         "trace" => |b, _| Tracer::netprobe(b, &["--trace"]),
