@@ -13,6 +13,7 @@
 //! Figures go to target/bench/bench.json and a table.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
@@ -301,6 +302,26 @@ fn per_program_ns() -> Result<Vec<(String, f64, u64)>> {
     Ok(res)
 }
 
+/// Run time (ns) and runs of each BPF program process `pid` holds (its
+/// fds' `prog_id`), by program name.
+fn held_program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
+    let mut ids = std::collections::BTreeSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(info.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()));
+    }
+    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let mut by_name = BTreeMap::new();
+    for p in v.as_array().into_iter().flatten().filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id))) {
+        let e: &mut (u64, u64) =
+            by_name.entry(format!("{}#{}", p["name"].as_str().unwrap_or("?"), p["id"])).or_default();
+        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(by_name)
+}
+
 /// Sum of memlock of the maps process `pid` holds (its fds' `map_id`),
 /// so that other netprobes on the machine do not count.
 fn map_bytes(pid: u32) -> u64 {
@@ -381,6 +402,8 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         // and after it: the machine's background load drifts.
         let mut ratios: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         let mut trace_reports = Vec::new();
+        // What the flood does to the path: where packets are dropped.
+        let mut aggregate_report: Option<Value> = None;
         for rep in 0..opts.reps {
             eprintln!("xtask bench: {} repetition {}/{}", p.name, rep + 1, opts.reps);
             let flood = Flood::start(p)?;
@@ -393,6 +416,9 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(500));
                 let rate = flood.rate(opts.seconds as f64)?;
                 let report = t.stop()?;
+                if mode == "aggregate" && aggregate_report.is_none() {
+                    aggregate_report = report.clone();
+                }
                 if mode == "trace" {
                     if let Some(r) = report {
                         trace_reports.push((r, started.elapsed().as_secs_f64()));
@@ -463,6 +489,39 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             ));
         }
         modes.insert("trace_delivery".into(), Value::Array(delivery));
+        if let Some(r) = &aggregate_report {
+            let followed = r["tracking"]["track_started"].as_u64().unwrap_or(0);
+            let mut drops: Vec<(u64, String)> = r["drops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let n = d["packets"].as_u64().unwrap_or(0);
+                    (
+                        n,
+                        format!(
+                            "{} {} after {}@{}",
+                            n,
+                            d["reason"].as_str().unwrap_or("?"),
+                            d["last_hop"].as_str().unwrap_or("?"),
+                            d["last_dev"].as_str().unwrap_or("?")
+                        ),
+                    )
+                })
+                .collect();
+            drops.sort_by_key(|d| std::cmp::Reverse(d.0));
+            let dropped: u64 = drops.iter().map(|d| d.0).sum();
+            table.push(format!(
+                "{:<8} flood's drops         {dropped} of {followed} packets followed in an aggregate window{}{}",
+                p.name,
+                if drops.is_empty() { "" } else { ": " },
+                drops.iter().take(3).map(|d| d.1.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+            modes.insert(
+                "aggregate_window_drops".into(),
+                json!({"followed": followed, "dropped": dropped, "drops": r["drops"].clone()}),
+            );
+        }
         results.insert(p.name.into(), Value::Object(modes));
     }
     if opts.quick {
@@ -496,6 +555,75 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             json!({"mean_ns_per_hop": mean, "programs": busy.iter().map(|p| json!({"name": p.0, "ns": p.1, "runs": p.2})).collect::<Vec<_>>()}),
         );
     }
+    // Each tool's own BPF time per packet on each path: the programs the
+    // tracer process holds, their run time and runs over a window, per
+    // packet sent (bpf_stats; it leaves out the tracepoint dispatch and,
+    // for classic tracepoints, the perf buffer the kernel fills first).
+    let tools: Vec<&str> = ["aggregate", "aggregate_nocpu", "aggregate_bt_hops", "bpftrace"]
+        .into_iter()
+        .filter(|m| opts.modes.iter().any(|o| o == m))
+        .collect();
+    for p in paths.iter().filter(|_| !opts.soak_only) {
+        let mut by_tool = serde_json::Map::new();
+        for &mode in &tools {
+            let start = mode_tracer(mode).flatten().context("mode")?;
+            let flood = Flood::start(p)?;
+            run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]))?;
+            let t = start(&bin, &script)?;
+            std::thread::sleep(Duration::from_millis(500));
+            let pid = t.child.id();
+            let (a, tx_a) = (held_program_stats(pid)?, flood.tx_packets()?);
+            std::thread::sleep(Duration::from_secs(opts.seconds));
+            let (b, tx_b) = (held_program_stats(pid)?, flood.tx_packets()?);
+            t.stop()?;
+            run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
+            drop(flood);
+            let packets = tx_b.saturating_sub(tx_a).max(1) as f64;
+            // Per program over the window, busiest first.
+            let mut progs: Vec<(String, f64, f64)> = b
+                .iter()
+                .map(|(name, &(ns, runs))| {
+                    let (ns0, runs0) = a.get(name).copied().unwrap_or((0, 0));
+                    (name.clone(), ns.saturating_sub(ns0) as f64, runs.saturating_sub(runs0) as f64)
+                })
+                .collect();
+            progs.sort_by(|x, y| y.1.total_cmp(&x.1));
+            let (ns, runs) = progs.iter().fold((0.0, 0.0), |acc, p| (acc.0 + p.1, acc.1 + p.2));
+            let v = json!({
+                "bpf_ns_per_packet": ns / packets,
+                "runs_per_packet": runs / packets,
+                "ns_per_run": if runs > 0.0 { ns / runs } else { 0.0 },
+                "programs": progs.iter().map(|(name, ns, runs)| json!({
+                    "name": name,
+                    "ns_per_packet": ns / packets,
+                    "runs_per_packet": runs / packets,
+                    "ns_per_run": if *runs > 0.0 { ns / runs } else { 0.0 },
+                })).collect::<Vec<_>>(),
+            });
+            let top: Vec<String> = progs
+                .iter()
+                .filter(|p| p.2 > 0.0)
+                .take(3)
+                .map(|(name, ns, runs)| {
+                    format!("{} {:.1}x{:.0}", name.split('#').next().unwrap_or(name), runs / packets, ns / runs)
+                })
+                .collect();
+            table.push(format!(
+                "bpf time {:<8} {:<20} {:>7.0} ns per packet in its programs ({:.1} runs per packet, {:.0} ns each; top: {})",
+                p.name,
+                mode_label(mode),
+                ns / packets,
+                runs / packets,
+                v["ns_per_run"].as_f64().unwrap_or(0.0),
+                top.join(", ")
+            ));
+            by_tool.insert(mode.into(), v);
+        }
+        if let Some(Value::Object(m)) = results.get_mut(p.name) {
+            m.insert("bpf_time".into(), Value::Object(by_tool));
+        }
+    }
+
     // From throughput: extra time per packet over hops seen per packet.
     let hops = if results.contains_key("veth") { hops_per_packet(&bin, &veth_path())? } else { None };
     if let (Some(v), Some(hops)) = (results.get("veth"), hops) {
