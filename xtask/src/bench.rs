@@ -286,30 +286,21 @@ fn stats(v: &[f64]) -> Value {
     json!({"mean": mean, "median": median(v), "min": min, "max": max, "runs": v})
 }
 
-/// Average run time per invocation of netprobe's programs, from
-/// kernel.bpf_stats_enabled (per program name).
-fn per_program_ns() -> Result<Vec<(String, f64, u64)>> {
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output()?;
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    let mut res = Vec::new();
-    for p in v.as_array().into_iter().flatten() {
-        let name = p["name"].as_str().unwrap_or_default();
-        let cnt = p["run_cnt"].as_u64().unwrap_or(0);
-        if cnt > 1000 && ["btf_", "raw_", "tp_"].iter().any(|x| name.starts_with(x)) {
-            res.push((name.to_owned(), p["run_time_ns"].as_f64().unwrap_or(0.0) / cnt as f64, cnt));
-        }
+/// The BPF object ids (`key` is `prog_id:` or `map_id:`) that process
+/// `pid`'s file descriptors hold, read from /proc/PID/fdinfo.
+fn held_ids(pid: u32, key: &str) -> std::collections::BTreeSet<u64> {
+    let mut ids = std::collections::BTreeSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten().flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(info.lines().filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok()));
     }
-    Ok(res)
+    ids
 }
 
 /// Run time (ns) and runs of each BPF program process `pid` holds (its
 /// fds' `prog_id`), by program name.
 fn held_program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
-    let mut ids = std::collections::BTreeSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
-        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-        ids.extend(info.lines().filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()));
-    }
+    let ids = held_ids(pid, "prog_id:");
     let out = Command::new("bpftool").args(["prog", "show", "-j"]).output()?;
     let v: Value = serde_json::from_slice(&out.stdout)?;
     let mut by_name = BTreeMap::new();
@@ -325,11 +316,7 @@ fn held_program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
 /// Sum of memlock of the maps process `pid` holds (its fds' `map_id`),
 /// so that other netprobes on the machine do not count.
 fn map_bytes(pid: u32) -> u64 {
-    let mut ids = std::collections::BTreeSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten().flatten() {
-        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-        ids.extend(info.lines().filter_map(|l| l.strip_prefix("map_id:")?.trim().parse::<u64>().ok()));
-    }
+    let ids = held_ids(pid, "map_id:");
     let Ok(out) = Command::new("bpftool").args(["map", "show", "-j"]).output() else { return 0 };
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v.as_array()
@@ -539,7 +526,13 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]))?;
         let t = Tracer::netprobe(&bin, &["--backend", backend])?;
         flood.rate(opts.seconds as f64)?;
-        let progs = per_program_ns()?;
+        // Average run time of its busy programs (the hops'; not a program
+        // that barely ran).
+        let progs: Vec<(String, f64, u64)> = held_program_stats(t.child.id())?
+            .into_iter()
+            .filter(|(_, (_, runs))| *runs > 1000)
+            .map(|(name, (ns, runs))| (name, ns as f64 / runs as f64, runs))
+            .collect();
         t.stop()?;
         run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
         drop(flood);
