@@ -247,12 +247,14 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>) -> Result<RecordOptions> {
     })
 }
 
-/// The directory of an output file: where its recording's time series
-/// waits to be written (on the same disk, not in a memory-backed /tmp).
-fn spool_dir(output: &std::path::Path) -> std::path::PathBuf {
-    match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => ".".into(),
+/// Where a recording's time series waits to be written: the output
+/// file's directory (on the same disk, not in a memory-backed /tmp), else
+/// the temporary directory.
+fn spool_dir(output: Option<&std::path::Path>) -> std::path::PathBuf {
+    match output.map(|o| o.parent()) {
+        Some(Some(d)) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        Some(_) => ".".into(),
+        None => std::env::temp_dir(),
     }
 }
 
@@ -283,7 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let mut rec = Recorder::start(&RecordOptions {
                 wait_for_modules,
-                spool_dir: output.as_deref().map(spool_dir),
+                spool_dir: Some(spool_dir(output.as_deref())),
                 ..options(&probe, ifaces)?
             })?;
             let until = match (&duration, command.is_empty(), &workload) {
@@ -426,7 +428,7 @@ fn run(cli: Cli) -> Result<()> {
 fn run_demo(kind: demo::Kind, output: Option<&std::path::Path>, probe: &ProbeArgs) -> Result<()> {
     eprintln!("netprobe demo: building the {kind:?} topology in network namespaces");
     let topo = std::sync::Arc::new(Topology::create_kind(kind)?);
-    let rec = Recorder::start(&RecordOptions { spool_dir: output.map(spool_dir), ..options(probe, topo.ifaces())? })?;
+    let rec = Recorder::start(&RecordOptions { spool_dir: Some(spool_dir(output)), ..options(probe, topo.ifaces())? })?;
     eprintln!(
         "netprobe demo: guest {} <-> {kind:?} {} / {} <-> peer {}; sending ICMP, TCP, UDP (Ctrl-C stops early)",
         demo::GUEST_ADDR,

@@ -45,7 +45,8 @@ pub struct RecordOptions {
     pub hops: crate::catalog::HopSet,
     /// Where the time series' histograms wait for the recording to be
     /// assembled (an unlinked file): the output file's directory, say.
-    /// None: the system's temporary directory.
+    /// None: they stay in memory (consumers that keep no series: `serve`,
+    /// `top`, `probes`).
     pub spool_dir: Option<PathBuf>,
 }
 
@@ -89,8 +90,6 @@ pub struct Recorder {
     intervals: Vec<IntervalRec>,
     /// The intervals' full histograms, off the heap.
     spool: Option<crate::spool::HistSpool>,
-    /// Where the spool is to be made, until the first interval makes it.
-    spool_dir: Option<PathBuf>,
     /// The workload's processes so far (their threads' role is `workload`).
     workload: Option<crate::report::Workload>,
     filter: Option<String>,
@@ -201,8 +200,7 @@ impl Recorder {
             last_softirq_ns: 0,
             last_started: 0,
             intervals: Vec::new(),
-            spool: None,
-            spool_dir: Some(opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir)),
+            spool: opts.spool_dir.as_deref().and_then(crate::spool::HistSpool::new),
             workload: None,
             filter: opts.filter.clone(),
             guests: crate::guests::discover(),
@@ -221,11 +219,6 @@ impl Recorder {
         crate::guests::merge(&mut self.guests, crate::guests::discover(), self.started.elapsed().as_secs_f64());
         let Ok(snap) = self.kernel_snapshot() else { return };
         let mut iv = self.close_interval(&snap);
-        // The spool file is made at the first interval kept (serve and
-        // top keep none), tried once.
-        if let Some(dir) = self.spool_dir.take() {
-            self.spool = crate::spool::HistSpool::new(&dir);
-        }
         if let Some(spool) = &mut self.spool {
             spool.push(&mut iv);
         }
