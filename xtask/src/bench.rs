@@ -13,7 +13,7 @@
 //! Figures go to target/bench/bench.json and a table.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
@@ -288,8 +288,8 @@ fn stats(v: &[f64]) -> Value {
 
 /// The BPF object ids (`key` is `prog_id:` or `map_id:`) that process
 /// `pid`'s file descriptors hold, read from /proc/PID/fdinfo.
-fn held_ids(pid: u32, key: &str) -> std::collections::BTreeSet<u64> {
-    let mut ids = std::collections::BTreeSet::new();
+fn held_ids(pid: u32, key: &str) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten().flatten() {
         let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
         ids.extend(info.lines().filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok()));
@@ -311,6 +311,37 @@ fn held_program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
         e.1 += p["run_cnt"].as_u64().unwrap_or(0);
     }
     Ok(by_name)
+}
+
+/// A program's name, run time (ns) and runs over a window.
+type ProgWindow = (String, f64, f64);
+
+/// One window of bpf_stats under a flood on `p`: each program the tracer
+/// holds as (name, ns, runs) over `secs`, busiest first, and the packets
+/// sent meanwhile.
+fn bpf_stats_window(p: &Path2, secs: u64, start: impl FnOnce() -> Result<Tracer>) -> Result<(Vec<ProgWindow>, f64)> {
+    let flood = Flood::start(p)?;
+    run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]))?;
+    let window = (|| {
+        let t = start()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = t.child.id();
+        let (a, tx_a) = (held_program_stats(pid)?, flood.tx_packets()?);
+        std::thread::sleep(Duration::from_secs(secs));
+        let (b, tx_b) = (held_program_stats(pid)?, flood.tx_packets()?);
+        t.stop()?;
+        let mut progs: Vec<ProgWindow> = b
+            .iter()
+            .map(|(name, &(ns, runs))| {
+                let (ns0, runs0) = a.get(name).copied().unwrap_or((0, 0));
+                (name.clone(), ns.saturating_sub(ns0) as f64, runs.saturating_sub(runs0) as f64)
+            })
+            .collect();
+        progs.sort_by(|x, y| y.1.total_cmp(&x.1));
+        Ok((progs, tx_b.saturating_sub(tx_a).max(1) as f64))
+    })();
+    run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
+    window
 }
 
 /// Sum of memlock of the maps process `pid` holds (its fds' `map_id`),
@@ -522,30 +553,19 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
     let mut per_backend = serde_json::Map::new();
     let backends: &[&str] = if opts.soak_only { &[] } else { &["tp_btf", "raw_tp", "tracepoint"] };
     for &backend in backends {
-        let flood = Flood::start(&veth_path())?;
-        run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]))?;
-        let t = Tracer::netprobe(&bin, &["--backend", backend])?;
-        flood.rate(opts.seconds as f64)?;
+        let (progs, _) =
+            bpf_stats_window(&veth_path(), opts.seconds, || Tracer::netprobe(&bin, &["--backend", backend]))?;
         // Average run time of its busy programs (the hops'; not a program
-        // that barely ran).
-        let progs: Vec<(String, f64, u64)> = held_program_stats(t.child.id())?
-            .into_iter()
-            .filter(|(_, (_, runs))| *runs > 1000)
-            .map(|(name, (ns, runs))| (name, ns as f64 / runs as f64, runs))
-            .collect();
-        t.stop()?;
-        run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
-        drop(flood);
-        let busy: Vec<&(String, f64, u64)> = progs.iter().collect();
-        let mean =
-            busy.iter().map(|p| p.1 * p.2 as f64).sum::<f64>() / busy.iter().map(|p| p.2 as f64).sum::<f64>().max(1.0);
+        // that barely ran), weighted by runs.
+        let busy: Vec<ProgWindow> = progs.into_iter().filter(|p| p.2 > 1000.0).collect();
+        let mean = busy.iter().map(|p| p.1).sum::<f64>() / busy.iter().map(|p| p.2).sum::<f64>().max(1.0);
         table.push(format!(
             "per-hop  {backend:<20} {mean:>10.0} ns per hop (bpf_stats, weighted over {} programs)",
             busy.len()
         ));
         per_backend.insert(
             backend.into(),
-            json!({"mean_ns_per_hop": mean, "programs": busy.iter().map(|p| json!({"name": p.0, "ns": p.1, "runs": p.2})).collect::<Vec<_>>()}),
+            json!({"mean_ns_per_hop": mean, "programs": busy.iter().map(|p| json!({"name": p.0, "ns": p.1 / p.2, "runs": p.2})).collect::<Vec<_>>()}),
         );
     }
     // Each tool's own BPF time per packet on each path: the programs the
@@ -560,27 +580,7 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         let mut by_tool = serde_json::Map::new();
         for &mode in &tools {
             let start = mode_tracer(mode).flatten().context("mode")?;
-            let flood = Flood::start(p)?;
-            run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]))?;
-            let t = start(&bin, &script)?;
-            std::thread::sleep(Duration::from_millis(500));
-            let pid = t.child.id();
-            let (a, tx_a) = (held_program_stats(pid)?, flood.tx_packets()?);
-            std::thread::sleep(Duration::from_secs(opts.seconds));
-            let (b, tx_b) = (held_program_stats(pid)?, flood.tx_packets()?);
-            t.stop()?;
-            run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=0"]))?;
-            drop(flood);
-            let packets = tx_b.saturating_sub(tx_a).max(1) as f64;
-            // Per program over the window, busiest first.
-            let mut progs: Vec<(String, f64, f64)> = b
-                .iter()
-                .map(|(name, &(ns, runs))| {
-                    let (ns0, runs0) = a.get(name).copied().unwrap_or((0, 0));
-                    (name.clone(), ns.saturating_sub(ns0) as f64, runs.saturating_sub(runs0) as f64)
-                })
-                .collect();
-            progs.sort_by(|x, y| y.1.total_cmp(&x.1));
+            let (progs, packets) = bpf_stats_window(p, opts.seconds, || start(&bin, &script))?;
             let (ns, runs) = progs.iter().fold((0.0, 0.0), |acc, p| (acc.0 + p.1, acc.1 + p.2));
             let v = json!({
                 "bpf_ns_per_packet": ns / packets,
