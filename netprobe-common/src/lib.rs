@@ -78,6 +78,11 @@ pub mod hop_flags {
 }
 
 /// Names of the maps and globals in the BPF object.
+/// Name prefix of the threads of a guest stand-in: a process that drives a
+/// macvtap's /dev/tapN or a tap the way QEMU does (the demo topology's
+/// relay). The loader reports their CPU time under the role `guest`.
+pub const GUEST_STANDIN_THREAD: &str = "guest-relay";
+
 pub mod names {
     pub const CONFIG: &str = "NP_CONFIG";
     pub const TRACK: &str = "NP_TRACK";
@@ -116,11 +121,11 @@ pub mod names {
 /// netprobe's own cost from the tracepoints' (environment variables of the
 /// loader, see `attach`).
 pub mod bench {
-    /// Every program returns at once (`NETPROBE_EMPTY_PROGRAMS`): the
+    /// Every program returns at once (`netprobe record --bench-empty-programs`, for `cargo xtask bench`): the
     /// floor any tool with programs on the same tracepoints pays.
     pub const EMPTY: u32 = 1 << 0;
     /// Launder the skb pointer with `bpf_probe_read_kernel` (a helper call
-    /// per hop; `NETPROBE_PROBE_LAUNDER`), as before the scratch word.
+    /// per hop; `--bench-probe-launder`), as before the scratch word.
     pub const PROBE_LAUNDER: u32 = 1 << 1;
 }
 

@@ -1,30 +1,29 @@
 //! netprobe: an eBPF datapath profiler for KVM hosts.
 //!
-//! Data flows one way: `catalog` (which hops exist) -> `facts` (what this
-//! kernel offers) -> `plan` (backends to try per hop) -> `attach` (proved
-//! by loading) -> kernel aggregates -> `collect` (read the maps) ->
-//! `correlate` (per-hop numbers) -> `report` (one module per format).
-//! `record` drives a session; `top` (live terminal view) and `serve`
-//! (OpenMetrics exporter) are live consumers of the same aggregates;
-//! `demo` builds the demo topology; `spool` keeps a long recording's
-//! time series out of memory.
+//! A house in layers, each importing only from the layers below it (the
+//! test `netprobe/tests/layers.rs` checks it):
+//!
+//! 1. `model`: the shared words (direction, hop-pair names, thread roles,
+//!    guests, workload) and the report model. Depends on nothing.
+//! 2. `probe`: the kernel side. `catalog` (which hops exist) -> `facts`
+//!    (what this kernel offers) -> `plan` (backends to try per hop) ->
+//!    `attach` (proved by loading; the `Probe` handle, the only holder of
+//!    aya's `Ebpf`) -> `collect` (the maps read into a `Snapshot`).
+//! 3. `recording`: the durable file: schema and the conversions from the
+//!    kernel's types, codec, spool.
+//! 4. `analyze`: one pure function from a recording to an analysis (the
+//!    report model plus histograms and journeys); `compare`.
+//! 5. `render`: one module per output format.
+//! 6. `session`: record, top, serve, demo and probes as loops over
+//!    probe -> recording -> analyze, with the workload, guest discovery and
+//!    signals beside them.
+//!
+//! `main.rs` (the CLI) parses arguments and calls one session per
+//! subcommand.
 
-pub mod attach;
-pub mod catalog;
-pub mod collect;
-pub mod compare;
-pub mod correlate;
-pub mod demo;
-pub mod facts;
-pub mod filter;
-pub mod guests;
-pub mod kernel;
-pub mod netns;
-pub mod plan;
-pub mod record;
+pub mod analyze;
+pub mod model;
+pub mod probe;
 pub mod recording;
-pub mod report;
-pub mod serve;
-pub mod spool;
-pub mod top;
-pub mod trace;
+pub mod render;
+pub mod session;

@@ -1,4 +1,5 @@
-//! The netprobe command line: argument parsing and output selection only.
+//! The netprobe command line: argument parsing, one session call per
+//! subcommand, and output selection. No domain logic lives here.
 
 use std::{
     io::{IsTerminal, Write},
@@ -10,12 +11,21 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use netprobe::{
-    demo::{self, Topology},
-    record::{self, parse_duration, RecordOptions, Recorder},
-    recording::Recording,
-    report::{self, Format, Report},
+    analyze::{analyze, compare::compare},
+    model::report::Report,
+    probe::{attach::BenchSwitches, catalog::HopSet},
+    recording::{codec::looks_like_recording, Recording},
+    render::{self, Format},
+    session::{
+        self,
+        record::{RecordOptions, DEFAULT_SAMPLES},
+        serve::ServeOptions,
+        signals::Stop,
+        RecordRun,
+    },
 };
 use netprobe_common::Backend;
+use netprobe_testbed::topology::Kind;
 
 #[derive(Parser)]
 #[command(version, about = "Per-hop latency of each packet's way through a KVM host's datapath")]
@@ -101,6 +111,16 @@ struct ProbeArgs {
     /// kernel offers.
     #[arg(long, value_name = "LABELS", value_delimiter = ',')]
     hops: Option<Vec<String>>,
+    /// Benchmarks only (`cargo xtask bench`): the hop programs return at
+    /// once, to measure what the tracepoints alone cost.
+    #[arg(long, hide = true)]
+    bench_empty_programs: bool,
+    /// Benchmarks only: launder the skb pointer with a helper call per hop.
+    #[arg(long, hide = true)]
+    bench_probe_launder: bool,
+    /// Benchmarks only: no CPU-accounting program (sched_switch).
+    #[arg(long, hide = true)]
+    bench_no_cpu: bool,
 }
 
 #[derive(Subcommand)]
@@ -208,7 +228,7 @@ enum Cmd {
         /// Host configuration: macvtap (OSA-like), bridge (tap + Linux
         /// bridge), ovs (tap + OVS kernel datapath, HiperSockets-like).
         #[arg(long, value_enum, default_value = "macvtap")]
-        topology: demo::Kind,
+        topology: Kind,
         /// Also write the recording to FILE.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -227,158 +247,75 @@ fn main() -> ExitCode {
     }
 }
 
-fn options(p: &ProbeArgs, ifaces: Vec<String>) -> Result<RecordOptions> {
+fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result<RecordOptions> {
     let hops = match &p.hops {
-        Some(labels) => netprobe::catalog::HopSet::of_labels(labels)?,
-        None => netprobe::catalog::HopSet::ALL,
+        Some(labels) => HopSet::of_labels(labels)?,
+        None => HopSet::ALL,
     };
     Ok(RecordOptions {
-        wait_for_modules: false,
+        wait_for_modules,
         ifaces,
         btf_file: p.btf.clone(),
         backend: p.backend.map(Backend::from),
         max_gap: p.max_gap,
         trace: p.trace || p.samples.is_some(),
-        samples: p.samples.unwrap_or(record::DEFAULT_SAMPLES),
+        samples: p.samples.unwrap_or(DEFAULT_SAMPLES),
         filter: p.filter.clone(),
         softirq_vectors: p.softirq_vectors,
         hops,
         spool_dir: None,
+        bench: BenchSwitches {
+            empty_programs: p.bench_empty_programs,
+            probe_launder: p.bench_probe_launder,
+            no_cpu: p.bench_no_cpu,
+        },
     })
-}
-
-/// Where a recording's time series waits to be written: the output
-/// file's directory (on the same disk, not in a memory-backed /tmp), else
-/// the temporary directory.
-fn spool_dir(output: Option<&std::path::Path>) -> std::path::PathBuf {
-    match output.map(|o| o.parent()) {
-        Some(Some(d)) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        Some(_) => ".".into(),
-        None => std::env::temp_dir(),
-    }
-}
-
-/// Prints a recording in `format` on standard output.
-fn print(rec: &Recording, format: Format) -> Result<()> {
-    if format == Format::Perfetto && rec.samples.is_empty() {
-        eprintln!("netprobe: this recording kept no packet journeys (record with --trace): the trace has no slices");
-    }
-    let mut out = std::io::stdout().lock();
-    let res = report::write(rec, format, &mut out);
-    ignore_broken_pipe(res.and_then(|()| out.flush().map_err(Into::into)))
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Record { duration, ifaces, wait_for_modules, output, probe, pid, cgroup, transactions, command } => {
-            if let Some(path) = &output {
-                check_writable(path)?;
-            }
-            if !command.is_empty() && (pid.is_some() || cgroup.is_some()) {
-                anyhow::bail!("give either a workload command (-- CMD ARGS) or --pid/--cgroup, not both");
-            }
-            // Unknown PID or cgroup: fail before anything is attached.
-            let mut workload = match (pid, &cgroup) {
-                (Some(p), _) => Some(record::Workload::attach_pid(p, transactions)?),
-                (None, Some(c)) => Some(record::Workload::cgroup(c, transactions)?),
-                (None, None) => None,
-            };
-            let mut rec = Recorder::start(&RecordOptions {
-                wait_for_modules,
-                spool_dir: Some(spool_dir(output.as_deref())),
-                ..options(&probe, ifaces)?
-            })?;
-            let until = match (&duration, command.is_empty(), &workload) {
-                (_, false, _) => format!("while `{}` runs", command.join(" ")),
-                (_, true, Some(_)) if pid.is_some() => format!("while PID {} runs", pid.unwrap_or_default()),
-                (Some(d), true, _) => format!("for {:.1} s", d.as_secs_f64()),
-                (None, true, _) => "until Ctrl-C".to_owned(),
-            };
-            eprintln!("netprobe: recording {until}; Ctrl-C to stop early");
-            if !command.is_empty() {
-                workload = Some(record::Workload::start(&command, transactions)?);
-            }
-            if let Some(w) = workload.as_mut() {
-                rec.set_workload(w.refresh());
-            }
-            let done = workload.as_mut().and_then(record::Workload::take_done);
-            let status = !probe.quiet && std::io::stderr().is_terminal();
-            let interrupted = record::wait_for(
-                duration,
-                done,
-                Some(&mut || {
-                    if wait_for_modules {
-                        rec.rescan();
-                    }
-                    if let Some(w) = workload.as_mut() {
-                        rec.set_workload(w.refresh());
-                    }
-                    rec.sample();
-                    if status {
-                        rec.status_line(duration);
-                    }
-                }),
-            )?;
-            if status {
-                eprintln!();
-            }
-            // A second Ctrl-C from now on ends netprobe at once; the
-            // recording is written by rename, so FILE is whole or untouched.
-            // SAFETY: restoring the default disposition of SIGINT.
-            unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
-            if let Some(w) = workload {
-                rec.set_workload(w.finish());
-            }
-            let recording = rec.recording(interrupted)?;
-            if let Some(path) = &output {
-                recording.write(path)?;
-                eprintln!("netprobe: recording written to {}", path.display());
-            }
-            print(&recording, probe.format)
+            let run = RecordRun { duration, command, pid, cgroup, transactions, output, status: !probe.quiet };
+            let rec = session::record(&options(&probe, ifaces, wait_for_modules)?, &run)?;
+            print(&rec, probe.format)
         }
         Cmd::Top { ifaces, wait_for_modules, probe } => {
             // Before anything is attached: a key press needs a terminal.
             if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
                 anyhow::bail!("`netprobe top` needs a terminal; use `record` or `serve` otherwise");
             }
-            let stop = record::stop_on_signals();
-            let mut rec = Recorder::start(&RecordOptions { wait_for_modules, ..options(&probe, ifaces)? })?;
+            let stop = Stop::install();
+            let mut rec = session::record::Recorder::start(&options(&probe, ifaces, wait_for_modules)?)?;
             // The terminal is given back inside top::run on every way out;
             // rec is dropped (every probe detached) right after, error or not.
-            let res = netprobe::top::run(&mut rec, &netprobe::serve::hostname(), stop);
+            let res = session::top::run(&mut rec, &session::serve::hostname(), stop);
             drop(rec);
             res
         }
         Cmd::Serve { listen, ifaces, host, max_series, rescan_every, probe } => {
-            let opts = netprobe::serve::ServeOptions {
-                listen,
-                host: host.unwrap_or_else(netprobe::serve::hostname),
-                max_series,
-                rescan_every,
-            };
-            let server = netprobe::serve::listen(&opts)?;
-            let stop = record::stop_on_signals();
-            let mut rec = Recorder::start(&RecordOptions { wait_for_modules: true, ..options(&probe, ifaces)? })?;
-            let res = netprobe::serve::run(&server, &mut rec, &opts, stop);
+            let opts =
+                ServeOptions { listen, host: host.unwrap_or_else(session::serve::hostname), max_series, rescan_every };
+            let server = session::serve::listen(&opts)?;
+            let stop = Stop::install();
+            let mut rec = session::record::Recorder::start(&options(&probe, ifaces, true)?)?;
+            let res = session::serve::run(&server, &mut rec, &opts, stop);
             drop(rec);
             res
         }
         Cmd::Demo { topology, output, probe } => {
-            if let Some(path) = &output {
-                check_writable(path)?;
-            }
-            run_demo(topology, output.as_deref(), &probe)
+            let rec = session::demo::run(topology, output.as_deref(), &options(&probe, Vec::new(), false)?)?;
+            print(&rec, probe.format)
         }
         Cmd::Compare { a, b, format } => {
             let (ra, rb) = (load(&a)?.report()?, load(&b)?.report()?);
-            let c = netprobe::compare::compare(&a.display().to_string(), &ra, &b.display().to_string(), &rb);
+            let c = compare(&a.display().to_string(), &ra, &b.display().to_string(), &rb);
             let mut out = std::io::stdout().lock();
             let res = match format {
                 CompareFormat::Json => serde_json::to_writer_pretty(&mut out, &c)
                     .map_err(anyhow::Error::from)
                     .and_then(|()| writeln!(out).map_err(Into::into)),
-                CompareFormat::Table => netprobe::compare::write_table(&c, &mut out),
-                CompareFormat::Html => report::compare_html::write(&c, &ra, &rb, &mut out),
+                CompareFormat::Table => render::compare_table::write(&c, &mut out),
+                CompareFormat::Html => render::compare_html::write(&c, &mut out),
             };
             ignore_broken_pipe(res)
         }
@@ -386,26 +323,12 @@ fn run(cli: Cli) -> Result<()> {
             Loaded::Recording(rec) => print(&rec, format),
             Loaded::Report(r) => {
                 let mut out = std::io::stdout().lock();
-                let res = report::write_report(&r, format, &mut out).with_context(|| file.display().to_string());
+                let res = render::write_report(&r, format, &mut out).with_context(|| file.display().to_string());
                 ignore_broken_pipe(res)
             }
         },
         Cmd::Probes { probe, save_facts } => {
-            let rec = Recorder::start(&options(&probe, Vec::new())?)?;
-            let report = rec.report(false)?;
-            drop(rec);
-            if let Some(dir) = save_facts {
-                // What only a trial load shows: does the kernel allow fentry?
-                let mut facts = netprobe::facts::KernelFacts::live()?;
-                let fentry_notes = report.coverage.iter().flat_map(|c| c.notes.iter());
-                if report.coverage.iter().any(|c| c.backend.as_deref() == Some("fentry")) {
-                    facts.fentry = Some(true);
-                } else if fentry_notes.clone().any(|n| n.starts_with("fentry: refused")) {
-                    facts.fentry = Some(false);
-                }
-                facts.save(&dir)?;
-                eprintln!("netprobe: kernel facts written to {}", dir.display());
-            }
+            let report = session::probes::run(&options(&probe, Vec::new(), false)?, save_facts.as_deref())?;
             let mut out = std::io::stdout().lock();
             match probe.format {
                 Format::Json => {
@@ -418,99 +341,22 @@ fn run(cli: Cli) -> Result<()> {
                     )?;
                     writeln!(out)?;
                 }
-                _ => report::table::write_probes(&report, &mut out)?,
+                _ => render::table::write_probes(&report, &mut out)?,
             }
             Ok(())
         }
     }
 }
 
-fn run_demo(kind: demo::Kind, output: Option<&std::path::Path>, probe: &ProbeArgs) -> Result<()> {
-    eprintln!("netprobe demo: building the {kind:?} topology in network namespaces");
-    let topo = std::sync::Arc::new(Topology::create_kind(kind)?);
-    let rec = Recorder::start(&RecordOptions { spool_dir: Some(spool_dir(output)), ..options(probe, topo.ifaces())? })?;
-    eprintln!(
-        "netprobe demo: guest {} <-> {kind:?} {} / {} <-> peer {}; sending ICMP, TCP, UDP (Ctrl-C stops early)",
-        demo::GUEST_ADDR,
-        topo.macvtap,
-        topo.uplink,
-        demo::PEER_ADDR
-    );
-    // Traffic runs on its own thread so Ctrl-C/SIGTERM still reach the
-    // recorder and the topology is torn down (by its Drop) either way.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = topo.clone();
-    let traffic = std::thread::spawn(move || -> Result<()> {
-        if t.kind == demo::Kind::Ovs {
-            // No flows yet: these miss in the datapath and are upcalled
-            // (no ovs-vswitchd answers, so they are dropped).
-            let replies = t.ping(3, "0.1").context("ping")?;
-            eprintln!("  ping before any OVS flow: {replies}/3 replies (flow misses, upcalls)");
-            t.add_ovs_flows()?;
-        }
-        let replies = t.ping(20, "0.05").context("ping")?;
-        eprintln!("  ping: {replies}/20 replies");
-        if std::process::Command::new("iperf3").arg("--version").output().is_ok_and(|o| o.status.success()) {
-            let tcp = t.iperf3(2, false).context("iperf3 TCP")?;
-            eprintln!("  iperf3 TCP: {}", last_summary(&tcp));
-            let udp = t.iperf3(2, true).context("iperf3 UDP")?;
-            eprintln!("  iperf3 UDP: {}", last_summary(&udp));
-        } else {
-            // Minimal hosts (the s390x lab): UDP without a bulk tool.
-            t.udp_burst(demo::PEER_ADDR, 9, 200, Duration::from_millis(1))?;
-            eprintln!("  iperf3 not installed: 200 UDP datagrams to the peer instead of TCP/UDP bulk runs");
-        }
-        t.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(2))?;
-        eprintln!("  50 UDP datagrams to {} (blackholed in the peer)", demo::BLACKHOLE_ADDR);
-        std::thread::sleep(Duration::from_millis(200));
-        drop(tx);
-        Ok(())
-    });
-    let mut rec = rec;
-    let interrupted = record::wait_for(None, Some(rx), Some(&mut || rec.sample()))?;
-    let recording = rec.recording(interrupted)?;
-    drop(rec);
-    if let Some(path) = output {
-        recording.write(path)?;
-        eprintln!("netprobe demo: recording written to {}", path.display());
+/// Prints a recording in `format` on standard output.
+fn print(rec: &Recording, format: Format) -> Result<()> {
+    if format == Format::Perfetto && rec.samples.is_empty() {
+        eprintln!("netprobe: this recording kept no packet journeys (record with --trace): the trace has no slices");
     }
-    if !interrupted {
-        traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
-    }
-    drop(topo);
-    print(&recording, probe.format)
-}
-
-fn last_summary(iperf: &str) -> String {
-    iperf
-        .lines()
-        .rev()
-        .find(|l| l.contains("receiver") || l.contains("sender"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// Fails early, before anything is attached, when the output cannot be
-/// written.
-fn check_writable(path: &std::path::Path) -> Result<()> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        anyhow::bail!(
-            "{} is a symbolic link; netprobe does not write through links (choose another path)",
-            path.display()
-        );
-    }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    // SAFETY: access(2) with a valid C string.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
-        anyhow::bail!(
-            "cannot write the recording to {}: directory {} is not writable ({})",
-            path.display(),
-            dir.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    let analysis = analyze(rec)?;
+    let mut out = std::io::stdout().lock();
+    let res = render::write(&analysis, format, &mut out);
+    ignore_broken_pipe(res.and_then(|()| out.flush().map_err(Into::into)))
 }
 
 /// What `report` and `compare` read: a recording, or a report saved as JSON.
@@ -522,7 +368,7 @@ enum Loaded {
 impl Loaded {
     fn report(&self) -> Result<Report> {
         match self {
-            Loaded::Recording(rec) => rec.report(),
+            Loaded::Recording(rec) => Ok(analyze(rec)?.report),
             Loaded::Report(r) => Ok((**r).clone()),
         }
     }
@@ -530,7 +376,7 @@ impl Loaded {
 
 fn load(file: &std::path::Path) -> Result<Loaded> {
     let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    if netprobe::recording::looks_like_recording(&data) {
+    if looks_like_recording(&data) {
         let rec = Recording::from_bytes(&data).with_context(|| file.display().to_string())?;
         Ok(Loaded::Recording(Box::new(rec)))
     } else {
@@ -551,5 +397,41 @@ fn ignore_broken_pipe(r: Result<()>) -> Result<()> {
             Ok(())
         }
         r => r,
+    }
+}
+
+/// Parses durations like `10s`, `500ms`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; use e.g. 10s, 500ms, 2m"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" => v / 1e6,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("{s:?}: duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("0s").is_err());
     }
 }

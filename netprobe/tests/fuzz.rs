@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use netprobe::{
-    filter::{self, Dir, Expr, Prim},
+    probe::filter::{self, Dir, Expr, Prim},
     recording::Recording,
 };
 use netprobe_common::FlowFields;

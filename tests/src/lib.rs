@@ -49,15 +49,15 @@ pub fn netprobe_bin() -> PathBuf {
 }
 
 /// A running `netprobe record`, started and confirmed attached.
-pub struct Recording {
+pub struct RunningRecord {
     child: Child,
     stderr: Vec<String>,
 }
 
-impl Recording {
+impl RunningRecord {
     /// Starts `netprobe record --format json ARGS` and waits until it says
     /// it is recording (its probes are attached).
-    pub fn start(args: &[&str]) -> Recording {
+    pub fn start(args: &[&str]) -> RunningRecord {
         let mut child = Command::new(netprobe_bin())
             .arg("record")
             .args(["--format", "json"])
@@ -81,7 +81,7 @@ impl Recording {
         }
         // Keep draining stderr so netprobe never blocks on it.
         std::thread::spawn(move || for _ in reader.lines() {});
-        Recording { child, stderr }
+        RunningRecord { child, stderr }
     }
 
     /// Ends the recording with SIGINT (as Ctrl-C would) and returns its report.

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netprobe::demo::Topology;
+use netprobe_testbed::topology::Topology;
 use netprobe_tests::{netprobe_bin, program_ids_of, require_root, still_loaded};
 use serde_json::Value;
 

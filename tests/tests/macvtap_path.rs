@@ -3,8 +3,8 @@
 
 use std::{process::Command, time::Duration};
 
-use netprobe::demo::{self, Topology};
-use netprobe_tests::{pair, require_root, Recording};
+use netprobe_testbed::topology::{self as demo, Topology};
+use netprobe_tests::{pair, require_root, RunningRecord};
 use serde_json::Value;
 
 fn assert_plausible(p: &Value, min_packets: u64, what: &str) {
@@ -36,7 +36,7 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
     let ifaces = t.ifaces();
     // Softirqs timed by vector here (the default reads /proc/stat, whose
     // tick-sampled figure a few dozen packets may not reach).
-    let rec = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--softirq-vectors"]);
+    let rec = RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--softirq-vectors"]);
 
     assert_eq!(t.ping(20, "0.02").unwrap(), 20, "ping through the demo topology failed");
     t.udp_burst(demo::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(1)).unwrap();
@@ -131,7 +131,7 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
 fn backend_measures_the_macvtap_path(backend: &str) {
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
-    let rec = Recording::start(&["--backend", backend, "--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let rec = RunningRecord::start(&["--backend", backend, "--iface", &ifaces[0], "--iface", &ifaces[1]]);
     assert_eq!(t.ping(10, "0.02").unwrap(), 10);
     std::thread::sleep(Duration::from_millis(200));
     let r = rec.interrupt();
@@ -172,7 +172,7 @@ fn hops_attaches_only_the_hops_named() {
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
     let chosen = ["queue", "xmit", "consumed"];
-    let rec = Recording::start(&["--hops", &chosen.join(","), "--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let rec = RunningRecord::start(&["--hops", &chosen.join(","), "--iface", &ifaces[0], "--iface", &ifaces[1]]);
     let programs = netprobe_tests::netprobe_programs_of(rec.pid());
     assert_eq!(t.ping(10, "0.02").unwrap(), 10);
     std::thread::sleep(Duration::from_millis(200));
@@ -239,14 +239,14 @@ fn probes_lists_every_catalog_hop_with_a_backend_or_a_reason() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let hops = v["hops"].as_array().unwrap();
-    assert_eq!(hops.len(), netprobe::catalog::HOPS.len());
+    assert_eq!(hops.len(), netprobe::probe::catalog::HOPS.len());
     for h in hops {
         let notes = h["notes"].as_array().unwrap();
         assert!(!h["backend"].is_null() || !notes.is_empty(), "hop without backend or reason: {h}");
     }
     // This kernel's refusals are reported as such (see ../shared/datapath.md):
     // where fentry is refused and kprobes are absent, function hops say so.
-    let facts = netprobe::facts::KernelFacts::live().unwrap();
+    let facts = netprobe::probe::facts::KernelFacts::live().unwrap();
     let tap = hops.iter().find(|h| h["hop"] == "tap_enqueue").unwrap();
     let notes = tap["notes"].to_string();
     if !facts.kprobes {

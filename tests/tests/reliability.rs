@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
-use netprobe::demo::Topology;
-use netprobe_tests::{netprobe_bin, require_root, Recording};
+use netprobe_testbed::topology::Topology;
+use netprobe_tests::{netprobe_bin, require_root, RunningRecord};
 
 #[test]
 fn sigkill_mid_run_leaves_no_program_attached() {
@@ -69,7 +69,7 @@ fn devices_vanishing_mid_run_end_their_part_and_the_report_still_comes() {
     }
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
-    let rec = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let rec = RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
     assert_eq!(t.ping(10, "0.02").unwrap(), 10);
     let macvtap = t.macvtap.clone();
     drop(t); // the namespaces, the macvtap and the veths disappear mid-run
@@ -94,7 +94,7 @@ fn recording_written_on_sigint_reads_back_and_damaged_copies_are_rejected() {
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
     let f = file.to_str().unwrap();
-    let rec = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "-o", f]);
+    let rec = RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "-o", f]);
     assert_eq!(t.ping(10, "0.02").unwrap(), 10);
     let live = rec.interrupt(); // SIGINT: the recording is still written whole
     drop(t);
@@ -177,10 +177,10 @@ fn two_netprobes_at_once_both_measure_and_neither_leaves_anything() {
     }
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
-    let first = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
-    let second = Recording::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--filter", "icmp"]);
+    let first = RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let second = RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--filter", "icmp"]);
     assert_eq!(t.ping(15, "0.02").unwrap(), 15);
-    t.udp_burst(netprobe::demo::PEER_ADDR, 9, 20, Duration::from_millis(1)).unwrap();
+    t.udp_burst(netprobe_testbed::topology::PEER_ADDR, 9, 20, Duration::from_millis(1)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (a, b) = (first.interrupt(), second.interrupt());
     let m = &t.macvtap;
@@ -206,7 +206,7 @@ fn sigterm_writes_the_whole_recording() {
     let file = dir.join("run.rec");
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
-    let rec = Recording::start(&["--iface", &ifaces[0], "-o", file.to_str().unwrap()]);
+    let rec = RunningRecord::start(&["--iface", &ifaces[0], "-o", file.to_str().unwrap()]);
     assert_eq!(t.ping(10, "0.02").unwrap(), 10);
     let r = rec.terminate();
     assert_eq!(r["interrupted"], true);

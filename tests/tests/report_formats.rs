@@ -5,8 +5,8 @@
 
 use std::{path::PathBuf, process::Command};
 
-use netprobe::demo::Topology;
-use netprobe_tests::{netprobe_bin, require_root, require_tool, Recording};
+use netprobe_testbed::topology::Topology;
+use netprobe_tests::{netprobe_bin, require_root, require_tool, RunningRecord};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -178,7 +178,7 @@ fn traced_recording_keeps_packet_journeys_for_perfetto() {
     let t = Topology::create().unwrap();
     let (m, ifaces) = (t.macvtap.clone(), t.ifaces());
     let rec =
-        Recording::start(&["--trace", "--iface", &ifaces[0], "--iface", &ifaces[1], "-o", file.to_str().unwrap()]);
+        RunningRecord::start(&["--trace", "--iface", &ifaces[0], "--iface", &ifaces[1], "-o", file.to_str().unwrap()]);
     assert_eq!(t.ping(20, "0.02").unwrap(), 20);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let live = rec.interrupt();

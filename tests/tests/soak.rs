@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netprobe::demo::{self, Topology};
-use netprobe_tests::{require_root, Recording};
+use netprobe_testbed::topology::{self as demo, Topology};
+use netprobe_tests::{require_root, RunningRecord};
 
 /// Resident memory of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -39,7 +39,7 @@ fn soak_with_devices_coming_and_going() {
         return;
     }
     let secs: u64 = std::env::var("NETPROBE_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let rec = Recording::start(&["--trace", "--quiet"]);
+    let rec = RunningRecord::start(&["--trace", "--quiet"]);
     let pid = rec.pid();
     let start = Instant::now();
     let mut samples: Vec<(f64, u64, u64)> = Vec::new();

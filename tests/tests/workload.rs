@@ -8,8 +8,8 @@ use std::{
     time::Duration,
 };
 
-use netprobe::demo::{self, Topology};
-use netprobe_tests::{pair, pairs, require_root, Recording};
+use netprobe_testbed::topology::{self as demo, Topology};
+use netprobe_tests::{pair, pairs, require_root, RunningRecord};
 use serde_json::Value;
 
 /// A server in the peer namespace, killed when dropped (also on failure).
@@ -82,7 +82,7 @@ fn sockperf_ping_pong_cpu_per_transaction() {
     let t = Topology::create().unwrap();
     let _server = Server::start(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11111"]);
     let ifaces = t.ifaces();
-    let rec = Recording::start(&[
+    let rec = RunningRecord::start(&[
         "--iface",
         &ifaces[0],
         "--iface",
@@ -164,7 +164,7 @@ fn iperf3_stream_by_pid_and_the_series_spans_it() {
         .spawn()
         .unwrap();
     let ifaces = t.ifaces();
-    let rec = Recording::start(&["--pid", &client.id().to_string(), "--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let rec = RunningRecord::start(&["--pid", &client.id().to_string(), "--iface", &ifaces[0], "--iface", &ifaces[1]]);
     std::io::Write::write_all(client.stdin.as_mut().unwrap(), b"go\n").unwrap();
     let r = rec.finish();
     assert!(client.wait().unwrap().success());
@@ -205,7 +205,7 @@ fn cgroup_processes_are_the_workload() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let rec = Recording::start(&["--cgroup", dir.to_str().unwrap(), "--duration", "1500ms"]);
+    let rec = RunningRecord::start(&["--cgroup", dir.to_str().unwrap(), "--duration", "1500ms"]);
     let r = rec.finish();
     // SAFETY: kill on our own child's pid (timeout passes SIGTERM on).
     unsafe { libc::kill(busy.id() as i32, libc::SIGTERM) };
@@ -228,7 +228,8 @@ fn flow_filter_in_the_kernel_excludes_the_other_flows() {
     }
     let t = Topology::create().unwrap();
     let ifaces = t.ifaces();
-    let rec = Recording::start(&["--filter", "udp and dst port 5001", "--iface", &ifaces[0], "--iface", &ifaces[1]]);
+    let rec =
+        RunningRecord::start(&["--filter", "udp and dst port 5001", "--iface", &ifaces[0], "--iface", &ifaces[1]]);
     // Two flows at once, and pings: only the first flow is followed.
     let t2 = std::sync::Arc::new(t);
     let other = {
@@ -317,7 +318,7 @@ fn qemu_guests_are_found_by_name_and_a_killed_one_is_reported_gone() {
         return;
     }
     let mut q = Qemu::start("np-test-guest", "npqtap0");
-    let rec = Recording::start(&["--duration", "4s"]);
+    let rec = RunningRecord::start(&["--duration", "4s"]);
     std::thread::sleep(Duration::from_millis(1500));
     q.kill(); // the guest goes away mid-run; the recording goes on
     let r = rec.finish();

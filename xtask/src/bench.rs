@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use netprobe::demo::{Kind, Topology};
+use netprobe_testbed::topology::{Kind, Topology};
 use serde_json::{json, Value};
 
 use crate::{build, run, tools};
@@ -73,7 +73,7 @@ struct VethPair;
 impl VethPair {
     fn create() -> Result<VethPair> {
         let _ = VethPair::delete();
-        let sh = |a: &[&str]| netprobe::netns::ip(a);
+        let sh = |a: &[&str]| netprobe_testbed::netns::ip(a);
         sh(&["netns", "add", "npbench-a"])?;
         sh(&["netns", "add", "npbench-b"])?;
         sh(&["-n", "npbench-a", "link", "add", "npba", "type", "veth", "peer", "name", "npbb", "netns", "npbench-b"])?;
@@ -85,8 +85,8 @@ impl VethPair {
         Ok(VethPair)
     }
     fn delete() -> Result<()> {
-        let _ = netprobe::netns::ip(&["netns", "del", "npbench-a"]);
-        let _ = netprobe::netns::ip(&["netns", "del", "npbench-b"]);
+        let _ = netprobe_testbed::netns::ip(&["netns", "del", "npbench-a"]);
+        let _ = netprobe_testbed::netns::ip(&["netns", "del", "npbench-b"]);
         Ok(())
     }
 }
@@ -182,14 +182,9 @@ struct Tracer {
 
 impl Tracer {
     fn netprobe(bin: &Path, extra: &[&str]) -> Result<Tracer> {
-        Tracer::netprobe_env(bin, extra, &[])
-    }
-
-    fn netprobe_env(bin: &Path, extra: &[&str], env: &[&str]) -> Result<Tracer> {
         let mut child = Command::new(bin)
             .args(["record", "--format", "json"])
             .args(extra)
-            .envs(env.iter().map(|v| (v, "1")))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -406,7 +401,7 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             from_ns: topo.guest_ns.clone(),
             from_dev: topo.guest_dev.clone(),
             to_ns: topo.peer_ns.clone(),
-            to_addr: netprobe::demo::PEER_ADDR.into(),
+            to_addr: netprobe_testbed::topology::PEER_ADDR.into(),
         },
     ]
     .into_iter()
@@ -709,13 +704,13 @@ type StartTracer = fn(&Path, &Path) -> Result<Tracer>;
 fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
     let start: StartTracer = match mode {
         "untraced" => return Some(None),
-        "empty" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_EMPTY_PROGRAMS"]),
+        "empty" => |b, _| Tracer::netprobe(b, &["--bench-empty-programs"]),
         "aggregate" => |b, _| Tracer::netprobe(b, &[]),
-        "aggregate_nocpu" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_NO_CPU"]),
+        "aggregate_nocpu" => |b, _| Tracer::netprobe(b, &["--bench-no-cpu"]),
         // bench/hops.bt's five tracepoints only: the same work as bpftrace.
         "aggregate_bt_hops" => |b, _| Tracer::netprobe(b, &["--hops", BT_HOPS]),
         "softirq_vectors" => |b, _| Tracer::netprobe(b, &["--softirq-vectors"]),
-        "aggregate_probe" => |b, _| Tracer::netprobe_env(b, &[], &["NETPROBE_PROBE_LAUNDER"]),
+        "aggregate_probe" => |b, _| Tracer::netprobe(b, &["--bench-probe-launder"]),
         "trace" => |b, _| Tracer::netprobe(b, &["--trace"]),
         "bpftrace" => |_, s| Tracer::bpftrace(s),
         _ => return None,

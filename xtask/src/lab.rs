@@ -233,7 +233,7 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
         s += &format!("insmod /lib/modules/{release}/{m} || echo 'lab: insmod {m} failed'\n");
     }
     s += &format!(
-        "echo '{BEGIN} probes'\nNETPROBE_DEBUG=1 /usr/bin/netprobe probes --format json --save-facts /tmp/facts 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n"
+        "echo '{BEGIN} probes'\n/usr/bin/netprobe probes --format json --save-facts /tmp/facts 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n"
     );
     // This kernel's facts (kallsyms, BTF records, tracepoints, what a trial
     // load showed), the fixtures netprobe's planning tests use.

@@ -1,0 +1,9 @@
+//! The test bed netprobe is shown and tested on, kept out of the
+//! profiler's core: network namespace helpers (`netns`) and the demo
+//! topologies (`topology`: real devices in namespaces, a guest stand-in
+//! that drives /dev/tapN as QEMU does, real traffic). `netprobe demo`, the
+//! benchmarks (`cargo xtask bench`) and the integration tests use it; the
+//! profiler itself uses only `netns` to resolve `--iface NETNS/NAME`.
+
+pub mod netns;
+pub mod topology;

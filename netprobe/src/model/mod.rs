@@ -1,0 +1,198 @@
+//! The words every layer shares, depending on nothing else of netprobe's:
+//! a packet's direction, how a hop pair is named, the role of a thread,
+//! where softirq time comes from, the guests and the workload a recording
+//! is about, and (in `report`) the report model every format renders.
+
+pub mod report;
+
+use serde::{Deserialize, Serialize};
+
+/// A hop pair as reports name it: direction, `hop@device` of both ends.
+pub type PairName = (Direction, String, String);
+
+/// A hop at a device as reports name it: `hop@device`, or the hop alone
+/// where it has no device of its own (consumed, dropped).
+pub fn at(hop: &str, dev: &str) -> String {
+    if dev.is_empty() {
+        hop.to_owned()
+    } else {
+        format!("{hop}@{dev}")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// First seen on a guest-facing device (macvtap, tap): guest to wire.
+    ToWire,
+    /// First seen anywhere else (uplink, peer): toward the guest.
+    ToGuest,
+}
+
+impl Direction {
+    /// The short name used in CSV, tags and element ids.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Direction::ToWire => "to-wire",
+            Direction::ToGuest => "to-guest",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Direction::ToWire => "toward the wire (guest -> host -> uplink)",
+            Direction::ToGuest => "toward the guest (uplink -> host -> guest)",
+        }
+    }
+}
+
+/// What a thread does for the datapath, by what the kernel and QEMU name
+/// it, or by belonging to the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// A QEMU vCPU thread (`CPU n/KVM`, `CPU n/TCG`).
+    Vcpu,
+    /// A vhost worker (`vhost-<qemu pid>`).
+    Vhost,
+    Ksoftirqd,
+    /// Open vSwitch's handler and revalidator threads.
+    Ovs,
+    /// A guest stand-in driving a tap as QEMU does (the demo's relay).
+    Guest,
+    Netprobe,
+    /// A process of the workload being recorded.
+    Workload,
+    Other,
+}
+
+impl Role {
+    /// The role of a thread by its name (QEMU and the kernel name theirs).
+    pub fn of(comm: &str) -> Role {
+        if comm.starts_with("CPU ") && (comm.ends_with("/KVM") || comm.ends_with("/TCG")) {
+            Role::Vcpu
+        } else if comm.starts_with("vhost-") {
+            Role::Vhost
+        } else if comm.starts_with("ksoftirqd/") {
+            Role::Ksoftirqd
+        } else if comm.starts_with("handler") || comm.starts_with("revalidator") {
+            Role::Ovs
+        } else if comm.starts_with(netprobe_common::GUEST_STANDIN_THREAD) {
+            Role::Guest
+        } else if comm.starts_with("netprobe") {
+            Role::Netprobe
+        } else {
+            Role::Other
+        }
+    }
+
+    /// The role of a thread of process `tgid`: the workload's processes
+    /// first, then by name.
+    pub fn of_thread(tgid: u32, comm: &str, workload: Option<&Workload>) -> Role {
+        if workload.is_some_and(|w| w.tgids.contains(&tgid)) {
+            Role::Workload
+        } else {
+            Role::of(comm)
+        }
+    }
+
+    /// The name reports and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Vcpu => "vcpu",
+            Role::Vhost => "vhost",
+            Role::Ksoftirqd => "ksoftirqd",
+            Role::Ovs => "ovs",
+            Role::Guest => "guest",
+            Role::Netprobe => "netprobe",
+            Role::Workload => "workload",
+            Role::Other => "other",
+        }
+    }
+}
+
+/// Nanoseconds as a short human figure: 850ns, 12.3us, 4.56ms, 1.20s.
+pub fn fmt_ns(ns: u64) -> String {
+    let f = ns as f64;
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1}us", f / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2}ms", f / 1e6)
+    } else {
+        format!("{:.2}s", f / 1e9)
+    }
+}
+
+/// `CpuReport::softirq_source` values: NET_RX and NET_TX timed by BPF
+/// programs (`--softirq-vectors`), or all vectors from /proc/stat.
+pub const SOFTIRQ_FROM_BPF: &str = "bpf: NET_RX+NET_TX";
+pub const SOFTIRQ_FROM_STAT: &str = "/proc/stat: all vectors";
+
+/// One QEMU guest as found on the host.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Guest {
+    /// `-name` (its `guest=` part), or `qemu-<pid>` when unnamed.
+    pub name: String,
+    pub pid: u32,
+    /// vCPU thread ids.
+    pub vcpu_tids: Vec<u32>,
+    /// vhost worker ids (threads of QEMU, or kernel threads).
+    pub vhost_tids: Vec<u32>,
+    /// Network devices the guest's file descriptors hold: `tap0` (tun/tap,
+    /// from /proc/PID/fdinfo `iff:`), `macvtap0` (a /dev/tapN character
+    /// device, N being the macvtap's ifindex).
+    pub devices: Vec<String>,
+    /// Seconds into the recording when the guest was found gone (killed or
+    /// shut down mid-run); what it did until then is kept.
+    #[serde(default)]
+    pub gone_after_s: Option<f64>,
+}
+
+/// A workload netprobe started and recorded exactly while it ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub command: Vec<String>,
+    pub started_unix_s: f64,
+    pub ended_unix_s: f64,
+    /// Exit code, when it exited by itself.
+    pub exit_status: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Processes of the workload (its process and descendants, `--pid`'s
+    /// process, or `--cgroup`'s members), as seen during the recording.
+    #[serde(default)]
+    pub tgids: Vec<u32>,
+    /// `--cgroup`: the cgroup (v2 path) whose processes are the workload.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Transactions the workload completed (request/response pairs), and
+    /// where the number comes from.
+    #[serde(default)]
+    pub transactions: Option<u64>,
+    #[serde(default)]
+    pub transactions_from: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(fmt_ns(850), "850ns");
+        assert_eq!(fmt_ns(12_345), "12.3us");
+        assert_eq!(fmt_ns(4_560_000), "4.56ms");
+        assert_eq!(fmt_ns(1_200_000_000), "1.20s");
+    }
+
+    #[test]
+    fn thread_roles_by_name() {
+        assert_eq!(Role::of("CPU 3/KVM"), Role::Vcpu);
+        assert_eq!(Role::of("vhost-4242"), Role::Vhost);
+        assert_eq!(Role::of("ksoftirqd/1"), Role::Ksoftirqd);
+        assert_eq!(Role::of("handler12"), Role::Ovs);
+        assert_eq!(Role::of("guest-relay-tx"), Role::Guest);
+        assert_eq!(Role::of("iperf3"), Role::Other);
+    }
+}

@@ -1,0 +1,226 @@
+//! The report model every output format renders: plain data (serde), made
+//! by `analyze` from a recording. Its JSON form is `report --format json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{at, Direction, Guest, Workload, SOFTIRQ_FROM_BPF};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub netprobe_version: String,
+    pub kernel: String,
+    pub duration_s: f64,
+    /// True when Ctrl-C or SIGTERM ended the recording before its duration.
+    pub interrupted: bool,
+    /// The workload recorded, when netprobe ran it (`record -- CMD ARGS`)
+    /// or attached to it (`--pid`, `--cgroup`).
+    #[serde(default)]
+    pub workload: Option<Workload>,
+    /// The flow filter (`--filter`) the kernel applied, if any.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// QEMU guests found on the host during the recording, with the CPU
+    /// time of their vCPU and vhost threads.
+    #[serde(default)]
+    pub guests: Vec<GuestReport>,
+    pub coverage: Vec<CoverageEntry>,
+    pub directions: Vec<DirectionReport>,
+    pub drops: Vec<DropReport>,
+    /// Time inside hop functions (fexit/kretprobe pairs).
+    pub functions: Vec<FunctionReport>,
+    pub devices: Vec<DeviceReport>,
+    /// Kernel-side accounting: packets followed, and every loss.
+    pub tracking: BTreeMap<String, u64>,
+    /// Time series: per interval, each hop pair's packets and percentiles.
+    #[serde(default)]
+    pub intervals: Vec<IntervalReport>,
+    /// CPU time of the threads and softirqs that move packets.
+    #[serde(default)]
+    pub cpu: Option<CpuReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CpuReport {
+    /// On-CPU ns by role: vcpu (QEMU `CPU n/KVM`), vhost (`vhost-<pid>`),
+    /// ksoftirqd, ovs (handler/revalidator threads), netprobe, other.
+    pub by_role_ns: BTreeMap<String, u64>,
+    /// NET_RX / NET_TX softirq ns (all CPUs) and per CPU.
+    pub softirq_net_rx_ns: u64,
+    pub softirq_net_tx_ns: u64,
+    pub softirq_net_rx_per_cpu_ns: Vec<u64>,
+    pub softirq_net_tx_per_cpu_ns: Vec<u64>,
+    /// Softirq ns, all CPUs: NET_RX + NET_TX when timed by vector
+    /// (`--softirq-vectors`), else all softirq time from /proc/stat.
+    #[serde(default)]
+    pub softirq_ns: u64,
+    /// Where `softirq_ns` comes from: "bpf: NET_RX+NET_TX" or
+    /// "/proc/stat: all vectors".
+    #[serde(default)]
+    pub softirq_source: String,
+    /// Without `--softirq-vectors`: all softirq ns per CPU.
+    #[serde(default)]
+    pub softirq_per_cpu_ns: Vec<u64>,
+    /// `softirq_ns` per packet followed. (Thread times also include the
+    /// softirqs that ran in their context: do not add them.)
+    pub softirq_ns_per_packet: f64,
+    /// CPU ns per packet followed, by role, plus `softirq` (NET_RX +
+    /// NET_TX). Thread times include softirqs that ran in their context.
+    #[serde(default)]
+    pub per_packet_ns: BTreeMap<String, f64>,
+    /// The same per workload transaction, when the workload reported its
+    /// transactions or the user named them (`--transactions`).
+    #[serde(default)]
+    pub per_transaction_ns: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub transactions: Option<u64>,
+    pub threads: Vec<CpuThread>,
+}
+
+impl CpuReport {
+    /// Softirq time as reported: NET_RX and NET_TX when timed by vector,
+    /// else one "all" row (label, ns).
+    pub fn softirq_rows(&self) -> Vec<(&'static str, u64)> {
+        let by_vector = self.softirq_source == SOFTIRQ_FROM_BPF
+            || (self.softirq_source.is_empty() && self.softirq_net_rx_ns + self.softirq_net_tx_ns > 0);
+        if by_vector {
+            vec![("NET_RX", self.softirq_net_rx_ns), ("NET_TX", self.softirq_net_tx_ns)]
+        } else {
+            vec![("all", self.softirq_ns)]
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GuestReport {
+    #[serde(flatten)]
+    pub guest: Guest,
+    /// On-CPU ns of its vCPU threads and of its vhost workers.
+    pub vcpu_ns: u64,
+    pub vhost_ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CpuThread {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub role: String,
+    pub ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntervalReport {
+    /// End of the interval, seconds since the recording started.
+    pub t_s: f64,
+    pub pairs: Vec<IntervalPairReport>,
+    #[serde(flatten)]
+    pub load: IntervalLoad,
+}
+
+/// What one interval cost besides its hop pairs' latencies (kept in the
+/// recording and shown in the report alike; absent in older recordings).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IntervalLoad {
+    /// Packets whose tracking started in the interval.
+    #[serde(default)]
+    pub packets: u64,
+    /// NET_RX + NET_TX softirq ns in the interval (all CPUs).
+    #[serde(default)]
+    pub softirq_ns: u64,
+    /// On-CPU ns in the interval by thread role.
+    #[serde(default)]
+    pub cpu_ns_by_role: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntervalPairReport {
+    pub direction: Direction,
+    pub from: String,
+    pub to: String,
+    pub packets: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    /// Sum of the latencies in the interval: the time this pair cost.
+    #[serde(default)]
+    pub total_ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CoverageEntry {
+    pub hop: String,
+    pub path: String,
+    /// `tracepoint net:net_dev_queue`, `function tap_do_read [tap]`.
+    pub site: String,
+    pub backend: Option<String>,
+    /// Entry/exit pair attached: time inside the function is measured.
+    pub time_inside: bool,
+    /// Reasons better backends, or all, could not be used.
+    pub notes: Vec<String>,
+}
+
+/// Time spent inside one hop function (entry to return).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FunctionReport {
+    pub hop: String,
+    pub path: String,
+    pub calls: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub total_ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectionReport {
+    pub direction: Direction,
+    pub pairs: Vec<PairReport>,
+}
+
+/// One hop pair: the time from `from` to `to` for the same packet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairReport {
+    pub from_hop: String,
+    pub from_dev: String,
+    pub to_hop: String,
+    /// Empty when the hop has no device of its own (consume, drop).
+    pub to_dev: String,
+    pub packets: u64,
+    pub min_ns: u64,
+    pub mean_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+impl PairReport {
+    pub fn from_label(&self) -> String {
+        at(&self.from_hop, &self.from_dev)
+    }
+    pub fn to_label(&self) -> String {
+        at(&self.to_hop, &self.to_dev)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropReport {
+    pub reason: String,
+    pub reason_code: u32,
+    pub packets: u64,
+    pub direction: Direction,
+    pub last_hop: String,
+    pub last_dev: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub name: String,
+    pub kind: String,
+    pub ifindex: u32,
+    pub netns: u32,
+}

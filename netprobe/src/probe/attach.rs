@@ -1,0 +1,659 @@
+//! Attaches the planned hops on this kernel: for each hop, the first
+//! candidate backend from `plan` that loads and attaches wins; every
+//! refusal is recorded with the kernel's reason ([`AttachError`], typed,
+//! the verifier's log kept). Function hops get a slot (a generic program
+//! set) each. The result is the [`Probe`]: the one handle on the loaded
+//! object (aggregates, retiring idle pairs, counters, the interface filter,
+//! the journey ring's reader), whose `Ebpf` no other module sees. Dropping
+//! it detaches everything.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use netprobe_common::{hop_flags, names, Backend, Config, SlotConfig, CPU_TRACEPOINTS, MAX_SLOTS, SLOT_ARG};
+use serde::Serialize;
+
+use super::{
+    catalog::{HopSet, Site, SkbArg},
+    collect::{self, Snapshot},
+    facts::KernelFacts,
+    kernel,
+    plan::{self, HopPlan, PlanOptions, SkbSource},
+    trace::{Journeys, TraceReader, TraceStats},
+};
+use crate::model::report::CoverageEntry;
+
+/// The BPF object built by `cargo xtask build`, embedded in the binary.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netprobe.bpf.o"));
+
+/// What was chosen for one hop, and why not better.
+#[derive(Clone, Debug, Serialize)]
+pub struct Coverage {
+    pub hop: &'static str,
+    pub path: &'static str,
+    pub site: String,
+    /// The backend in use, if any.
+    pub backend: Option<&'static str>,
+    /// For function hops with entry/exit pairs: time inside is measured.
+    pub time_inside: bool,
+    pub skb_from: SkbSource,
+    pub notes: Vec<String>,
+}
+
+impl From<&Coverage> for CoverageEntry {
+    fn from(c: &Coverage) -> Self {
+        CoverageEntry {
+            hop: c.hop.to_owned(),
+            path: c.path.to_owned(),
+            site: c.site.clone(),
+            backend: c.backend.map(str::to_owned),
+            time_inside: c.time_inside,
+            notes: c.notes.clone(),
+        }
+    }
+}
+
+/// Why netprobe's object, or one program of it, could not be loaded or
+/// attached. A program the kernel refused keeps the verifier's log.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("this netprobe binary was built without its BPF object; build it with `cargo xtask build`")]
+    NoObject,
+    #[error(
+        "netprobe needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_DAC_READ_SEARCH for tracefs): \
+         run it with sudo, or `setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep netprobe`"
+    )]
+    Privileges,
+    #[error("loading netprobe's BPF object into the kernel failed")]
+    Object(#[source] aya::EbpfError),
+    #[error("program {0} missing from the object")]
+    MissingProgram(String),
+    /// The kernel refused the program outright (EPERM: fentry on these
+    /// development machines, a lockdown, a missing capability).
+    #[error("refused by the kernel (EPERM at load)")]
+    Refused { verifier_log: String },
+    /// The verifier rejected the program; its log says where.
+    #[error("the verifier rejected it ({io_error}): {}", last_line(verifier_log))]
+    Verifier { io_error: std::io::Error, verifier_log: String },
+    #[error(transparent)]
+    Program(aya::programs::ProgramError),
+    /// What this kernel or this load lacks for the hop (no BTF, no slot...).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<aya::programs::ProgramError> for AttachError {
+    fn from(e: aya::programs::ProgramError) -> Self {
+        match e {
+            aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+                if io_error.raw_os_error() == Some(libc::EPERM) {
+                    AttachError::Refused { verifier_log: verifier_log.to_string() }
+                } else {
+                    AttachError::Verifier { io_error, verifier_log: verifier_log.to_string() }
+                }
+            }
+            other => AttachError::Program(other),
+        }
+    }
+}
+
+impl From<aya::maps::MapError> for AttachError {
+    fn from(e: aya::maps::MapError) -> Self {
+        AttachError::Unavailable(e.to_string())
+    }
+}
+
+impl AttachError {
+    /// One line for a coverage note: the error's first line, at most 160
+    /// characters.
+    pub fn brief(&self) -> String {
+        let s = self.to_string();
+        let l = s.lines().next().unwrap_or_default();
+        if l.len() > 160 {
+            format!("{}...", &l[..l.floor_char_boundary(160)])
+        } else {
+            l.to_owned()
+        }
+    }
+}
+
+/// The verifier log's last non-empty line: what it rejected.
+fn last_line(log: &str) -> &str {
+    log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no verifier output")
+}
+
+/// What `cargo xtask bench` switches on to measure the cost of parts of
+/// netprobe; never used by the profiler's own commands.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BenchSwitches {
+    /// The hop programs return at once: what any tool with programs on
+    /// these tracepoints pays before doing any work.
+    pub empty_programs: bool,
+    /// The skb pointer laundered with a helper call per hop, as before.
+    pub probe_launder: bool,
+    /// No CPU-accounting program (sched_switch).
+    pub no_cpu: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AttachOptions {
+    pub btf_file: Option<PathBuf>,
+    /// Force a backend (for tests and comparisons); None = best available.
+    pub backend: Option<Backend>,
+    pub max_gap_ns: u64,
+    pub filter_enabled: bool,
+    /// The compiled `--filter` expression, if any.
+    pub flow: Option<netprobe_common::FlowFilter>,
+    /// Per-packet trace mode (events on `NP_EVENTS`).
+    pub trace: bool,
+    /// Keep what a later rescan needs (the parsed kernel BTF, ~30 MiB).
+    pub rescan: bool,
+    /// Time NET_RX and NET_TX softirqs with programs on
+    /// `irq:softirq_entry/exit` (two more programs per softirq, which is
+    /// up to one per packet); without, softirq time is read from /proc/stat.
+    pub softirq_vectors: bool,
+    /// The catalog hops to attach (`--hops`).
+    pub hops: HopSet,
+    /// Trace mode: how many complete journeys the reader keeps, and the
+    /// CLOCK_MONOTONIC ns their times count from.
+    pub samples: usize,
+    pub trace_base_ns: u64,
+    /// Bench-only switches (`cargo xtask bench`).
+    pub bench: BenchSwitches,
+}
+
+/// netprobe's loaded and attached programs, and the one way to their maps;
+/// dropping it detaches everything.
+pub struct Probe {
+    ebpf: Ebpf,
+    coverage: Vec<Coverage>,
+    drop_reasons: BTreeMap<u32, String>,
+    /// Tracepoint hops use classic tracepoints: devices are known by name.
+    classic_only: bool,
+    /// Whether this kernel loaded an fentry program (Some(true)), refused
+    /// one (Some(false)), or none was tried.
+    fentry_allowed: Option<bool>,
+    /// Trace mode's reader of the journey ring, started before the first
+    /// program was attached.
+    trace: Option<TraceReader>,
+    facts: KernelFacts,
+    config: Config,
+    /// Function hop id -> its program slot.
+    slots: BTreeMap<u8, usize>,
+    btf: Option<Btf>,
+    plan_opts: PlanOptions,
+    /// The BTF used to load tp_btf programs (kept until attach is done).
+    btf_for_load: Option<Btf>,
+    /// CPU accounting programs attached, and what could not be.
+    cpu_backends: Vec<String>,
+    cpu_notes: Vec<String>,
+}
+
+pub fn check_privileges() -> Result<(), AttachError> {
+    // CAP_BPF (39) and CAP_PERFMON (38), or CAP_SYS_ADMIN (21).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |c: u32| eff & (1 << c) != 0;
+    if !(has(21) || (has(39) && has(38))) {
+        return Err(AttachError::Privileges);
+    }
+    Ok(())
+}
+
+/// Loads netprobe's object, starts trace mode's reader (before any program
+/// is attached: attaching every hop takes a while, each load verified and
+/// refused backends tried first, and at a million events a second the
+/// ring would fill in the meantime), then attaches every hop it can.
+pub fn attach(opts: &AttachOptions) -> Result<Probe> {
+    if BPF_OBJECT.is_empty() {
+        return Err(AttachError::NoObject.into());
+    }
+    check_privileges()?;
+    let facts = KernelFacts::live()?;
+    let btf_rs = kernel::load_btf(opts.btf_file.as_deref())?;
+    let mut config = Config::zeroed();
+    config.max_gap_ns = opts.max_gap_ns;
+    config.filter_enabled = opts.filter_enabled as u32;
+    config.trace = opts.trace as u32;
+    // Bench switches (`cargo xtask bench`): the same programs on the same
+    // tracepoints returning at once; the old pointer laundering.
+    if opts.bench.empty_programs {
+        config.bench |= netprobe_common::bench::EMPTY;
+    }
+    if opts.bench.probe_launder {
+        config.bench |= netprobe_common::bench::PROBE_LAUNDER;
+    }
+    let mut drop_reasons = BTreeMap::new();
+    let mut global_notes = Vec::new();
+    if let Some(btf) = &btf_rs {
+        match kernel::offsets(btf) {
+            Ok(o) => config.off = o,
+            Err(e) => global_notes.push(format!("struct offsets unavailable from BTF: {e:#}")),
+        }
+        drop_reasons = kernel::drop_reasons_from_btf(btf);
+    }
+    if let Some(flow) = opts.flow {
+        if config.off.valid == 0 {
+            bail!(
+                "--filter reads packet headers through struct sk_buff, whose layout comes from BTF, and this kernel                  has none (/sys/kernel/btf/vmlinux): pass --btf FILE with this kernel's BTF, or record without                  --filter (--iface still works)"
+            );
+        }
+        config.flow = flow;
+    }
+    let aya_btf = match &opts.btf_file {
+        Some(p) => Some(
+            Btf::parse_file(p, aya::Endianness::default())
+                .with_context(|| format!("parsing BTF file {}", p.display()))?,
+        ),
+        None => Btf::from_sys_fs().ok(),
+    };
+    let tracefs = kernel::tracefs();
+    let plans = plan::plan(
+        &facts,
+        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok(), hops: opts.hops },
+    );
+
+    // Per-hop configuration, and classic tracepoint fields, before loading.
+    let mut slots: BTreeMap<u8, usize> = BTreeMap::new();
+    for p in &plans {
+        let h = p.hop;
+        // Every hop is configured, attached or not, so one whose module
+        // loads later can still be attached by a rescan.
+        config.hop_flags[h.id as usize] = h.flags | hop_flags::ENABLED;
+        match h.site {
+            Site::Tracepoint(t) => {
+                if let Ok(fs) = &tracefs {
+                    if let Ok(fmt) = kernel::read_format(fs, t.category, t.name) {
+                        if let Ok(c) = fmt.classic_fields() {
+                            config.classic[h.id as usize] = c;
+                        }
+                        if h.flags & hop_flags::DROP != 0 && drop_reasons.is_empty() {
+                            drop_reasons = fmt.symbols();
+                        }
+                    }
+                }
+            }
+            Site::Function { .. } => {
+                // A slot whose compiled-in argument position is the skb's;
+                // functions without an skb prefer slots that read none.
+                let want = match p.skb {
+                    SkbArg::None => SlotConfig::NO_SKB,
+                    SkbArg::Arg(i) | SkbArg::Indirect(i) => i,
+                };
+                let free = |n: &usize| !slots.values().any(|v| v == n);
+                let n = (0..MAX_SLOTS)
+                    .filter(free)
+                    .find(|&n| SLOT_ARG[n] == want)
+                    .or_else(|| (want == SlotConfig::NO_SKB).then(|| (0..MAX_SLOTS).find(free)).flatten());
+                let Some(n) = n else { continue };
+                slots.insert(h.id, n);
+                config.slots[n] = SlotConfig {
+                    hop: h.id,
+                    skb_arg: want,
+                    skb_indirect: matches!(p.skb, SkbArg::Indirect(_)) as u8,
+                    _pad: 0,
+                };
+            }
+        }
+    }
+
+    if let Ok(fs) = &tracefs {
+        if let Ok(fmt) = kernel::read_format(fs, "irq", "softirq_entry") {
+            config.softirq_vec_off = fmt.fields.get("vec").map_or(0, |f| f.0 as u32);
+        }
+    }
+
+    let mut ebpf = EbpfLoader::new()
+        .btf(aya_btf.as_ref())
+        .override_global(names::CONFIG, &config, true)
+        // Journeys are gathered and sent only in trace mode (8 MiB for
+        // every slot, a 16 MiB ring); otherwise one entry and one page.
+        .map_max_entries(names::JOURNEY, if opts.trace { netprobe_common::TRACK_SLOTS } else { 1 })
+        .map_max_entries(names::EVENTS, if opts.trace { netprobe_common::EVENTS_BYTES } else { page_size() })
+        .load(BPF_OBJECT)
+        .map_err(AttachError::Object)?;
+    let trace = if opts.trace {
+        let map = ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
+        let ring = aya::maps::RingBuf::try_from(map)?;
+        Some(TraceReader::start(ring, Journeys::new(opts.trace_base_ns, opts.samples))?)
+    } else {
+        None
+    };
+
+    let plan_opts =
+        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok(), hops: opts.hops };
+    let mut att = Probe {
+        ebpf,
+        coverage: Vec::new(),
+        drop_reasons,
+        classic_only: false,
+        fentry_allowed: None,
+        trace,
+        facts,
+        config,
+        slots,
+        btf: aya_btf.clone(),
+        plan_opts,
+        btf_for_load: aya_btf,
+        cpu_backends: Vec::new(),
+        cpu_notes: Vec::new(),
+    };
+    for p in &plans {
+        let c = att.attach_hop(p);
+        att.coverage.push(c);
+    }
+    // CPU accounting (not a packet hop): the best backend that loads.
+    // The softirq pair only when asked: at one softirq per packet it is a
+    // third of the programs run per packet (see README, Performance).
+    // (BenchSwitches::no_cpu: none of it, for the bench.)
+    let cpu = if opts.bench.no_cpu { &[][..] } else { &CPU_TRACEPOINTS[..] };
+    for &(category, name) in cpu {
+        if category == "irq" && !opts.softirq_vectors {
+            continue;
+        }
+        let mut why = Vec::new();
+        let ok = Backend::TRACEPOINT.into_iter().find(|&b| {
+            match attach_tracepoint(&mut att.ebpf, b, category, name, att.btf_for_load.as_ref()) {
+                Ok(()) => true,
+                Err(e) => {
+                    why.push(format!("{}: {}", b.label(), e.brief()));
+                    false
+                }
+            }
+        });
+        match ok {
+            Some(b) => att.cpu_backends.push(format!("{category}:{name} ({})", b.label())),
+            None => att.cpu_notes.push(format!("{category}:{name} not attached: {}", why.join("; "))),
+        }
+    }
+    let classic_used = att.coverage.iter().any(|c| c.backend == Some(Backend::Tracepoint.label()));
+    let ptr_tracepoints = att
+        .coverage
+        .iter()
+        .any(|c| matches!(c.backend, Some(b) if b == Backend::TpBtf.label() || b == Backend::RawTp.label()));
+    att.classic_only = classic_used;
+    if classic_used && ptr_tracepoints {
+        // Device keys differ between the two kinds (pointer vs name hash),
+        // so a packet could not be followed across them: refuse the mix.
+        bail!(
+            "some tracepoint hops attached only as classic tracepoints and others with BTF; \
+             rerun with --backend tracepoint{}",
+            if global_notes.is_empty() { String::new() } else { format!(" ({})", global_notes.join("; ")) }
+        );
+    }
+    if att.coverage.iter().all(|c| c.backend.is_none()) {
+        let why: Vec<String> = att.coverage.iter().flat_map(|c| c.notes.clone()).collect();
+        bail!("no hop could be attached on this kernel: {}", why.join("; "));
+    }
+    att.btf_for_load = None;
+    if !opts.rescan {
+        att.btf = None;
+    }
+    // Parsing BTF (vmlinux and module BTF, twice: btf-rs and aya) peaks at
+    // ~90 MiB of heap that is free again now; hand it back to the system so
+    // a long recording's RSS is what it really holds.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    Ok(att)
+}
+
+impl Probe {
+    /// The hops as planned and attached, with why each has no better
+    /// backend (or none).
+    pub fn coverage(&self) -> &[Coverage] {
+        &self.coverage
+    }
+
+    /// Hops attached right now.
+    pub fn hops_attached(&self) -> usize {
+        self.coverage.iter().filter(|c| c.backend.is_some()).count()
+    }
+
+    /// Kernel drop reason names by code (from BTF or tracefs).
+    pub fn drop_reasons(&self) -> &BTreeMap<u32, String> {
+        &self.drop_reasons
+    }
+
+    /// Whether this kernel allowed fentry, as the attach attempts showed
+    /// (None: none was tried).
+    pub fn fentry_allowed(&self) -> Option<bool> {
+        self.fentry_allowed
+    }
+
+    /// The kernel facts the plan was made from.
+    pub fn facts(&self) -> &KernelFacts {
+        &self.facts
+    }
+
+    /// The kernel's aggregates now.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        collect::snapshot(&self.ebpf)
+    }
+
+    /// Only the tracking and loss counters (cheap: for a status line).
+    pub fn counters(&self) -> Result<[u64; netprobe_common::counter::COUNT as usize]> {
+        collect::counters(&self.ebpf)
+    }
+
+    /// Moves idle hop pairs out of the kernel's hash map; see
+    /// [`collect::retire`].
+    pub fn retire(
+        &mut self,
+        keys: &[netprobe_common::PairKey],
+    ) -> Result<BTreeMap<netprobe_common::PairKey, netprobe_common::hist::Hist>> {
+        collect::retire(&mut self.ebpf, keys)
+    }
+
+    /// Follows only packets first seen on these interfaces: (name,
+    /// namespace inode, ifindex) each. Classic tracepoints know devices by
+    /// name only, the others by namespace and index.
+    pub fn restrict_to(&mut self, ifaces: &[(String, u32, u32)]) -> Result<()> {
+        let mut filter: aya::maps::HashMap<_, u64, u8> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut(names::FILTER).context("map NP_FILTER missing")?)?;
+        for (name, inum, ifindex) in ifaces {
+            let key = if self.classic_only {
+                netprobe_common::name_key(&name16(name))
+            } else {
+                ((*inum as u64) << 32) | *ifindex as u64
+            };
+            filter.insert(key, 1, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Trace mode: stops the journey ring's reader after it drained the
+    /// ring, so the aggregates read after this see no later event; its
+    /// totals, plus the events still being gathered in the kernel.
+    pub fn finish_trace(&mut self) -> Option<(TraceStats, Option<u64>)> {
+        let stats = self.trace.as_mut()?.finish();
+        Some((stats, collect::journey_events_in_flight(&self.ebpf).ok()))
+    }
+
+    /// Tries a hop's candidate backends in order; the first that loads and
+    /// attaches wins. Returns its coverage entry.
+    fn attach_hop(&mut self, p: &HopPlan) -> Coverage {
+        let mut notes = p.notes.clone();
+        let mut chosen = None;
+        let mut time_inside = false;
+        for &backend in &p.candidates {
+            let res = match p.hop.site {
+                Site::Tracepoint(t) => {
+                    if backend == Backend::Tracepoint && self.config.classic[p.hop.id as usize].skbaddr == 0 {
+                        Err(AttachError::Unavailable("its tracefs format was unknown when netprobe loaded".into()))
+                    } else {
+                        attach_tracepoint(&mut self.ebpf, backend, t.category, t.name, self.btf.as_ref())
+                    }
+                }
+                Site::Function { name, .. } => match self.slots.get(&p.hop.id) {
+                    Some(&slot) => {
+                        attach_function(&mut self.ebpf, backend, slot, name, self.btf.as_ref()).map(|exit| {
+                            time_inside = exit.is_ok();
+                            if let Err(e) = exit {
+                                notes.push(format!("{}: return side not attached: {e}", backend.label()));
+                            }
+                        })
+                    }
+                    None => {
+                        Err(AttachError::Unavailable("no free function slot reads the skb from this argument".into()))
+                    }
+                },
+            };
+            match res {
+                Ok(()) => {
+                    if backend == Backend::Fentry {
+                        self.fentry_allowed = Some(true);
+                    }
+                    chosen = Some(backend);
+                    break;
+                }
+                Err(e) => {
+                    if backend == Backend::Fentry && matches!(e, AttachError::Refused { .. }) {
+                        self.fentry_allowed = Some(false);
+                    }
+                    notes.push(format!("{}: {}", backend.label(), e.brief()))
+                }
+            }
+        }
+        Coverage {
+            hop: p.hop.label,
+            path: p.hop.path.label(),
+            site: p.hop.site_label(),
+            backend: chosen.map(Backend::label),
+            time_inside,
+            skb_from: p.skb_from,
+            notes,
+        }
+    }
+
+    /// Re-reads the kernel's facts and attaches the hops that could not be
+    /// before (a module loaded since). Returns the hops newly attached.
+    pub fn rescan(&mut self) -> Result<Vec<&'static str>> {
+        let facts = KernelFacts::live()?;
+        let plans = plan::plan(&facts, self.plan_opts);
+        let mut added = Vec::new();
+        for p in &plans {
+            let Some(i) = self.coverage.iter().position(|c| c.hop == p.hop.label) else {
+                continue;
+            };
+            if self.coverage[i].backend.is_some() || p.candidates.is_empty() {
+                continue;
+            }
+            let c = self.attach_hop(p);
+            if c.backend.is_some() {
+                added.push(p.hop.label);
+            }
+            self.coverage[i] = c;
+        }
+        self.facts = facts;
+        Ok(added)
+    }
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    category: &str,
+    name: &str,
+    btf: Option<&Btf>,
+) -> Result<(), AttachError> {
+    let prog = format!("{}_{name}", backend.prefix());
+    let p = ebpf.program_mut(&prog).ok_or(AttachError::MissingProgram(prog))?;
+    match backend {
+        Backend::TpBtf => {
+            let p: &mut BtfTracePoint = p.try_into()?;
+            p.load(name, btf.ok_or_else(no_btf)?)?;
+            p.attach()?;
+        }
+        Backend::RawTp => {
+            let p: &mut RawTracePoint = p.try_into()?;
+            p.load()?;
+            p.attach(name)?;
+        }
+        Backend::Tracepoint => {
+            let p: &mut TracePoint = p.try_into()?;
+            p.load()?;
+            p.attach(category, name)?;
+        }
+        other => return Err(AttachError::Unavailable(format!("{} is not a tracepoint backend", other.label()))),
+    }
+    Ok(())
+}
+
+/// A device name as the kernel keeps it: NUL-padded, at most 15 bytes.
+fn name16(s: &str) -> [u8; 16] {
+    let mut n = [0u8; 16];
+    let b = &s.as_bytes()[..s.len().min(15)];
+    n[..b.len()].copy_from_slice(b);
+    n
+}
+
+fn no_btf() -> AttachError {
+    AttachError::Unavailable("no BTF".into())
+}
+
+/// Attaches slot `slot`'s entry program to `func`; the outer result is the
+/// entry side (decides the backend), the inner one the return side.
+fn attach_function(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    slot: usize,
+    func: &str,
+    btf: Option<&Btf>,
+) -> Result<Result<(), String>, AttachError> {
+    let entry = format!("{}_{slot}", backend.prefix());
+    let Some(exit_prefix) = backend.exit_prefix() else {
+        return Err(AttachError::Unavailable(format!("{} is not a function backend", backend.label())));
+    };
+    let exit = format!("{exit_prefix}_{slot}");
+    let program = |ebpf: &mut Ebpf, name: &str| {
+        ebpf.program_mut(name).map(|_| ()).ok_or_else(|| AttachError::MissingProgram(name.to_owned()))
+    };
+    program(ebpf, &entry)?;
+    program(ebpf, &exit)?;
+    let exit_side = |r: Result<(), AttachError>| r.map_err(|e| e.brief());
+    match backend {
+        Backend::Fentry => {
+            let btf = btf.ok_or_else(no_btf)?;
+            let p: &mut FEntry = ebpf.program_mut(&entry).expect("checked above").try_into()?;
+            p.load(func, btf)?;
+            p.attach()?;
+            let p: Result<&mut FExit, _> = ebpf.program_mut(&exit).expect("checked above").try_into();
+            Ok(exit_side(p.map_err(AttachError::from).and_then(|p| {
+                p.load(func, btf)?;
+                p.attach()?;
+                Ok(())
+            })))
+        }
+        Backend::Kprobe => {
+            let p: &mut KProbe = ebpf.program_mut(&entry).expect("checked above").try_into()?;
+            p.load()?;
+            p.attach(func, 0)?;
+            let p: Result<&mut KProbe, _> = ebpf.program_mut(&exit).expect("checked above").try_into();
+            Ok(exit_side(p.map_err(AttachError::from).and_then(|p| {
+                p.load()?;
+                p.attach(func, 0)?;
+                Ok(())
+            })))
+        }
+        other => Err(AttachError::Unavailable(format!("{} is not a function backend", other.label()))),
+    }
+}
+
+/// The smallest ring buffer the kernel takes: one page.
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u32
+    } else {
+        4096
+    }
+}

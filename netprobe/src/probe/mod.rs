@@ -1,0 +1,16 @@
+//! The probe layer: everything that touches the kernel. `catalog` (the
+//! hops, as data) -> `facts` (what this kernel offers) -> `plan` (the
+//! backends to try per hop) -> `attach` (proved by loading; the `Probe`
+//! handle, the only holder of aya's `Ebpf`) -> `collect` (the maps read
+//! into a `Snapshot`). `kernel` reads BTF and tracefs, `filter` compiles
+//! `--filter`, `trace` drains trace mode's journey ring. Nothing here
+//! knows recordings, reports or sessions.
+
+pub mod attach;
+pub mod catalog;
+pub mod collect;
+pub mod facts;
+pub mod filter;
+pub mod kernel;
+pub mod plan;
+pub mod trace;

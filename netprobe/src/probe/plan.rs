@@ -1,0 +1,282 @@
+//! Decides, per catalog hop, which attach backends to try on a kernel and
+//! in what order, from the kernel's facts alone (no kernel calls): the one
+//! place that knows the preference fentry > kprobe for functions and
+//! tp_btf > raw_tp > classic for tracepoints, and every reason a backend is
+//! ruled out. `attach` then proves the first candidate that loads.
+
+use netprobe_common::Backend;
+use serde::Serialize;
+
+use super::{
+    catalog::{self, Hop, Site, SkbArg},
+    facts::KernelFacts,
+};
+
+#[derive(Clone, Debug)]
+pub struct HopPlan {
+    pub hop: &'static Hop,
+    /// Backends to try, best first; empty when the hop cannot be observed.
+    pub candidates: Vec<Backend>,
+    /// Where the skb is (function hops): from BTF where it has a record.
+    pub skb: SkbArg,
+    pub skb_from: SkbSource,
+    /// Why better backends (or all) are ruled out.
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkbSource {
+    Btf,
+    Catalog,
+    NotApplicable,
+}
+
+/// What a run may use beyond the kernel's own facts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanOptions {
+    /// Only this backend.
+    pub only: Option<Backend>,
+    /// Struct offsets are known (kernel BTF or `--btf FILE`).
+    pub offsets: bool,
+    /// tracefs is usable.
+    pub tracefs: bool,
+    /// The hops to attach (`--hops`); the others are planned with no
+    /// candidate and say why.
+    pub hops: catalog::HopSet,
+}
+
+pub fn plan(facts: &KernelFacts, opts: PlanOptions) -> Vec<HopPlan> {
+    catalog::HOPS.iter().map(|h| plan_hop(h, facts, opts)).collect()
+}
+
+fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
+    let mut notes = Vec::new();
+    let mut candidates = Vec::new();
+    let mut skb = SkbArg::None;
+    let mut skb_from = SkbSource::NotApplicable;
+    match hop.site {
+        Site::Function { name, module, skb: default_skb } => {
+            skb = default_skb;
+            skb_from = SkbSource::Catalog;
+            if !f.symbols.contains_key(name) {
+                let why = match module {
+                    Some(m) if !module_present(f, m) => {
+                        format!("module {m} not loaded (or not built): load it, or record with --wait-for-modules")
+                    }
+                    _ => format!("function {name} not in /proc/kallsyms: inlined or not built into this kernel"),
+                };
+                notes.push(why);
+            } else {
+                if let Some(b) = f.btf_funcs.get(name) {
+                    skb = *b;
+                    skb_from = SkbSource::Btf;
+                }
+                // fentry: BTF function record and a kernel that allows it.
+                if !f.btf {
+                    notes.push("fentry: the kernel has no BTF".to_owned());
+                } else if !f.btf_funcs.contains_key(name) {
+                    notes.push(format!("fentry: no BTF record for {name}"));
+                } else if f.fentry == Some(false) {
+                    notes.push("fentry: refused by this kernel".to_owned());
+                } else {
+                    candidates.push(Backend::Fentry);
+                }
+                if f.kprobes {
+                    candidates.push(Backend::Kprobe);
+                } else {
+                    notes.push("kprobe: the kernel has no kprobes (CONFIG_KPROBES off)".to_owned());
+                }
+                if skb != SkbArg::None && !opts.offsets {
+                    notes.push(
+                        "no BTF: packets seen here are followed by skb address only, without their device".to_owned(),
+                    );
+                }
+            }
+        }
+        Site::Tracepoint(t) => {
+            let id = format!("{}:{}", t.category, t.name);
+            if !f.tracepoints.contains(&id) {
+                notes.push(match t.category {
+                    "openvswitch" if !module_present(f, "openvswitch") => {
+                        "module openvswitch not loaded (or not built): load it, or record with --wait-for-modules"
+                            .to_owned()
+                    }
+                    _ => format!("tracepoint {id} not in this kernel"),
+                });
+            } else {
+                if !f.btf {
+                    notes.push("tp_btf: the kernel has no BTF".to_owned());
+                } else if !opts.offsets {
+                    notes.push("tp_btf: struct offsets unavailable".to_owned());
+                } else {
+                    candidates.push(Backend::TpBtf);
+                }
+                if opts.offsets {
+                    candidates.push(Backend::RawTp);
+                } else {
+                    notes.push("raw_tp: needs struct offsets from BTF (or --btf FILE)".to_owned());
+                }
+                if opts.tracefs {
+                    candidates.push(Backend::Tracepoint);
+                } else {
+                    notes.push("tracepoint: tracefs unavailable".to_owned());
+                }
+            }
+        }
+    }
+    if let Some(only) = opts.only {
+        if candidates.contains(&only) {
+            candidates.retain(|b| *b == only);
+        } else {
+            if !candidates.is_empty() {
+                notes.push(format!("{} not possible here; --backend excludes the others", only.label()));
+            }
+            candidates.clear();
+        }
+    }
+    if !opts.hops.contains(hop.id) {
+        candidates.clear();
+        notes = vec!["left out by --hops".to_owned()];
+    }
+    HopPlan { hop, candidates, skb, skb_from, notes }
+}
+
+/// A module is there when it is loaded, built in, or any catalog function
+/// it defines is in kallsyms.
+fn module_present(f: &KernelFacts, m: &str) -> bool {
+    f.modules.contains(m)
+        || catalog::functions().any(|(_, name, module)| module == Some(m) && f.symbols.contains_key(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn fixture(name: &str) -> KernelFacts {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test_data/kernels").join(name);
+        KernelFacts::from_dir(&dir).unwrap_or_else(|e| panic!("fixture {name}: {e:#}"))
+    }
+
+    fn chosen(plans: &[HopPlan], label: &str) -> (Option<Backend>, Vec<String>) {
+        let p = plans.iter().find(|p| p.hop.label == label).unwrap_or_else(|| panic!("no hop {label}"));
+        (p.candidates.first().copied(), p.notes.clone())
+    }
+
+    fn with_btf(f: &KernelFacts) -> PlanOptions {
+        PlanOptions { only: None, offsets: f.btf, tracefs: true, hops: catalog::HopSet::ALL }
+    }
+
+    #[test]
+    fn this_dev_kernel_tracepoints_only_fentry_refused_no_kprobes() {
+        let f = fixture("dev-6.18");
+        let plans = plan(&f, with_btf(&f));
+        for tp in ["queue", "xmit", "netif_rx", "receive", "gro", "copy_out", "consumed", "dropped"] {
+            assert_eq!(chosen(&plans, tp).0, Some(Backend::TpBtf), "{tp}");
+        }
+        for func in ["tap_enqueue", "tap_read", "macvlan_rx", "macvlan_xmit", "tun_xmit", "br_rx", "ip_rcv"] {
+            let (b, notes) = chosen(&plans, func);
+            assert_eq!(b, None, "{func}");
+            assert!(notes.iter().any(|n| n.contains("fentry: refused")), "{func}: {notes:?}");
+            assert!(notes.iter().any(|n| n.contains("no kprobes")), "{func}: {notes:?}");
+        }
+        for ovs in ["ovs_flow_lookup", "ovs_upcall", "ovs_action"] {
+            let (b, notes) = chosen(&plans, ovs);
+            assert_eq!(b, None);
+            assert!(notes[0].contains("module openvswitch not loaded"), "{ovs}: {notes:?}");
+        }
+        assert!(chosen(&plans, "qeth_l2_xmit").1[0].contains("module qeth_l2 not loaded"));
+        // The skb position comes from BTF where the kernel has a record.
+        let rx = plans.iter().find(|p| p.hop.label == "macvlan_rx").unwrap();
+        assert_eq!((rx.skb, rx.skb_from), (SkbArg::Indirect(0), SkbSource::Btf));
+        // Without struct offsets only classic tracepoints remain.
+        let plans = plan(&f, PlanOptions { offsets: false, ..with_btf(&f) });
+        assert_eq!(chosen(&plans, "queue").0, Some(Backend::Tracepoint));
+    }
+
+    #[test]
+    fn forcing_a_backend_keeps_only_it() {
+        let f = fixture("dev-6.18");
+        let plans = plan(&f, PlanOptions { only: Some(Backend::RawTp), ..with_btf(&f) });
+        assert_eq!(chosen(&plans, "queue").0, Some(Backend::RawTp));
+        assert!(plans.iter().all(|p| p.candidates.iter().all(|b| *b == Backend::RawTp)));
+    }
+
+    #[test]
+    fn debian_amd64_functions_fentry_first_then_kprobe_with_skb_from_btf() {
+        let f = fixture("debian-6.1-amd64");
+        let plans = plan(&f, with_btf(&f));
+        for tp in ["queue", "xmit", "receive", "copy_out", "dropped", "ovs_action", "ovs_upcall_tp"] {
+            assert_eq!(chosen(&plans, tp).0, Some(Backend::TpBtf), "{tp}");
+        }
+        for func in [
+            "ip_rcv",
+            "tap_enqueue",
+            "tap_read",
+            "macvlan_rx",
+            "macvlan_xmit",
+            "tun_xmit",
+            "vhost_tx",
+            "vhost_rx",
+            "ovs_rx_hook",
+            "ovs_vport_rx",
+            "ovs_flow_lookup",
+            "ovs_upcall",
+            "ovs_execute",
+            "ovs_output",
+            "ovs_vport_send",
+            "br_rx",
+            "br_forward",
+            "br_xmit",
+        ] {
+            let p = plans.iter().find(|p| p.hop.label == func).unwrap();
+            assert_eq!(p.candidates, vec![Backend::Fentry, Backend::Kprobe], "{func}: {:?}", p.notes);
+        }
+        let hook = plans.iter().find(|p| p.hop.label == "ovs_rx_hook").unwrap();
+        assert_eq!((hook.skb, hook.skb_from), (SkbArg::Indirect(0), SkbSource::Btf));
+        let send = plans.iter().find(|p| p.hop.label == "ovs_vport_send").unwrap();
+        assert_eq!((send.skb, send.skb_from), (SkbArg::Arg(1), SkbSource::Btf));
+        // Inlined in this build, and s390-only: both said plainly.
+        assert!(chosen(&plans, "macvlan_fwd").1[0].contains("inlined"));
+        assert!(chosen(&plans, "qeth_l2_xmit").1[0].contains("module qeth_l2 not loaded"));
+    }
+
+    #[test]
+    fn debian_s390x_without_btf_classic_tracepoints_and_kprobes_for_qeth() {
+        let f = fixture("debian-6.1-s390x");
+        assert!(!f.btf);
+        let plans = plan(&f, with_btf(&f));
+        for tp in ["queue", "xmit", "netif_rx", "receive", "gro", "copy_out", "consumed", "dropped"] {
+            let (b, notes) = chosen(&plans, tp);
+            assert_eq!(b, Some(Backend::Tracepoint), "{tp}");
+            assert!(notes.iter().any(|n| n.contains("tp_btf: the kernel has no BTF")), "{notes:?}");
+        }
+        for func in [
+            "qeth_l2_xmit",
+            "qeth_l3_xmit",
+            "qeth_xmit",
+            "qeth_fill_buffer",
+            "qeth_flush",
+            "qeth_iqd_select_queue",
+            "qeth_tx_poll",
+            "qeth_notify_skbs",
+            "qeth_rx_poll",
+            "qeth_rx_refill",
+            "tap_enqueue",
+            "macvlan_rx",
+        ] {
+            let p = plans.iter().find(|p| p.hop.label == func).unwrap();
+            assert_eq!(p.candidates, vec![Backend::Kprobe], "{func}: {:?}", p.notes);
+            assert!(p.notes.iter().any(|n| n == "fentry: the kernel has no BTF"), "{func}");
+        }
+        // No BTF: the skb position is the catalog's (Linux 6.1).
+        let iqd = plans.iter().find(|p| p.hop.label == "qeth_iqd_select_queue").unwrap();
+        assert_eq!((iqd.skb, iqd.skb_from), (SkbArg::Arg(1), SkbSource::Catalog));
+        for inlined in ["qeth_extract_skb", "qeth_tx_complete"] {
+            assert!(chosen(&plans, inlined).1[0].contains("inlined"), "{inlined}");
+        }
+        assert!(chosen(&plans, "ovs_flow_lookup").1[0].contains("module openvswitch not loaded"));
+    }
+}

@@ -1,0 +1,123 @@
+//! Golden-file tests: every output format rendered from the fixed
+//! recordings in `netprobe/test_data/recordings/` (real demo runs, traced
+//! macvtap and bridge, with their wall-clock fields fixed, and the macvtap
+//! run in format 1; `make_fixtures.py` says how they are made) and
+//! compared byte for byte with `netprobe/test_data/golden/`. After an
+//! intended change of output, `UPDATE_GOLDEN=1 cargo test -p netprobe --lib
+//! golden` rewrites the golden files; review their diff.
+
+use std::path::PathBuf;
+
+use super::Format;
+use crate::{
+    analyze::{analyze, compare::compare},
+    recording::Recording,
+};
+
+fn data(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test_data").join(path)
+}
+
+/// The format-2 fixture: a traced demo run with samples and interval
+/// histograms.
+pub(crate) fn fixture() -> Recording {
+    Recording::read(&data("recordings/demo-v2.rec")).unwrap()
+}
+
+/// The same run as a format-1 file (no samples, no interval histograms).
+fn fixture_v1() -> Recording {
+    Recording::read(&data("recordings/demo-v1.rec")).unwrap()
+}
+
+fn check(name: &str, got: &[u8]) {
+    let path = data(&format!("golden/{name}"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    if want != got {
+        let (w, g) = (String::from_utf8_lossy(&want), String::from_utf8_lossy(got));
+        let line =
+            w.lines().zip(g.lines()).position(|(a, b)| a != b).unwrap_or(w.lines().count().min(g.lines().count()));
+        panic!(
+            "{name} differs from {} at line {}:\n  want: {}\n  got:  {}\n(UPDATE_GOLDEN=1 rewrites it after an intended change)",
+            path.display(),
+            line + 1,
+            w.lines().nth(line).unwrap_or("<end>"),
+            g.lines().nth(line).unwrap_or("<end>")
+        );
+    }
+}
+
+fn render(rec: &Recording, format: Format) -> Vec<u8> {
+    let mut out = Vec::new();
+    super::write(&analyze(rec).unwrap(), format, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn golden_report_formats() {
+    let rec = fixture();
+    for (format, name) in [
+        (Format::Table, "report.txt"),
+        (Format::Json, "report.json"),
+        (Format::Csv, "report.csv"),
+        (Format::Hlog, "report.hlog"),
+        (Format::Perfetto, "report.perfetto.json"),
+        (Format::Html, "report.html"),
+    ] {
+        check(name, &render(&rec, format));
+    }
+}
+
+/// macvtap (the demo) against the bridge topology, recorded the same way.
+#[test]
+fn golden_compare_formats() {
+    let bridge = Recording::read(&data("recordings/bridge.rec")).unwrap();
+    let (a, b) = (analyze(&fixture()).unwrap().report, analyze(&bridge).unwrap().report);
+    let c = compare("demo-v2.rec", &a, "bridge.rec", &b);
+    let mut table = Vec::new();
+    super::compare_table::write(&c, &mut table).unwrap();
+    check("compare.txt", &table);
+    let mut html = Vec::new();
+    super::compare_html::write(&c, &mut html).unwrap();
+    check("compare.html", &html);
+}
+
+/// Format-1 files still load: same histograms and report, no samples, and
+/// the formats that need format 2's data fall back (hlog: whole run).
+#[test]
+fn format_1_recordings_still_read() {
+    let (v1, v2) = (fixture_v1(), fixture());
+    assert!(std::fs::read_to_string(data("recordings/demo-v1.rec")).unwrap().starts_with("netprobe-recording 1\n"));
+    assert!(v1.samples.is_empty() && !v2.samples.is_empty());
+    assert!(v1.intervals.iter().all(|iv| iv.pairs.iter().all(|p| p.hist.is_none())));
+    let (r1, r2) = (analyze(&v1).unwrap().report, analyze(&v2).unwrap().report);
+    assert_eq!(serde_json::to_value(&r1.directions).unwrap(), serde_json::to_value(&r2.directions).unwrap());
+    let hlog = String::from_utf8(render(&v1, Format::Hlog)).unwrap();
+    let pairs: usize = r1.directions.iter().map(|d| d.pairs.len()).sum();
+    assert_eq!(hlog.lines().filter(|l| l.starts_with("Tag=")).count(), pairs, "one whole-run histogram per pair");
+    let perfetto: serde_json::Value = serde_json::from_slice(&render(&v1, Format::Perfetto)).unwrap();
+    assert!(perfetto["traceEvents"].as_array().unwrap().iter().all(|e| e["ph"] != "X"));
+}
+
+/// The HTML page is self-contained and escapes what it shows.
+#[test]
+fn html_has_no_external_resources_and_escapes_text() {
+    let mut rec = fixture();
+    rec.meta.kernel = "6.18<script>alert(1)</script>".to_owned();
+    let html = String::from_utf8(render(&rec, Format::Html)).unwrap();
+    assert!(!html.contains("<script"), "unescaped text in the page");
+    assert!(html.contains("6.18&lt;script&gt;"));
+    for external in ["http://", "https://", "src=", "<link"] {
+        let hits: Vec<&str> = html.matches(external).collect();
+        // The SVG namespace is the only URL allowed.
+        assert!(
+            external != "http://" || hits.len() == html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(),
+            "{external} in the page"
+        );
+        assert!(external == "http://" || hits.is_empty(), "{external} in the page");
+    }
+}

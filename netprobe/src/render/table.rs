@@ -1,0 +1,224 @@
+//! The terminal table: per direction, each hop pair in path order with its
+//! packet count and latency percentiles; then drops by reason, coverage and
+//! the kernel side's loss accounting.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::model::fmt_ns;
+use crate::model::report::{CoverageEntry, Report};
+
+pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "netprobe {} on Linux {}: {:.1} s recorded{}",
+        r.netprobe_version,
+        r.kernel,
+        r.duration_s,
+        if r.interrupted { " (interrupted)" } else { "" }
+    )?;
+    if let Some(w) = &r.workload {
+        let end = match (w.exit_status, w.signal) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            _ => "still running when the recording ended".to_owned(),
+        };
+        let what = match &w.cgroup {
+            Some(c) => format!("cgroup {c} ({} processes)", w.tgids.len()),
+            None => format!("`{}`", w.command.join(" ")),
+        };
+        let tx = match (w.transactions, &w.transactions_from) {
+            (Some(n), Some(from)) => format!(", {n} transactions ({from})"),
+            _ => String::new(),
+        };
+        writeln!(out, "workload: {what}, {:.1} s, {end}{tx}", w.ended_unix_s - w.started_unix_s)?;
+    }
+    if let Some(f) = &r.filter {
+        writeln!(out, "flow filter (in the kernel): {f}")?;
+    }
+    write_coverage(r, out)?;
+    if r.directions.iter().all(|d| d.pairs.is_empty()) {
+        writeln!(out, "\nno packet was followed across two hops")?;
+    }
+    for d in &r.directions {
+        if d.pairs.is_empty() {
+            continue;
+        }
+        writeln!(out, "\n{}", d.direction.title())?;
+        let w = d.pairs.iter().map(|p| p.from_label().len() + p.to_label().len() + 4).max().unwrap_or(0).max(8);
+        writeln!(
+            out,
+            "  {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "hop pair", "packets", "p50", "p90", "p99", "p99.9", "max"
+        )?;
+        for p in &d.pairs {
+            let pair = format!("{} -> {}", p.from_label(), p.to_label());
+            writeln!(
+                out,
+                "  {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                pair,
+                p.packets,
+                fmt_ns(p.p50_ns),
+                fmt_ns(p.p90_ns),
+                fmt_ns(p.p99_ns),
+                fmt_ns(p.p999_ns),
+                fmt_ns(p.max_ns)
+            )?;
+        }
+    }
+    if !r.functions.is_empty() {
+        writeln!(out, "\ntime inside hop functions (entry to return)")?;
+        writeln!(
+            out,
+            "  {:<24} {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "function hop", "path", "calls", "p50", "p90", "p99", "max", "total"
+        )?;
+        for f in &r.functions {
+            writeln!(
+                out,
+                "  {:<24} {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+                f.hop,
+                f.path,
+                f.calls,
+                fmt_ns(f.p50_ns),
+                fmt_ns(f.p90_ns),
+                fmt_ns(f.p99_ns),
+                fmt_ns(f.max_ns),
+                fmt_ns(f.total_ns)
+            )?;
+        }
+    }
+    if !r.intervals.is_empty() {
+        // The busiest hop pair of each interval, to spot a moment that
+        // stands out; the whole series is in the JSON and the recording.
+        writeln!(out, "\ninterval series ({} intervals): busiest hop pair per interval", r.intervals.len())?;
+        for iv in &r.intervals {
+            if let Some(p) = iv.pairs.iter().max_by_key(|p| p.packets) {
+                let threads: u64 =
+                    iv.load.cpu_ns_by_role.iter().filter(|(r, _)| *r != "netprobe").map(|(_, v)| v).sum();
+                // Recordings before the CPU series have neither.
+                let cpu = if iv.load.softirq_ns > 0 || threads > 0 {
+                    format!("  (softirq {}, threads {})", fmt_ns(iv.load.softirq_ns), fmt_ns(threads))
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}{}",
+                    iv.t_s,
+                    p.packets,
+                    fmt_ns(p.p50_ns),
+                    fmt_ns(p.p99_ns),
+                    p.from,
+                    p.to,
+                    cpu
+                )?;
+            }
+        }
+    }
+    if let Some(c) = &r.cpu {
+        let soft: Vec<String> = c.softirq_rows().iter().map(|(l, ns)| format!("{l} {}", fmt_ns(*ns))).collect();
+        let from = if c.softirq_source.is_empty() { String::new() } else { format!(", {}", c.softirq_source) };
+        writeln!(
+            out,
+            "\nCPU: softirq {} ({:.0} ns per packet followed{from})",
+            soft.join(", "),
+            c.softirq_ns_per_packet
+        )?;
+        let roles: Vec<String> = c.by_role_ns.iter().map(|(r, ns)| format!("{r} {}", fmt_ns(*ns))).collect();
+        writeln!(out, "  on-CPU by role: {}", roles.join(", "))?;
+        let per = |m: &std::collections::BTreeMap<String, f64>| {
+            m.iter().filter(|(_, v)| **v >= 1.0).map(|(r, v)| format!("{r} {}", fmt_ns(*v as u64))).collect::<Vec<_>>()
+        };
+        if !c.per_packet_ns.is_empty() {
+            writeln!(out, "  per packet followed: {}", per(&c.per_packet_ns).join(", "))?;
+        }
+        if let Some(n) = c.transactions {
+            writeln!(out, "  per transaction ({n}): {}", per(&c.per_transaction_ns).join(", "))?;
+        }
+        for t in c.threads.iter().take(5) {
+            writeln!(out, "  {:>10}  {} [{}/{}] ({})", fmt_ns(t.ns), t.comm, t.tgid, t.tid, t.role)?;
+        }
+    }
+    writeln!(out, "\ndrops by reason")?;
+    if r.drops.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for d in &r.drops {
+        let dir = d.direction.slug();
+        writeln!(
+            out,
+            "  {:<28} {:>9}  {:<8}  after {}{}",
+            d.reason,
+            d.packets,
+            dir,
+            d.last_hop,
+            if d.last_dev.is_empty() { String::new() } else { format!("@{}", d.last_dev) }
+        )?;
+    }
+    let t = &r.tracking;
+    let get = |k: &str| t.get(k).copied().unwrap_or(0);
+    writeln!(
+        out,
+        "\ntracking: {} packets followed, {} ended; journeys cut short: {} skb reused unseen, {} stale; \
+         lost: {} evicted from the tracking table, {} samples, {} drops not counted by reason{}",
+        get("track_started"),
+        get("track_ended"),
+        get("track_reused"),
+        get("track_stale"),
+        get("track_evicted"),
+        get("pair_lost"),
+        get("drop_lost"),
+        if r.filter.is_some() {
+            format!("; {} sightings excluded by the flow filter", get("flow_excluded"))
+        } else {
+            String::new()
+        },
+    )?;
+    Ok(())
+}
+
+/// Coverage header: what is attached, with which backend, and per path how
+/// many hops are not and the first reason why, so no number is read without
+/// knowing what was not observed.
+pub fn write_coverage(r: &Report, out: &mut dyn Write) -> Result<()> {
+    let attached: Vec<String> =
+        r.coverage.iter().filter_map(|c| c.backend.as_ref().map(|b| format!("{} ({b})", c.hop))).collect();
+    writeln!(out, "hops attached ({}/{}): {}", attached.len(), r.coverage.len(), attached.join(", "))?;
+    let mut paths: Vec<&str> = Vec::new();
+    for c in &r.coverage {
+        if !paths.contains(&c.path.as_str()) {
+            paths.push(&c.path);
+        }
+    }
+    for path in paths {
+        let missing: Vec<&CoverageEntry> =
+            r.coverage.iter().filter(|c| c.path == path && c.backend.is_none()).collect();
+        if let Some(first) = missing.first() {
+            writeln!(
+                out,
+                "  not observed on {path}: {} hop(s), e.g. {}: {}",
+                missing.len(),
+                first.hop,
+                first.notes.join("; ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `netprobe probes`: one line per catalog hop.
+pub fn write_probes(r: &Report, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "netprobe {} on Linux {}", r.netprobe_version, r.kernel)?;
+    writeln!(out, "{:<22} {:<24} {:<44} {:<11} why not better / why none", "hop", "path", "site", "backend")?;
+    for c in &r.coverage {
+        let backend = match (&c.backend, c.time_inside) {
+            (Some(b), true) => format!("{b}+exit"),
+            (Some(b), false) => b.clone(),
+            (None, _) => "-".to_owned(),
+        };
+        writeln!(out, "{:<22} {:<24} {:<44} {:<11} {}", c.hop, c.path, c.site, backend, c.notes.join("; "))?;
+    }
+    Ok(())
+}
