@@ -27,3 +27,14 @@ pub mod probe;
 pub mod recording;
 pub mod render;
 pub mod session;
+
+/// Prints a line on stderr and never panics (`eprintln!` does when stderr
+/// is gone): a session whose terminal or SSH connection went away must
+/// still write what it recorded and detach every probe.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}

@@ -121,6 +121,14 @@ struct ProbeArgs {
     /// Benchmarks only: no CPU-accounting program (sched_switch).
     #[arg(long, hide = true)]
     bench_no_cpu: bool,
+    /// Tests only: trace mode's ring buffer in bytes (a power of two
+    /// times the page size).
+    #[arg(long, hide = true, default_value_t = 0)]
+    bench_ring_bytes: u32,
+    /// Tests only: trace mode's reader starts this long after the ring is
+    /// made (with a tiny ring, a forced overflow).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    bench_pause_reader: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -241,7 +249,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("netprobe: error: {e:#}");
+            netprobe::say!("netprobe: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -268,6 +276,8 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
             empty_programs: p.bench_empty_programs,
             probe_launder: p.bench_probe_launder,
             no_cpu: p.bench_no_cpu,
+            ring_bytes: p.bench_ring_bytes,
+            reader_pause: p.bench_pause_reader.unwrap_or_default(),
         },
     })
 }
@@ -351,7 +361,9 @@ fn run(cli: Cli) -> Result<()> {
 /// Prints a recording in `format` on standard output.
 fn print(rec: &Recording, format: Format) -> Result<()> {
     if format == Format::Perfetto && rec.samples.is_empty() {
-        eprintln!("netprobe: this recording kept no packet journeys (record with --trace): the trace has no slices");
+        netprobe::say!(
+            "netprobe: this recording kept no packet journeys (record with --trace): the trace has no slices"
+        );
     }
     let analysis = analyze(rec)?;
     let mut out = std::io::stdout().lock();

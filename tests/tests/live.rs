@@ -328,9 +328,15 @@ impl Tmux {
 
     /// `netprobe top ARGS` in a fresh 160x40 session; waits for its screen.
     fn start_top(socket: &str, args: &[String]) -> Tmux {
+        let args: Vec<String> = std::iter::once("top".to_owned()).chain(args.iter().cloned()).collect();
+        Tmux::start_netprobe(socket, &args, "netprobe top on")
+    }
+
+    /// `netprobe ARGS` in a fresh 160x40 session; waits for `ready` on
+    /// its screen.
+    fn start_netprobe(socket: &str, args: &[String], ready: &str) -> Tmux {
         let tm = Tmux { socket: socket.to_owned() };
         let cmd = std::iter::once(netprobe_bin().display().to_string())
-            .chain(std::iter::once("top".to_owned()))
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ");
@@ -341,8 +347,8 @@ impl Tmux {
         let out = tm.cmd(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "40", &cmd]);
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !tm.screen().contains("netprobe top on") {
-            assert!(Instant::now() < deadline, "top did not show its screen: {}", tm.screen());
+        while !tm.screen().contains(ready) {
+            assert!(Instant::now() < deadline, "netprobe did not show {ready:?}: {}", tm.screen());
             std::thread::sleep(Duration::from_millis(200));
         }
         tm
@@ -435,6 +441,93 @@ fn top_shows_hop_rows_and_quits_cleanly() {
     assert_eq!(tm.quit_with("C-c"), "0", "top exit status after Ctrl-C");
     drop(tm);
     drop(t);
+}
+
+/// The SSH session or terminal window closes under `top`: it must notice
+/// (hang-up, end of input), detach everything and exit at once, not spin
+/// on a dead terminal.
+#[test]
+fn top_exits_when_its_terminal_goes_away() {
+    if !require_root("top_exits_when_its_terminal_goes_away") {
+        return;
+    }
+    let tm = Tmux::start_top(&format!("netprobe-test-{}-gone", std::process::id()), &[]);
+    kill_terminal_and_wait_for_exit(tm);
+}
+
+/// The same under `record -o FILE`: the hang-up ends the recording as
+/// Ctrl-C would, and the file is written whole.
+#[test]
+fn record_writes_its_file_when_its_terminal_goes_away() {
+    if !require_root("record_writes_its_file_when_its_terminal_goes_away") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("netprobe-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.rec");
+    let args: Vec<String> = ["record", "-o", file.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let tm = Tmux::start_netprobe(&format!("netprobe-test-{}-rec", std::process::id()), &args, "packets followed");
+    kill_terminal_and_wait_for_exit(tm);
+    let out = Command::new(netprobe_bin()).args(["report", "--format", "json"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "no whole recording after the hang-up: {}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["interrupted"], true, "the hang-up ended the recording");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Kills the tmux server (the pane's terminal hangs up), then checks that
+/// the netprobe in it exits within 2 s without burning CPU and leaves no
+/// program loaded.
+fn kill_terminal_and_wait_for_exit(tm: Tmux) {
+    let ids = tm.top_programs();
+    assert!(ids.len() >= 7, "netprobe holds {} programs", ids.len());
+    let pid = netprobe_pid_with(&ids);
+    // CPU ticks of a running process; None once it has exited (a zombie
+    // waiting for its new parent to reap it has exited too).
+    let cpu_ticks = |pid: u32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if f.first() == Some(&"Z") {
+            return None;
+        }
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let before = cpu_ticks(pid).unwrap();
+    let killed = Instant::now();
+    drop(tm);
+    let mut last = before;
+    while let Some(t) = cpu_ticks(pid) {
+        last = t;
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "netprobe (pid {pid}) still running {:?} after its terminal went away, {} CPU ticks since",
+            killed.elapsed(),
+            t - before
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("netprobe exited {:?} after its terminal went away", killed.elapsed());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    assert!((last - before) * 1000 / hz < 500, "netprobe burnt {} ticks while its terminal was gone", last - before);
+    // The kernel frees programs after a grace period.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut left = still_loaded(&ids);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = still_loaded(&ids);
+    }
+    assert!(left.is_empty(), "programs still loaded after netprobe's terminal went away: {left:?}");
+}
+
+/// The netprobe process that holds BPF program `ids[0]`.
+fn netprobe_pid_with(ids: &[u32]) -> u32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "netprobe"))
+        .find(|&p| program_ids_of(p).contains(&ids[0]))
+        .expect("the netprobe process of the pane")
 }
 
 #[test]

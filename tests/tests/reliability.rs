@@ -233,3 +233,60 @@ fn an_output_that_cannot_be_written_is_refused_before_recording() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Trace mode's ring made to overflow on purpose: one page of ring and a
+/// reader that starts two seconds late, under 2000 datagrams. Every
+/// hop-pair event is delivered, counted lost (the kernel could not
+/// reserve it in the ring) or still being gathered when the recording
+/// stopped; the report shows the loss; and the per-hop aggregates, which
+/// never go through the ring, count every datagram.
+#[test]
+fn a_forced_ring_overflow_is_counted_and_the_aggregates_stay_complete() {
+    if !require_root("a_forced_ring_overflow_is_counted_and_the_aggregates_stay_complete") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let rec = RunningRecord::start(&[
+        "--trace",
+        "--bench-ring-bytes",
+        "4096",
+        "--bench-pause-reader",
+        "2s",
+        "--iface",
+        &ifaces[0],
+        "--iface",
+        &ifaces[1],
+    ]);
+    let sent = 2000;
+    t.udp_burst(netprobe_testbed::topology::PEER_ADDR, 9, sent, Duration::from_micros(200)).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = rec.interrupt();
+    let m = t.macvtap.clone();
+    drop(t);
+    let count = |k: &str| r["tracking"][k].as_u64().unwrap_or_else(|| panic!("no {k} in {}", r["tracking"]));
+    let (received, lost, in_flight) = (count("events_received"), count("events_lost"), count("events_in_flight"));
+    let samples: u64 = r["directions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["pairs"].as_array().unwrap())
+        .map(|p| p["packets"].as_u64().unwrap())
+        .sum();
+    let pair_lost = count("pair_lost");
+    eprintln!(
+        "forced overflow: {samples} hop-pair samples aggregated (+{pair_lost} not), {received} events received, \
+         {lost} lost, {in_flight} in flight"
+    );
+    assert!(lost > 1000, "a one-page ring with a paused reader lost only {lost} events");
+    assert!(received > 0, "the reader drained nothing after its pause");
+    assert_eq!(
+        received + lost + in_flight,
+        samples + pair_lost,
+        "every hop-pair event is delivered, lost or in flight (received {received}, lost {lost}, in flight {in_flight})"
+    );
+    // The aggregates never go through the ring: every datagram is counted
+    // at the guest's macvtap.
+    let q = netprobe_tests::pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"));
+    assert!(q["packets"].as_u64().unwrap() >= sent as u64, "queue -> xmit at {m}: {q}");
+}

@@ -126,10 +126,16 @@ fn last_line(log: &str) -> &str {
     log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no verifier output")
 }
 
-/// What `cargo xtask bench` switches on to measure the cost of parts of
-/// netprobe; never used by the profiler's own commands.
+/// What `cargo xtask bench` and the tests switch on to measure parts of
+/// netprobe itself; never used by the profiler's own commands.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BenchSwitches {
+    /// Trace mode's ring buffer in bytes (a power of two times the page
+    /// size) instead of [`netprobe_common::EVENTS_BYTES`]; 0: the default.
+    pub ring_bytes: u32,
+    /// Trace mode's reader starts draining only this long after the ring
+    /// was made: with a tiny ring, a forced overflow.
+    pub reader_pause: std::time::Duration,
     /// The hop programs return at once: what any tool with programs on
     /// these tracepoints pays before doing any work.
     pub empty_programs: bool,
@@ -317,13 +323,20 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         // Journeys are gathered and sent only in trace mode (8 MiB for
         // every slot, a 16 MiB ring); otherwise one entry and one page.
         .map_max_entries(names::JOURNEY, if opts.trace { netprobe_common::TRACK_SLOTS } else { 1 })
-        .map_max_entries(names::EVENTS, if opts.trace { netprobe_common::EVENTS_BYTES } else { page_size() })
+        .map_max_entries(
+            names::EVENTS,
+            match (opts.trace, opts.bench.ring_bytes) {
+                (true, 0) => netprobe_common::EVENTS_BYTES,
+                (true, n) => n,
+                (false, _) => page_size(),
+            },
+        )
         .load(BPF_OBJECT)
         .map_err(AttachError::Object)?;
     let trace = if opts.trace {
         let map = ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
         let ring = aya::maps::RingBuf::try_from(map)?;
-        Some(TraceReader::start(ring, Journeys::new(opts.trace_base_ns, opts.samples))?)
+        Some(TraceReader::start(ring, Journeys::new(opts.trace_base_ns, opts.samples), opts.bench.reader_pause)?)
     } else {
         None
     };

@@ -159,7 +159,13 @@ pub struct TraceReader {
 }
 
 impl TraceReader {
-    pub fn start(mut ring: RingBuf<MapData>, mut journeys: Journeys) -> Result<TraceReader> {
+    /// Starts draining `ring` on a thread of its own, after `pause` (zero
+    /// but in tests that make the ring overflow on purpose).
+    pub fn start(
+        mut ring: RingBuf<MapData>,
+        mut journeys: Journeys,
+        pause: std::time::Duration,
+    ) -> Result<TraceReader> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -172,6 +178,7 @@ impl TraceReader {
                 // off the CPU long enough for the ring to fill.
                 // SAFETY: setpriority on this thread's own id.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
+                std::thread::sleep(pause);
                 let mut stats = TraceStats::default();
                 loop {
                     let done = flag.load(Ordering::Relaxed);

@@ -21,12 +21,12 @@ pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Re
     if let Some(path) = output {
         super::check_writable(path)?;
     }
-    eprintln!("netprobe demo: building the {kind:?} topology in network namespaces");
+    crate::say!("netprobe demo: building the {kind:?} topology in network namespaces");
     let topo = std::sync::Arc::new(Topology::create_kind(kind)?);
     let stop = Stop::install();
     let mut rec =
         Recorder::start(&RecordOptions { ifaces: topo.ifaces(), spool_dir: Some(spool_dir(output)), ..opts.clone() })?;
-    eprintln!(
+    crate::say!(
         "netprobe demo: guest {} <-> {kind:?} {} / {} <-> peer {}; sending ICMP, TCP, UDP (Ctrl-C stops early)",
         topology::GUEST_ADDR,
         topo.macvtap,
@@ -48,7 +48,7 @@ pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Re
         Some(rx),
         Some(&mut || {
             if let Err(e) = rec.sample() {
-                eprintln!("netprobe: {e:#}");
+                crate::say!("netprobe: {e:#}");
             }
         }),
     );
@@ -57,7 +57,7 @@ pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Re
     drop(rec);
     if let Some(path) = output {
         recording.write(path)?;
-        eprintln!("netprobe demo: recording written to {}", path.display());
+        crate::say!("netprobe demo: recording written to {}", path.display());
     }
     if !interrupted {
         traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
@@ -72,23 +72,23 @@ fn traffic(t: &Topology) -> Result<()> {
         // No flows yet: these miss in the datapath and are upcalled (no
         // ovs-vswitchd answers, so they are dropped).
         let replies = t.ping(3, "0.1").context("ping")?;
-        eprintln!("  ping before any OVS flow: {replies}/3 replies (flow misses, upcalls)");
+        crate::say!("  ping before any OVS flow: {replies}/3 replies (flow misses, upcalls)");
         t.add_ovs_flows()?;
     }
     let replies = t.ping(20, "0.05").context("ping")?;
-    eprintln!("  ping: {replies}/20 replies");
+    crate::say!("  ping: {replies}/20 replies");
     if std::process::Command::new("iperf3").arg("--version").output().is_ok_and(|o| o.status.success()) {
         let tcp = t.iperf3(2, false).context("iperf3 TCP")?;
-        eprintln!("  iperf3 TCP: {}", last_summary(&tcp));
+        crate::say!("  iperf3 TCP: {}", last_summary(&tcp));
         let udp = t.iperf3(2, true).context("iperf3 UDP")?;
-        eprintln!("  iperf3 UDP: {}", last_summary(&udp));
+        crate::say!("  iperf3 UDP: {}", last_summary(&udp));
     } else {
         // Minimal hosts (the s390x lab): UDP without a bulk tool.
         t.udp_burst(topology::PEER_ADDR, 9, 200, Duration::from_millis(1))?;
-        eprintln!("  iperf3 not installed: 200 UDP datagrams to the peer instead of TCP/UDP bulk runs");
+        crate::say!("  iperf3 not installed: 200 UDP datagrams to the peer instead of TCP/UDP bulk runs");
     }
     t.udp_burst(topology::BLACKHOLE_ADDR, 9, 50, Duration::from_millis(2))?;
-    eprintln!("  50 UDP datagrams to {} (blackholed in the peer)", topology::BLACKHOLE_ADDR);
+    crate::say!("  50 UDP datagrams to {} (blackholed in the peer)", topology::BLACKHOLE_ADDR);
     std::thread::sleep(Duration::from_millis(200));
     Ok(())
 }

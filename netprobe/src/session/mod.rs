@@ -17,7 +17,7 @@ pub mod top;
 pub mod workload;
 
 use std::{
-    io::IsTerminal,
+    io::{IsTerminal, Write as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -77,7 +77,7 @@ pub fn record(opts: &RecordOptions, run: &RecordRun) -> Result<Recording> {
         (Some(d), true, None) => format!("for {:.1} s", d.as_secs_f64()),
         (None, true, None) => "until Ctrl-C".to_owned(),
     };
-    eprintln!("netprobe: recording {until}; Ctrl-C to stop early");
+    crate::say!("netprobe: recording {until}; Ctrl-C to stop early");
     if !run.command.is_empty() {
         workload = Some(WorkloadRun::start(&run.command, run.transactions)?);
     }
@@ -98,7 +98,7 @@ pub fn record(opts: &RecordOptions, run: &RecordRun) -> Result<Recording> {
                 rec.set_workload(w.refresh());
             }
             if let Err(e) = rec.sample() {
-                eprintln!("netprobe: {e:#}");
+                crate::say!("netprobe: {e:#}");
             }
             if status {
                 status_line(&rec, run.duration);
@@ -106,7 +106,7 @@ pub fn record(opts: &RecordOptions, run: &RecordRun) -> Result<Recording> {
         }),
     );
     if status {
-        eprintln!();
+        crate::say!();
     }
     stop.second_interrupt_ends_at_once();
     if let Some(w) = workload {
@@ -115,7 +115,7 @@ pub fn record(opts: &RecordOptions, run: &RecordRun) -> Result<Recording> {
     let recording = rec.recording(interrupted)?;
     if let Some(path) = &run.output {
         recording.write(path)?;
-        eprintln!("netprobe: recording written to {}", path.display());
+        crate::say!("netprobe: recording written to {}", path.display());
     }
     Ok(recording)
 }
@@ -126,18 +126,22 @@ fn status_line(rec: &Recorder, duration: Option<Duration>) {
     let Ok(p) = rec.progress() else { return };
     let elapsed = p.elapsed.as_secs_f64();
     let remaining = duration.map_or(String::new(), |d| format!(", {:.0} s left", (d.as_secs_f64() - elapsed).max(0.0)));
-    eprint!(
+    // Not eprint!: a terminal that went away must not end the recording.
+    let _ = write!(
+        std::io::stderr(),
         "\r\x1b[K[netprobe] {elapsed:.0} s{remaining}, {} packets followed, {} events lost, {} hops active",
-        p.followed, p.lost, p.hops_attached
+        p.followed,
+        p.lost,
+        p.hops_attached
     );
 }
 
 /// Says which hops a rescan attached, or why it failed.
 pub(crate) fn report_rescan(res: Result<Vec<&'static str>>) {
     match res {
-        Ok(added) if !added.is_empty() => eprintln!("netprobe: now observing {}", added.join(", ")),
+        Ok(added) if !added.is_empty() => crate::say!("netprobe: now observing {}", added.join(", ")),
         Ok(_) => {}
-        Err(e) => eprintln!("netprobe: rescan failed: {e:#}"),
+        Err(e) => crate::say!("netprobe: rescan failed: {e:#}"),
     }
 }
 

@@ -23,7 +23,7 @@ pub fn run(opts: &RecordOptions, save_facts: Option<&Path>) -> Result<Report> {
             facts.fentry = fentry;
         }
         facts.save(dir)?;
-        eprintln!("netprobe: kernel facts written to {}", dir.display());
+        crate::say!("netprobe: kernel facts written to {}", dir.display());
     }
     Ok(report)
 }

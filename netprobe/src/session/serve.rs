@@ -39,7 +39,10 @@ pub fn listen(opts: &ServeOptions) -> Result<Server> {
 
 /// Serves until `stop` is set.
 pub fn run(server: &Server, rec: &mut Recorder, opts: &ServeOptions, stop: &Stop) -> Result<()> {
-    eprintln!("netprobe: serving metrics on http://{}/metrics (health: /health); Ctrl-C or SIGTERM stops", opts.listen);
+    crate::say!(
+        "netprobe: serving metrics on http://{}/metrics (health: /health); Ctrl-C or SIGTERM stops",
+        opts.listen
+    );
     let mut pair_cap = SeriesCap::new(opts.max_series);
     let mut drop_cap = SeriesCap::new(opts.max_series);
     let mut last_rescan = Instant::now();
@@ -49,7 +52,7 @@ pub fn run(server: &Server, rec: &mut Recorder, opts: &ServeOptions, stop: &Stop
         // Pairs of devices gone (guests stopped) leave the kernel map.
         if last_maintain.elapsed() >= Duration::from_secs(5) {
             if let Err(e) = rec.maintain() {
-                eprintln!("netprobe: {e:#}");
+                crate::say!("netprobe: {e:#}");
             }
             last_maintain = Instant::now();
         }
@@ -92,7 +95,7 @@ pub fn run(server: &Server, rec: &mut Recorder, opts: &ServeOptions, stop: &Stop
         };
         respond(req, resp);
     }
-    eprintln!("netprobe: stopping; detaching every probe");
+    crate::say!("netprobe: stopping; detaching every probe");
     Ok(())
 }
 
@@ -113,6 +116,6 @@ fn text_response(status: u16, body: String, content_type: &str) -> Response<std:
 /// A client that went away is its own problem, not the exporter's.
 fn respond(req: Request, resp: Response<std::io::Cursor<Vec<u8>>>) {
     if let Err(e) = req.respond(resp) {
-        eprintln!("netprobe: answering a request failed: {e}");
+        crate::say!("netprobe: answering a request failed: {e}");
     }
 }

@@ -10,11 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
-use crossterm::{
-    cursor,
-    event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
-    execute, terminal,
-};
+use crossterm::{cursor, execute, terminal};
 use netprobe_common::counter;
 use ratatui::{backend::CrosstermBackend, Terminal};
 
@@ -48,12 +44,53 @@ impl Drop for Restore {
     }
 }
 
-/// What ends `top`: a quit key.
-fn is_quit(ev: &Event) -> bool {
-    let Event::Key(k) = ev else { return false };
-    k.kind == KeyEventKind::Press
-        && (matches!(k.code, KeyCode::Char('q' | 'Q') | KeyCode::Esc)
-            || (k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL)))
+/// What the terminal said while `top` waited for it.
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    /// Nothing, or nothing that quits.
+    Nothing,
+    /// `q`, `Q`, Esc or Ctrl-C.
+    Quit,
+    /// The terminal went away (hang-up, end of input, a read error): the
+    /// SSH session or the tmux window was closed.
+    Gone,
+}
+
+/// The keys in one read from the terminal (raw mode): a lone Esc quits,
+/// an escape sequence (arrow keys, a mouse report) does not.
+fn keys(bytes: &[u8]) -> Input {
+    let quit_key = bytes.iter().any(|b| matches!(b, b'q' | b'Q' | 0x03));
+    if bytes == [0x1b] || (quit_key && bytes[0] != 0x1b) {
+        Input::Quit
+    } else {
+        Input::Nothing
+    }
+}
+
+/// Waits up to `wait` for the terminal on standard input. netprobe reads
+/// it itself rather than through crossterm's event reader, which loops
+/// forever (at 100% of a CPU, deaf to signals) on a terminal that hung up.
+fn wait_for_input(wait: Duration) -> Input {
+    let mut fds = libc::pollfd { fd: libc::STDIN_FILENO, events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll(2) on one valid pollfd.
+    let n = unsafe { libc::poll(&mut fds, 1, wait.as_millis().min(i32::MAX as u128) as i32) };
+    if n <= 0 {
+        return Input::Nothing;
+    }
+    if fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        return Input::Gone;
+    }
+    let mut buf = [0u8; 64];
+    // SAFETY: read(2) into a buffer of its length.
+    let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    match got {
+        n if n > 0 => keys(&buf[..n as usize]),
+        0 => Input::Gone,
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => Input::Nothing,
+            _ => Input::Gone,
+        },
+    }
 }
 
 /// Runs the live view until `q`, Esc, Ctrl-C or `stop` (a signal).
@@ -65,6 +102,7 @@ pub fn run(rec: &mut Recorder, host: &str, stop: &Stop) -> Result<()> {
     let mut view = View { host: host.to_owned(), ..View::default() };
     let tick = Duration::from_secs(1);
     loop {
+        // Drawing also follows a resized terminal.
         screen.terminal.draw(|f| draw(f, &view))?;
         // Wait for a key until the next tick, checking the stop flag.
         let due = last + tick;
@@ -73,14 +111,11 @@ pub fn run(rec: &mut Recorder, host: &str, stop: &Stop) -> Result<()> {
                 return Ok(());
             }
             let wait = due.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
-            if event::poll(wait)? {
-                let ev = event::read()?;
-                if is_quit(&ev) {
-                    return Ok(());
-                }
-                if matches!(ev, Event::Resize(..)) {
-                    screen.terminal.draw(|f| draw(f, &view))?;
-                }
+            match wait_for_input(wait) {
+                Input::Quit => return Ok(()),
+                // The terminal is gone: stop (restoring it is harmless).
+                Input::Gone => return Ok(()),
+                Input::Nothing => {}
             }
         }
         let live = rec.next_interval()?;
@@ -99,15 +134,15 @@ pub fn run(rec: &mut Recorder, host: &str, stop: &Stop) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crossterm::event::KeyEvent;
-
     use super::*;
 
     #[test]
     fn quit_keys() {
-        let key = |c, m| Event::Key(KeyEvent::new(c, m));
-        assert!(is_quit(&key(KeyCode::Char('q'), KeyModifiers::NONE)));
-        assert!(is_quit(&key(KeyCode::Char('c'), KeyModifiers::CONTROL)));
-        assert!(!is_quit(&key(KeyCode::Char('c'), KeyModifiers::NONE)));
+        assert_eq!(keys(b"q"), Input::Quit);
+        assert_eq!(keys(b"xQ"), Input::Quit);
+        assert_eq!(keys(&[0x03]), Input::Quit, "Ctrl-C in raw mode");
+        assert_eq!(keys(&[0x1b]), Input::Quit, "a lone Esc");
+        assert_eq!(keys(b"\x1b[A"), Input::Nothing, "an arrow key is no Esc");
+        assert_eq!(keys(b"c"), Input::Nothing);
     }
 }

@@ -229,6 +229,11 @@ impl WorkloadRun {
                 self.info.tgids.push(p);
             }
         }
+        // A process's command line reads empty while it is between exec
+        // and its new image (seen once in CI): look again.
+        if let (WorkloadKind::Pid(pid), true) = (&self.kind, self.info.command.is_empty()) {
+            self.info.command = cmdline(*pid);
+        }
         self.info.clone()
     }
 
