@@ -379,6 +379,44 @@ impl FlowFilter {
                 FLOW_TERMS],
         }
     }
+
+    /// The flow filter's decision on one packet: it passes when the filter
+    /// is off, or when all literals of one of the first `terms`
+    /// alternatives hold. The kernel programs and the loader share this one
+    /// definition. Shaped for the BPF verifier: both loops are bounded by
+    /// constants ([`FLOW_TERMS`], [`FLOW_LITS`]), the counts from the
+    /// configuration only end them early.
+    #[inline(always)]
+    pub fn passes(&self, f: &FlowFields) -> bool {
+        if self.enabled == 0 {
+            return true;
+        }
+        let terms = self.terms as usize;
+        let mut t = 0;
+        while t < FLOW_TERMS {
+            if t >= terms {
+                break;
+            }
+            let n = self.lits[t] as usize;
+            let mut all = true;
+            let mut l = 0;
+            while l < FLOW_LITS {
+                if l >= n {
+                    break;
+                }
+                if !self.lit[t][l].holds(f) {
+                    all = false;
+                    break;
+                }
+                l += 1;
+            }
+            if all {
+                return true;
+            }
+            t += 1;
+        }
+        false
+    }
 }
 
 /// The header fields of one packet the flow filter looks at.

@@ -31,8 +31,8 @@ use netprobe_common::{
     counter,
     hist::{bucket_of, Hist, BUCKETS},
     hop, hop_flags, journey, name_key, pair_slot, track_slot, Config, DevInfo, DropKey, EntryKey, FlowFields,
-    JourneyHop, JourneyRecord, PairKey, PairSlot, TrackState, EVENTS_BYTES, FLOW_LITS, FLOW_TERMS, JOURNEY_HOPS,
-    MAX_HOPS, PAIR_SLOTS, TRACK_SLOTS,
+    JourneyHop, JourneyRecord, PairKey, PairSlot, TrackState, EVENTS_BYTES, JOURNEY_HOPS, MAX_HOPS, PAIR_SLOTS,
+    TRACK_SLOTS,
 };
 
 /// Load-time configuration, written by the loader before loading.
@@ -292,37 +292,14 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
 
 /// The flow filter (`NP_CONFIG.flow`, disjunctive normal form) on one
 /// packet: 1 when it passes. Out of line: it runs only where tracking
-/// would start, and only with `--filter`.
+/// would start, and only with `--filter`. The decision is
+/// `FlowFilter::passes`, the one the loader's tests run; its fields are
+/// read with plain loads, through the pointer of [`cfg`], which LLVM
+/// cannot see through either.
 #[inline(never)]
 fn flow_passes(skb: u64, head: u64) -> u32 {
     let f = flow_fields(skb, head);
-    let flow = &cfg().flow;
-    let terms = unsafe { core::ptr::read_volatile(&flow.terms) } as usize;
-    let mut t = 0;
-    while t < FLOW_TERMS {
-        if t >= terms {
-            break;
-        }
-        let n = unsafe { core::ptr::read_volatile(&flow.lits[t]) } as usize;
-        let mut all = true;
-        let mut l = 0;
-        while l < FLOW_LITS {
-            if l >= n {
-                break;
-            }
-            let lit = unsafe { core::ptr::read_volatile(&flow.lit[t][l]) };
-            if !lit.holds(&f) {
-                all = false;
-                break;
-            }
-            l += 1;
-        }
-        if all {
-            return 1;
-        }
-        t += 1;
-    }
-    0
+    cfg().flow.passes(&f) as u32
 }
 
 /// Records what a `struct net_device *` is (name, ifindex, namespace,
