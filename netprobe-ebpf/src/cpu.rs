@@ -3,33 +3,32 @@
 //! no argument is read) and softirq time per vector from
 //! `irq:softirq_entry/exit`. Userspace gives threads their roles (vCPU,
 //! vhost, ksoftirqd, OVS handler, workload).
+//!
+//! The maps' values (`NP_CPU_LAST`, `NP_SOFTIRQ`: per-CPU arrays;
+//! `NP_CPU`: keyed by thread, so written by the CPU that thread runs on)
+//! are valid while the program runs and written by one CPU at a time.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use netprobe_common::CpuTime;
 
-#[map(name = "NP_CPU")]
-static NP_CPU: LruHashMap<u64, CpuTime> = LruHashMap::with_max_entries(16384, 0);
-
-/// Index 0: time of the last switch on this CPU.
-#[map(name = "NP_CPU_LAST")]
-static NP_CPU_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// Indices 0..16: softirq ns by vector; 16: entry time of the running one.
-#[map(name = "NP_SOFTIRQ")]
-static NP_SOFTIRQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(17, 0);
+use crate::{
+    config,
+    maps::{NP_CPU, NP_CPU_LAST, NP_SOFTIRQ},
+};
 
 #[inline(always)]
 fn switched() {
-    if crate::empty() {
+    if config::empty() {
         return;
     }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(last) = NP_CPU_LAST.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's element of NP_CPU_LAST (see the module's note).
     let last = unsafe { &mut *last };
     let since = if *last == 0 { 0 } else { now.wrapping_sub(*last) };
     *last = now;
@@ -42,6 +41,7 @@ fn switched() {
     }
     match NP_CPU.get_ptr_mut(&id) {
         // The name too: a thread may have exec'd since (ip netns exec ...).
+        // SAFETY: the running thread's NP_CPU value (see the module's note).
         Some(c) => unsafe {
             (*c).ns += since;
             if let Ok(comm) = bpf_get_current_comm() {
@@ -57,20 +57,24 @@ fn switched() {
 
 #[inline(always)]
 fn softirq(vec: u32, entry: bool) {
-    if crate::empty() {
+    if config::empty() {
         return;
     }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(t0) = NP_SOFTIRQ.get_ptr_mut(16) else { return };
     if entry {
+        // SAFETY: this CPU's element 16 of NP_SOFTIRQ (see the module's note).
         unsafe { *t0 = now };
         return;
     }
+    // SAFETY: as above.
     let start = unsafe { *t0 };
     if start == 0 || vec >= 16 {
         return;
     }
     if let Some(acc) = NP_SOFTIRQ.get_ptr_mut(vec) {
+        // SAFETY: this CPU's element `vec` of NP_SOFTIRQ (see the module's note).
         unsafe { *acc += now.wrapping_sub(start) };
     }
 }
@@ -78,10 +82,12 @@ fn softirq(vec: u32, entry: bool) {
 /// `vec` of a classic softirq record, at the offset its format file gives.
 #[inline(always)]
 fn classic_vec(ctx: &TracePointContext) -> u32 {
-    let off = unsafe { core::ptr::read_volatile(&crate::cfg().softirq_vec_off) } as usize;
+    let off = config::get(|c| &c.softirq_vec_off) as usize;
     if off == 0 {
         return u32::MAX;
     }
+    // SAFETY: `read_at` copies from the tracepoint record with
+    // bpf_probe_read_kernel: fault-safe, an offset past the record fails.
     unsafe { ctx.read_at::<u32>(off) }.unwrap_or(u32::MAX)
 }
 

@@ -1,6 +1,6 @@
 //! Program entry points: one per (hop, backend). Each is a thin shell over
-//! [`crate::ptr_hop`] or [`crate::classic_hop`]; the loader picks one
-//! backend per hop and loads only that program.
+//! [`crate::tracking::ptr_hop`] or [`crate::tracking::classic_hop`]; the
+//! loader picks one backend per hop and loads only that program.
 //! (Kernel-function hops are in `functions`.) Program names follow
 //! `<backend prefix>_<tracepoint>` (see `netprobe_common::Backend::prefix`).
 
@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use netprobe_common::hop;
 
-use crate::{classic_hop, ptr_hop};
+use crate::tracking::{classic_hop, ptr_hop};
 
 /// A program may only read the arguments its tracepoint has (the verifier
 /// refuses tp_btf loads, the kernel raw_tp attaches, that read past them),
