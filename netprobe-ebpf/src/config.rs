@@ -10,9 +10,10 @@
 
 use netprobe_common::{ClassicFields, Config, FlowFilter, SlotConfig, MAX_HOPS, MAX_SLOTS};
 
-/// Load-time configuration, written by the loader before loading.
-#[unsafe(no_mangle)]
-static NP_CONFIG: Config = Config::zeroed();
+netprobe_common::bpf_global! {
+    /// Load-time configuration, written by the loader before loading.
+    CONFIG: Config = Config::zeroed()
+}
 
 /// The configuration, through a pointer LLVM cannot see through: it cannot
 /// assume the compiled-in zeroes, whatever is read through it.

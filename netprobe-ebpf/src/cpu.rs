@@ -2,7 +2,8 @@
 //! `sched:sched_switch` (the thread leaving the CPU is the current one, so
 //! no argument is read) and softirq time per vector from
 //! `irq:softirq_entry/exit`. Userspace gives threads their roles (vCPU,
-//! vhost, ksoftirqd, OVS handler, workload).
+//! vhost, ksoftirqd, OVS handler, workload). The tracepoints and their
+//! programs' names are listed once, in `netprobe_common::cpu_tracepoints!`.
 //!
 //! The maps' values (`NP_CPU_LAST`, `NP_SOFTIRQ`: per-CPU arrays;
 //! `NP_CPU`: keyed by thread, so written by the CPU that thread runs on)
@@ -91,56 +92,40 @@ fn classic_vec(ctx: &TracePointContext) -> u32 {
     unsafe { ctx.read_at::<u32>(off) }.unwrap_or(u32::MAX)
 }
 
-#[btf_tracepoint(function = "sched_switch")]
-fn btf_sched_switch(_ctx: BtfTracePointContext) -> i32 {
-    switched();
-    0
+/// What each CPU tracepoint does, given how its backend reads `vec`.
+macro_rules! on {
+    ("sched_switch", $vec:expr) => {
+        switched()
+    };
+    ("softirq_entry", $vec:expr) => {
+        softirq($vec, true)
+    };
+    ("softirq_exit", $vec:expr) => {
+        softirq($vec, false)
+    };
 }
 
-#[raw_tracepoint(tracepoint = "sched_switch")]
-fn raw_sched_switch(_ctx: RawTracePointContext) -> i32 {
-    switched();
-    0
+// (`_ctx`: sched_switch's programs read nothing from it.)
+macro_rules! cpu_programs {
+    ($($cat:tt, $tp:tt, $btf:ident, $raw:ident, $classic:ident;)*) => {$(
+        #[btf_tracepoint(function = $tp)]
+        fn $btf(_ctx: BtfTracePointContext) -> i32 {
+            on!($tp, _ctx.arg(0));
+            0
+        }
+
+        #[raw_tracepoint(tracepoint = $tp)]
+        fn $raw(_ctx: RawTracePointContext) -> i32 {
+            on!($tp, _ctx.arg(0));
+            0
+        }
+
+        #[tracepoint(category = $cat, name = $tp)]
+        fn $classic(_ctx: TracePointContext) -> u32 {
+            on!($tp, classic_vec(&_ctx));
+            0
+        }
+    )*};
 }
 
-#[tracepoint(category = "sched", name = "sched_switch")]
-fn tp_sched_switch(_ctx: TracePointContext) -> u32 {
-    switched();
-    0
-}
-
-#[btf_tracepoint(function = "softirq_entry")]
-fn btf_softirq_entry(ctx: BtfTracePointContext) -> i32 {
-    softirq(ctx.arg(0), true);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "softirq_entry")]
-fn raw_softirq_entry(ctx: RawTracePointContext) -> i32 {
-    softirq(ctx.arg(0), true);
-    0
-}
-
-#[tracepoint(category = "irq", name = "softirq_entry")]
-fn tp_softirq_entry(ctx: TracePointContext) -> u32 {
-    softirq(classic_vec(&ctx), true);
-    0
-}
-
-#[btf_tracepoint(function = "softirq_exit")]
-fn btf_softirq_exit(ctx: BtfTracePointContext) -> i32 {
-    softirq(ctx.arg(0), false);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "softirq_exit")]
-fn raw_softirq_exit(ctx: RawTracePointContext) -> i32 {
-    softirq(ctx.arg(0), false);
-    0
-}
-
-#[tracepoint(category = "irq", name = "softirq_exit")]
-fn tp_softirq_exit(ctx: TracePointContext) -> u32 {
-    softirq(classic_vec(&ctx), false);
-    0
-}
+netprobe_common::cpu_tracepoints!(cpu_programs);

@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use netprobe_common::{SlotConfig, SLOT_ARG};
+use netprobe_common::{is_program_name, Backend, SlotConfig, MAX_SLOTS, SLOT_ARG};
 
 use crate::{aggregation::fn_returned, config::slot, tracking::slot_entry};
 
@@ -49,8 +49,19 @@ fn deref_skb(s: SlotConfig, raw: u64) -> u64 {
     }
 }
 
+/// The slots' programs, named `<backend prefix>_<slot>` as the loader
+/// forms the names (checked at compile time against `Backend`'s prefixes).
 macro_rules! slots {
-    ($($n:literal => $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident;)*) => {$(
+    ($($n:literal => $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident;)*) => {
+        const _: () = assert!([$($n),*].len() == MAX_SLOTS, "one line per slot");
+        $(
+        const _: () = assert!(
+            is_program_name(stringify!($fentry), Backend::Fentry.prefix(), stringify!($n).as_bytes())
+                && is_program_name(stringify!($kprobe), Backend::Kprobe.prefix(), stringify!($n).as_bytes())
+                && matches!(Backend::Fentry.exit_prefix(), Some(p) if is_program_name(stringify!($fexit), p, stringify!($n).as_bytes()))
+                && matches!(Backend::Kprobe.exit_prefix(), Some(p) if is_program_name(stringify!($kretprobe), p, stringify!($n).as_bytes())),
+            "a slot program is not named <backend prefix>_<slot>"
+        );
         #[fentry]
         fn $fentry(ctx: FEntryContext) -> u32 {
             let s = slot($n);
