@@ -1,12 +1,15 @@
 //! The load-time configuration, `NP_CONFIG`: struct offsets, per-hop flags,
 //! tracefs field offsets, function slots and the flow filter, written by
 //! the loader into the object's `.rodata` before loading (aya's
-//! `override_global`). This module owns the global and the only way to
-//! read it: [`get`] (one field), [`reader`] (several), plus getters for
-//! the lookups with a bounds check. The compiled-in value is all zeroes, so every read goes
-//! through a volatile load (otherwise LLVM would fold the zeroes in); the
-//! verifier still sees a load from the frozen map at a constant offset and
-//! knows the value, which lets it skip the branches a value rules out.
+//! `override_global`). This module owns the global and the only ways to
+//! read it: [`get`] (one field), [`reader`] (several), getters for the
+//! lookups with a bounds check, and [`flow`].
+//!
+//! The compiled-in value is all zeroes: LLVM must not fold it in. So the
+//! global's address is itself taken with a volatile load (LLVM cannot tell
+//! what it points to), and each field is read with a volatile load too.
+//! The verifier still sees a load from the frozen map at a constant offset
+//! and knows the value, which lets it skip the branches a value rules out.
 
 use netprobe_common::{ClassicFields, Config, FlowFilter, SlotConfig, MAX_HOPS, MAX_SLOTS};
 

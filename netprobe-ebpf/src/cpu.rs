@@ -92,7 +92,8 @@ fn classic_vec(ctx: &TracePointContext) -> u32 {
     unsafe { ctx.read_at::<u32>(off) }.unwrap_or(u32::MAX)
 }
 
-/// What each CPU tracepoint does, given how its backend reads `vec`.
+/// What each CPU tracepoint does, given how its backend reads `vec` (a
+/// tracepoint of the list without an arm here does not compile).
 macro_rules! on {
     ("sched_switch", $vec:expr) => {
         switched()
