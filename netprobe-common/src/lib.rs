@@ -36,20 +36,110 @@ pub struct TracepointHop {
     pub name: &'static str,
 }
 
-/// The tracepoint hops the BPF object has programs for, one program per
-/// backend in [`Backend::ALL`]. The loader's catalog says what they mean.
-pub const TRACEPOINT_HOPS: [TracepointHop; 10] = [
-    TracepointHop { hop: hop::NET_DEV_QUEUE, category: "net", name: "net_dev_queue" },
-    TracepointHop { hop: hop::NET_DEV_START_XMIT, category: "net", name: "net_dev_start_xmit" },
-    TracepointHop { hop: hop::NETIF_RX, category: "net", name: "netif_rx" },
-    TracepointHop { hop: hop::NETIF_RECEIVE_SKB, category: "net", name: "netif_receive_skb" },
-    TracepointHop { hop: hop::NAPI_GRO_RECEIVE_ENTRY, category: "net", name: "napi_gro_receive_entry" },
-    TracepointHop { hop: hop::SKB_COPY_DATAGRAM_IOVEC, category: "skb", name: "skb_copy_datagram_iovec" },
-    TracepointHop { hop: hop::CONSUME_SKB, category: "skb", name: "consume_skb" },
-    TracepointHop { hop: hop::KFREE_SKB, category: "skb", name: "kfree_skb" },
-    TracepointHop { hop: hop::OVS_DO_EXECUTE_ACTION, category: "openvswitch", name: "ovs_do_execute_action" },
-    TracepointHop { hop: hop::OVS_DP_UPCALL_TP, category: "openvswitch", name: "ovs_dp_upcall" },
-];
+/// The tracepoint hops the BPF object has programs for, each written once:
+/// hop id, tracefs category, tracepoint name, the arguments its programs
+/// read (netprobe-ebpf's `programs` says how), and its programs, one per
+/// backend of [`Backend::TRACEPOINT`] in that order, each named
+/// `<backend prefix>_<tracepoint>` (checked at compile time). Expands to
+/// `$then! { list }`: [`TRACEPOINT_HOPS`] here, the programs there.
+#[macro_export]
+macro_rules! tracepoint_hops {
+    ($then:ident) => {
+        $then! {
+            NET_DEV_QUEUE, "net", "net_dev_queue", [skb],
+                btf_net_dev_queue, raw_net_dev_queue, tp_net_dev_queue;
+            NET_DEV_START_XMIT, "net", "net_dev_start_xmit", [skb, dev],
+                btf_net_dev_start_xmit, raw_net_dev_start_xmit, tp_net_dev_start_xmit;
+            NETIF_RX, "net", "netif_rx", [skb],
+                btf_netif_rx, raw_netif_rx, tp_netif_rx;
+            NETIF_RECEIVE_SKB, "net", "netif_receive_skb", [skb],
+                btf_netif_receive_skb, raw_netif_receive_skb, tp_netif_receive_skb;
+            NAPI_GRO_RECEIVE_ENTRY, "net", "napi_gro_receive_entry", [skb],
+                btf_napi_gro_receive_entry, raw_napi_gro_receive_entry, tp_napi_gro_receive_entry;
+            SKB_COPY_DATAGRAM_IOVEC, "skb", "skb_copy_datagram_iovec", [skb],
+                btf_skb_copy_datagram_iovec, raw_skb_copy_datagram_iovec, tp_skb_copy_datagram_iovec;
+            CONSUME_SKB, "skb", "consume_skb", [skb],
+                btf_consume_skb, raw_consume_skb, tp_consume_skb;
+            KFREE_SKB, "skb", "kfree_skb", [skb, _, reason],
+                btf_kfree_skb, raw_kfree_skb, tp_kfree_skb;
+            OVS_DO_EXECUTE_ACTION, "openvswitch", "ovs_do_execute_action", [_, skb],
+                btf_ovs_do_execute_action, raw_ovs_do_execute_action, tp_ovs_do_execute_action;
+            OVS_DP_UPCALL_TP, "openvswitch", "ovs_dp_upcall", [_, skb],
+                btf_ovs_dp_upcall, raw_ovs_dp_upcall, tp_ovs_dp_upcall;
+        }
+    };
+}
+
+/// The CPU-accounting programs (not packet hops), written once as
+/// [`tracepoint_hops!`] writes the hops: tracefs category, tracepoint
+/// name, and one program per backend of [`Backend::TRACEPOINT`].
+#[macro_export]
+macro_rules! cpu_tracepoints {
+    ($then:ident) => {
+        $then! {
+            "sched", "sched_switch", btf_sched_switch, raw_sched_switch, tp_sched_switch;
+            "irq", "softirq_entry", btf_softirq_entry, raw_softirq_entry, tp_softirq_entry;
+            "irq", "softirq_exit", btf_softirq_exit, raw_softirq_exit, tp_softirq_exit;
+        }
+    };
+}
+
+/// Whether `program` is `<prefix>_<name>` (compile-time checks of the
+/// program names written in [`tracepoint_hops!`] and the slot programs).
+pub const fn is_program_name(program: &str, prefix: &str, name: &[u8]) -> bool {
+    let (p, pre) = (program.as_bytes(), prefix.as_bytes());
+    if p.len() != pre.len() + 1 + name.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < p.len() {
+        let want = if i < pre.len() {
+            pre[i]
+        } else if i == pre.len() {
+            b'_'
+        } else {
+            name[i - pre.len() - 1]
+        };
+        if p[i] != want {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+macro_rules! tracepoint_tables {
+    ($($tp:literal, $btf:ident, $raw:ident, $classic:ident;)*) => {
+        $(
+            const _: () = assert!(
+                is_program_name(stringify!($btf), Backend::TRACEPOINT[0].prefix(), $tp.as_bytes())
+                    && is_program_name(stringify!($raw), Backend::TRACEPOINT[1].prefix(), $tp.as_bytes())
+                    && is_program_name(stringify!($classic), Backend::TRACEPOINT[2].prefix(), $tp.as_bytes()),
+                "a program is not named <backend prefix>_<tracepoint>"
+            );
+        )*
+    };
+}
+
+macro_rules! hop_table {
+    ($($hop:ident, $cat:literal, $tp:literal, $args:tt, $btf:ident, $raw:ident, $classic:ident;)*) => {
+        /// The tracepoint hops the BPF object has programs for, one program per
+        /// backend in [`Backend::TRACEPOINT`]. The loader's catalog says what they mean.
+        pub const TRACEPOINT_HOPS: [TracepointHop; [$($tp),*].len()] =
+            [$(TracepointHop { hop: hop::$hop, category: $cat, name: $tp }),*];
+        tracepoint_tables! { $($tp, $btf, $raw, $classic;)* }
+    };
+}
+tracepoint_hops!(hop_table);
+
+macro_rules! cpu_table {
+    ($($cat:literal, $tp:literal, $btf:ident, $raw:ident, $classic:ident;)*) => {
+        /// The CPU-accounting programs (not packet hops): `<backend prefix>_<name>`.
+        pub const CPU_TRACEPOINTS: [(&str, &str); [$($tp),*].len()] = [$(($cat, $tp)),*];
+        tracepoint_tables! { $($tp, $btf, $raw, $classic;)* }
+    };
+}
+cpu_tracepoints!(cpu_table);
 
 /// Upper bound (exclusive) on hop ids; sizes the per-hop tables in [`Config`].
 pub const MAX_HOPS: usize = 64;
@@ -77,44 +167,87 @@ pub mod hop_flags {
     pub const DELIVER: u16 = 1 << 8;
 }
 
-/// Names of the maps and globals in the BPF object.
 /// Name prefix of the threads of a guest stand-in: a process that drives a
 /// macvtap's /dev/tapN or a tap the way QEMU does (the demo topology's
 /// relay). The loader reports their CPU time under the role `guest`.
 pub const GUEST_STANDIN_THREAD: &str = "guest-relay";
 
-pub mod names {
-    pub const CONFIG: &str = "NP_CONFIG";
-    pub const TRACK: &str = "NP_TRACK";
-    pub const HOPS: &str = "NP_HOPS";
+/// Declares the BPF object's global and maps, each under its one name: the
+/// loader's `names` constants come from the same list as the kernel side's
+/// statics ([`bpf_global!`], [`bpf_map!`]), so the two cannot disagree.
+/// (`$d` is a `$`, for the macros declared inside.)
+macro_rules! object_symbols {
+    (
+        $d:tt
+        global: $(#[$gdoc:meta])* $global:ident = $gsym:ident;
+        maps: $($(#[$doc:meta])* $konst:ident = $sym:ident;)*
+    ) => {
+        /// Names of the maps and globals in the BPF object.
+        pub mod names {
+            $(#[$gdoc])*
+            pub const $global: &str = stringify!($gsym);
+            $($(#[$doc])* pub const $konst: &str = stringify!($sym);)*
+            pub const ALL_MAPS: [&str; [$($konst),*].len()] = [$($konst),*];
+        }
+
+        /// The kernel side's declaration of the load-time global,
+        /// `bpf_global!(CONFIG: Config = Config::zeroed())`: a static
+        /// under the symbol name the loader overrides (`names::CONFIG`).
+        #[macro_export]
+        macro_rules! bpf_global {
+            ($d(#[$d a:meta])* $d v:vis $global: $d t:ty = $d e:expr) => {
+                $d(#[$d a])*
+                #[unsafe(no_mangle)]
+                $d v static $gsym: $d t = $d e;
+            };
+        }
+
+        /// The kernel side's declaration of a map, by its `names` constant:
+        /// `bpf_map!(pub(crate) HOPS: PerCpuHashMap<PairKey, Hist> = ...)`
+        /// declares the static `NP_HOPS`, an aya-ebpf map of that symbol name.
+        #[macro_export]
+        macro_rules! bpf_map {
+            $(($d(#[$d a:meta])* $d v:vis $konst: $d t:ty = $d e:expr) => {
+                $d(#[$d a])*
+                #[::aya_ebpf::macros::map]
+                $d v static $sym: $d t = $d e;
+            };)*
+        }
+    };
+}
+
+object_symbols! {
+    $
+    global:
+    /// The load-time [`crate::Config`] global.
+    CONFIG = NP_CONFIG;
+    maps:
+    TRACK = NP_TRACK;
+    HOPS = NP_HOPS;
     /// Per-CPU direct-mapped cache of hop-pair histograms ([`crate::PairSlot`]).
-    pub const PAIRS: &str = "NP_PAIRS";
-    pub const DROPS: &str = "NP_DROPS";
-    pub const DEVS: &str = "NP_DEVS";
-    pub const FILTER: &str = "NP_FILTER";
-    pub const COUNTERS: &str = "NP_COUNTERS";
-    pub const ZERO: &str = "NP_ZERO";
+    PAIRS = NP_PAIRS;
+    DROPS = NP_DROPS;
+    DEVS = NP_DEVS;
+    FILTER = NP_FILTER;
+    COUNTERS = NP_COUNTERS;
+    ZERO = NP_ZERO;
     /// Entry timestamps of function hops, keyed by [`crate::EntryKey`].
-    pub const ENTRY: &str = "NP_ENTRY";
+    ENTRY = NP_ENTRY;
     /// Time inside hop functions: `u32` hop id -> histogram.
-    pub const FUNCS: &str = "NP_FUNCS";
+    FUNCS = NP_FUNCS;
     /// Ring buffer of [`crate::JourneyRecord`]s (trace mode).
-    pub const EVENTS: &str = "NP_EVENTS";
+    EVENTS = NP_EVENTS;
     /// Trace mode: each tracked packet's journey so far, in the slot of its
     /// `NP_TRACK` state (one entry unless tracing).
-    pub const JOURNEY: &str = "NP_JOURNEY";
+    JOURNEY = NP_JOURNEY;
     /// On-CPU time per thread ([`crate::CpuTime`]).
-    pub const CPU: &str = "NP_CPU";
+    CPU = NP_CPU;
     /// Per-CPU time of the last context switch.
-    pub const CPU_LAST: &str = "NP_CPU_LAST";
+    CPU_LAST = NP_CPU_LAST;
     /// Per-CPU softirq time by vector, and entry times.
-    pub const SOFTIRQ: &str = "NP_SOFTIRQ";
+    SOFTIRQ = NP_SOFTIRQ;
     /// Per-CPU scratch word: turns a BTF-typed pointer into a plain number.
-    pub const SCRATCH: &str = "NP_SCRATCH";
-    pub const ALL_MAPS: [&str; 16] = [
-        TRACK, HOPS, PAIRS, DROPS, DEVS, FILTER, COUNTERS, ZERO, ENTRY, FUNCS, EVENTS, JOURNEY, CPU, CPU_LAST, SOFTIRQ,
-        SCRATCH,
-    ];
+    SCRATCH = NP_SCRATCH;
 }
 
 /// `Config::bench` bits: what `cargo xtask bench` switches to separate
@@ -384,6 +517,44 @@ impl FlowFilter {
                 FLOW_TERMS],
         }
     }
+
+    /// The flow filter's decision on one packet: it passes when the filter
+    /// is off, or when all literals of one of the first `terms`
+    /// alternatives hold. The kernel programs and the loader share this one
+    /// definition. Shaped for the BPF verifier: both loops are bounded by
+    /// constants ([`FLOW_TERMS`], [`FLOW_LITS`]), the counts from the
+    /// configuration only end them early.
+    #[inline(always)]
+    pub fn passes(&self, f: &FlowFields) -> bool {
+        if self.enabled == 0 {
+            return true;
+        }
+        let terms = self.terms as usize;
+        let mut t = 0;
+        while t < FLOW_TERMS {
+            if t >= terms {
+                break;
+            }
+            let n = self.lits[t] as usize;
+            let mut all = true;
+            let mut l = 0;
+            while l < FLOW_LITS {
+                if l >= n {
+                    break;
+                }
+                if !self.lit[t][l].holds(f) {
+                    all = false;
+                    break;
+                }
+                l += 1;
+            }
+            if all {
+                return true;
+            }
+            t += 1;
+        }
+        false
+    }
 }
 
 /// The header fields of one packet the flow filter looks at.
@@ -585,10 +756,6 @@ pub struct CpuTime {
     pub ns: u64,
     pub comm: [u8; 16],
 }
-
-/// The CPU-accounting programs (not packet hops): `<backend prefix>_<name>`.
-pub const CPU_TRACEPOINTS: [(&str, &str); 3] =
-    [("sched", "sched_switch"), ("irq", "softirq_entry"), ("irq", "softirq_exit")];
 
 /// Softirq vectors counted in `NP_SOFTIRQ` (per CPU, ns).
 pub const NET_TX_SOFTIRQ: u32 = 2;

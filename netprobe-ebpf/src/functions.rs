@@ -10,18 +10,9 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use netprobe_common::{SlotConfig, MAX_SLOTS, SLOT_ARG};
+use netprobe_common::{is_program_name, Backend, SlotConfig, MAX_SLOTS, SLOT_ARG};
 
-use crate::{cfg, fn_returned, slot_entry};
-
-#[inline(always)]
-fn slot(n: usize) -> SlotConfig {
-    if n < MAX_SLOTS {
-        unsafe { core::ptr::read_volatile(&cfg().slots[n]) }
-    } else {
-        SlotConfig::default()
-    }
-}
+use crate::{aggregation::fn_returned, config::slot, tracking::slot_entry};
 
 /// The skb of slot `n`'s function: argument `SLOT_ARG[n]`, a constant, so
 /// only that context read is compiled (the verifier accepts context reads
@@ -50,14 +41,27 @@ macro_rules! skb_arg {
 #[inline(always)]
 fn deref_skb(s: SlotConfig, raw: u64) -> u64 {
     if s.skb_indirect != 0 && raw >= 4096 {
+        // SAFETY: bpf_probe_read_kernel is a fault-safe copy: a bad
+        // address fails (then no skb), it never faults.
         unsafe { bpf_probe_read_kernel(raw as *const u64) }.unwrap_or(0)
     } else {
         raw
     }
 }
 
+/// The slots' programs, named `<backend prefix>_<slot>` as the loader
+/// forms the names (checked at compile time against `Backend`'s prefixes).
 macro_rules! slots {
-    ($($n:literal => $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident;)*) => {$(
+    ($($n:literal => $fentry:ident, $fexit:ident, $kprobe:ident, $kretprobe:ident;)*) => {
+        const _: () = assert!([$($n),*].len() == MAX_SLOTS, "one line per slot");
+        $(
+        const _: () = assert!(
+            is_program_name(stringify!($fentry), Backend::Fentry.prefix(), stringify!($n).as_bytes())
+                && is_program_name(stringify!($kprobe), Backend::Kprobe.prefix(), stringify!($n).as_bytes())
+                && matches!(Backend::Fentry.exit_prefix(), Some(p) if is_program_name(stringify!($fexit), p, stringify!($n).as_bytes()))
+                && matches!(Backend::Kprobe.exit_prefix(), Some(p) if is_program_name(stringify!($kretprobe), p, stringify!($n).as_bytes())),
+            "a slot program is not named <backend prefix>_<slot>"
+        );
         #[fentry]
         fn $fentry(ctx: FEntryContext) -> u32 {
             let s = slot($n);

@@ -353,9 +353,10 @@ pub fn compile(src: &str) -> Result<FlowFilter> {
     Ok(f)
 }
 
-/// What the kernel programs decide for a packet (the same literal test).
+/// What the kernel programs decide for a packet: the very function they
+/// run, [`FlowFilter::passes`].
 pub fn passes(f: &FlowFilter, p: &FlowFields) -> bool {
-    f.enabled == 0 || (0..f.terms as usize).any(|t| f.lit[t][..f.lits[t] as usize].iter().all(|l| l.holds(p)))
+    f.passes(p)
 }
 
 /// The expression's meaning evaluated directly, without the normal form:

@@ -1,0 +1,125 @@
+//! Which packets are followed: the device filter (`--iface`, `NP_FILTER`)
+//! and the flow filter (`--filter`), decided where a packet's tracking
+//! would start. This module parses the header fields the flow filter
+//! tests; the decision itself is `FlowFilter::passes` in netprobe-common,
+//! the one the loader's tests run too.
+
+use netprobe_common::{counter, FlowFields};
+
+use crate::{
+    config,
+    kernel::{read_bytes, read_u32, read_u64, Dev},
+    maps::{bump, NP_FILTER},
+};
+
+/// Key used in `NP_FILTER`: (netns inode << 32 | ifindex) for device
+/// pointers, the name key for classic tracepoints.
+#[inline(always)]
+fn filter_key(dev: Dev<'_>) -> u64 {
+    match dev {
+        Dev::Ptr(p) => {
+            let c = config::reader();
+            let ifindex = read_u32(p + c.get(|c| &c.off.dev_ifindex) as u64);
+            let net = read_u64(p + c.get(|c| &c.off.dev_nd_net) as u64);
+            let inum = read_u32(net + c.get(|c| &c.off.net_ns_inum) as u64);
+            ((inum as u64) << 32) | ifindex as u64
+        }
+        other => other.key(),
+    }
+}
+
+/// Whether a packet first seen on `dev` is to be followed: its device
+/// is among `--iface`'s, and its headers pass `--filter`.
+#[inline(always)]
+pub(crate) fn passes_filter(dev: Dev<'_>, skb: u64, head: u64) -> bool {
+    let enabled = config::get(|c| &c.filter_enabled);
+    if enabled != 0 && NP_FILTER.get_ptr(&filter_key(dev)).is_none() {
+        return false;
+    }
+    if config::get(|c| &c.flow.enabled) == 0 {
+        return true;
+    }
+    if flow_passes(skb, head) != 0 {
+        return true;
+    }
+    bump(counter::FLOW_EXCLUDED);
+    false
+}
+
+#[inline(always)]
+fn word(b: &[u8], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The header fields the flow filter tests, parsed from the packet's
+/// Ethernet header on (`skb->head + skb->mac_header`, one VLAN tag
+/// skipped): EtherType, IPv4/IPv6 addresses and protocol, TCP/UDP/SCTP
+/// ports. Fields it cannot read stay zero (the packet is then not IP).
+#[inline(always)]
+fn flow_fields(skb: u64, head: u64) -> FlowFields {
+    let mut f = FlowFields::default();
+    let c = config::reader();
+    let head_off = c.get(|c| &c.off.skb_head) as u64;
+    let mac_off = c.get(|c| &c.off.skb_mac_header) as u64;
+    if head_off == 0 || mac_off == 0 {
+        return f;
+    }
+    // The hop read skb->head already, except classic tracepoints.
+    let head = if head != 0 { head } else { read_u64(skb + head_off) };
+    let Some(mac) = read_bytes::<2>(skb + mac_off) else { return f };
+    let mac = u16::from_ne_bytes(mac);
+    if mac == 0xffff {
+        return f; // no MAC header set yet
+    }
+    let mut l3 = head + mac as u64 + 14;
+    let Some(eth) = read_bytes::<4>(l3 - 2) else { return f };
+    let mut ethertype = u16::from_be_bytes([eth[0], eth[1]]) as u32;
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        let Some(tag) = read_bytes::<4>(l3) else { return f };
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]) as u32;
+        l3 += 4;
+    }
+    f.ethertype = ethertype;
+    let l4;
+    if ethertype == 0x0800 {
+        let Some(ip) = read_bytes::<20>(l3) else { return f };
+        f.family = 4;
+        f.proto = ip[9] as u32;
+        f.saddr[0] = word(&ip, 12);
+        f.daddr[0] = word(&ip, 16);
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            return f; // a later fragment: no ports
+        }
+        l4 = l3 + ((ip[0] & 0x0f) as u64) * 4;
+    } else if ethertype == 0x86dd {
+        let Some(ip) = read_bytes::<40>(l3) else { return f };
+        f.family = 6;
+        f.proto = ip[6] as u32;
+        let mut i = 0;
+        while i < 4 {
+            f.saddr[i] = word(&ip, 8 + 4 * i);
+            f.daddr[i] = word(&ip, 24 + 4 * i);
+            i += 1;
+        }
+        l4 = l3 + 40;
+    } else {
+        return f;
+    }
+    if f.proto == 6 || f.proto == 17 || f.proto == 132 {
+        if let Some(p) = read_bytes::<4>(l4) {
+            f.has_ports = 1;
+            f.sport = u16::from_be_bytes([p[0], p[1]]) as u32;
+            f.dport = u16::from_be_bytes([p[2], p[3]]) as u32;
+        }
+    }
+    f
+}
+
+/// The flow filter (`NP_CONFIG.flow`, disjunctive normal form) on one
+/// packet: 1 when it passes. Out of line: it runs only where tracking
+/// would start, and only with `--filter`.
+#[inline(never)]
+fn flow_passes(skb: u64, head: u64) -> u32 {
+    let f = flow_fields(skb, head);
+    config::flow().passes(&f) as u32
+}

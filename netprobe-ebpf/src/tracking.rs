@@ -1,0 +1,228 @@
+//! The per-packet state machine, the heart of the kernel side: every hop
+//! program ends in [`track`], through [`ptr_hop`] (BTF-typed and raw
+//! tracepoints, fentry and kprobe slots) or [`classic_hop`] (tracefs
+//! tracepoints). A packet is its skb address, in its slot of `NP_TRACK`;
+//! the time since its previous hop goes to the hop pair's histogram
+//! (`aggregation`), to its journey in trace mode (`journeys`), and a
+//! recycled skb address or a stale packet starts anew (README, "Packet
+//! identity").
+//!
+//! An `NP_TRACK` slot is an array element, valid while the program runs.
+//! Two CPUs write the same slot at once only for two packets whose
+//! addresses hash alike: the state is then one packet's or the other's
+//! (each field is a plain store), which the skb check at the next hop
+//! sorts out, as with any eviction.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use netprobe_common::{counter, hop, hop_flags, track_slot, DropKey, PairKey, TrackState};
+
+use crate::{
+    aggregation::{aggregate, count_drop, fn_entered},
+    config,
+    flow::passes_filter,
+    journeys::{journey_cut, journey_hop, journey_start},
+    kernel::{load_u64, scalar_of, Dev},
+    maps::{bump, NP_TRACK},
+};
+
+/// The heart of netprobe's kernel side: one hop of one packet.
+#[inline(always)]
+pub(crate) fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reason: u32) {
+    if skb == 0 {
+        return;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let devkey = dev.key();
+    let slot = track_slot(skb);
+    let Some(st) = NP_TRACK.get_ptr_mut(slot) else { return };
+    // SAFETY: an NP_TRACK element (see the module's note).
+    let st = unsafe { &mut *st };
+    if st.skb == skb {
+        let gap = now.wrapping_sub(st.ts);
+        let prev = config::hop_flags(st.hop);
+        // Signs that this skb address now carries another packet.
+        let reused = head != st.head
+            || (prev & hop_flags::DELIVER != 0 && flags & (hop_flags::DELIVER | hop_flags::TERMINAL) == 0)
+            // Received on a device, then queued for transmit on that same
+            // device (both seen by the device tracepoints, whose device is
+            // exact): a local reply in a recycled sk_buff (UDP frees
+            // delivered skbs with no tracepoint), not a forwarded packet.
+            || ((st.hop == hop::NETIF_RX || st.hop == hop::NETIF_RECEIVE_SKB || st.hop == hop::NAPI_GRO_RECEIVE_ENTRY)
+                && (hop == hop::NET_DEV_QUEUE || hop == hop::NET_DEV_START_XMIT)
+                && devkey != 0
+                && devkey == st.dev)
+            || (prev & hop_flags::RX != 0
+                && flags & (hop_flags::TX | hop_flags::RX) != 0
+                && net != 0
+                && st.net != 0
+                && net != st.net);
+        if reused || gap > config::get(|c| &c.max_gap_ns) {
+            // The skb address now holds another packet (a new data buffer),
+            // or the packet sat longer than max_gap: restart, never join.
+            bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
+            if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb, head) {
+                *st = TrackState {
+                    skb,
+                    ts: now,
+                    dev: devkey,
+                    origin: devkey,
+                    head,
+                    net,
+                    hop,
+                    origin_hop: hop,
+                    _pad: 0,
+                    _pad2: 0,
+                };
+                bump(counter::TRACK_STARTED);
+                // (Sends the old journey, cut short, first.)
+                journey_start(slot, skb, now, devkey, hop);
+            } else {
+                st.skb = 0;
+                journey_cut(slot);
+            }
+            return;
+        }
+        let key = PairKey {
+            origin: st.origin,
+            from_dev: st.dev,
+            to_dev: devkey,
+            from_hop: st.hop,
+            to_hop: hop,
+            origin_hop: st.origin_hop,
+            _pad: 0,
+            _pad2: 0,
+        };
+        aggregate(&key, gap, dev);
+        if config::tracing() {
+            journey_hop(slot, skb, now, devkey, hop, gap, flags & hop_flags::TERMINAL != 0);
+        }
+        if flags & hop_flags::DROP != 0 {
+            count_drop(&DropKey {
+                origin: st.origin,
+                last_dev: st.dev,
+                reason,
+                last_hop: st.hop,
+                origin_hop: st.origin_hop,
+                _pad: [0; 2],
+            });
+        }
+        if flags & hop_flags::TERMINAL != 0 {
+            st.skb = 0;
+            bump(counter::TRACK_ENDED);
+        } else {
+            st.ts = now;
+            st.hop = hop;
+            if devkey != 0 {
+                st.dev = devkey;
+                st.net = net;
+            }
+        }
+        return;
+    }
+    if flags & hop_flags::START == 0 || devkey == 0 {
+        return;
+    }
+    if !passes_filter(dev, skb, head) {
+        return;
+    }
+    if st.skb != 0 {
+        // Another packet's state: it loses its slot, counted.
+        bump(counter::TRACK_EVICTED);
+    }
+    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: 0, _pad2: 0 };
+    bump(counter::TRACK_STARTED);
+    journey_start(slot, skb, now, devkey, hop);
+}
+
+/// Entry of a function hop in slot `slot`, its skb already fetched (0 if
+/// the function has none): time inside, then the packet's hop.
+#[inline(always)]
+pub(crate) fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64) {
+    let flags = config::hop_flags(hop);
+    if flags & hop_flags::ENABLED == 0 {
+        return;
+    }
+    fn_entered(hop);
+    if skb != 0 {
+        ptr_hop::<DIRECT>(hop, skb, 0, 0);
+    }
+}
+
+/// Entry for BTF-typed and raw tracepoints: the tracepoint's arguments are
+/// the traced function's (skb first; the device second for
+/// `net_dev_start_xmit`; the drop reason third for `kfree_skb`).
+#[inline(always)]
+pub(crate) fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u64) {
+    if config::empty() {
+        return;
+    }
+    let flags = config::hop_flags(hop);
+    if flags & hop_flags::ENABLED == 0 {
+        return;
+    }
+    let dev = if flags & hop_flags::DEV_ARG1 != 0 {
+        arg1
+    } else if flags & hop_flags::SKB_DEV != 0 {
+        let off = config::get(|c| &c.off.skb_dev) as u64;
+        if off == 0 {
+            0
+        } else {
+            load_u64::<DIRECT>(skb + off)
+        }
+    } else {
+        0
+    };
+    let dev = if dev == 0 { Dev::None } else { Dev::Ptr(dev) };
+    let reason = if flags & hop_flags::DROP != 0 { arg2 as u32 } else { 0 };
+    let head_off = config::get(|c| &c.off.skb_head) as u64;
+    let head = if head_off == 0 { 0 } else { load_u64::<DIRECT>(skb + head_off) };
+    let net = match dev {
+        Dev::Ptr(p) => load_u64::<DIRECT>(p + config::get(|c| &c.off.dev_nd_net) as u64),
+        _ => 0,
+    };
+    track(hop, flags, scalar_of::<DIRECT>(skb), head, net, dev, reason);
+}
+
+/// Entry for classic tracefs tracepoints: fields at the offsets the loader
+/// read from each tracepoint's `format` file; devices identified by name.
+#[inline(always)]
+pub(crate) fn classic_hop(ctx: &aya_ebpf::programs::TracePointContext, hop: u8) {
+    if config::empty() {
+        return;
+    }
+    let flags = config::hop_flags(hop);
+    if flags & hop_flags::ENABLED == 0 {
+        return;
+    }
+    let f = config::classic(hop);
+    // SAFETY: `read_at` copies from the tracepoint record with
+    // bpf_probe_read_kernel: fault-safe, an offset past the record fails.
+    let skb: u64 = match unsafe { ctx.read_at::<u64>(f.skbaddr as usize) } {
+        Ok(v) => v,
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            return;
+        }
+    };
+    let mut name = [0u8; 16];
+    if f.name_loc != 0 {
+        // SAFETY: as for `skb`: a fault-safe copy from the record.
+        if let Ok(loc) = unsafe { ctx.read_at::<u32>(f.name_loc as usize) } {
+            let off = (loc & 0xffff) as usize;
+            // SAFETY: as for `skb`; the name's offset comes from the record.
+            if let Ok(n) = unsafe { ctx.read_at::<[u8; 16]>(off) } {
+                name = n;
+            }
+        }
+    }
+    let reason = if f.reason != 0 {
+        // SAFETY: as for `skb`: a fault-safe copy from the record.
+        unsafe { ctx.read_at::<u32>(f.reason as usize) }.unwrap_or(0)
+    } else {
+        0
+    };
+    let dev = if name[0] == 0 { Dev::None } else { Dev::Name(&name) };
+    // No BTF, no offset of skb->head: identity is the address (and max_gap).
+    track(hop, flags, skb, 0, 0, dev, reason);
+}
