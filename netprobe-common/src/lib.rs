@@ -165,6 +165,18 @@ pub mod hop_flags {
     /// Delivery to user memory: after it only delivery or terminal hops
     /// can follow for the same packet.
     pub const DELIVER: u16 = 1 << 8;
+    /// After this hop at a device (`net_dev_queue`), the same packet's next
+    /// tracepoint hop at a device is the driver transmit on that device:
+    /// anything else is another packet in a recycled sk_buff.
+    pub const NEXT_XMIT: u16 = 1 << 9;
+    /// After this hop (`netif_rx`, GRO), the same packet's next tracepoint
+    /// hop at a device is `netif_receive_skb`.
+    pub const NEXT_RECEIVE: u16 = 1 << 10;
+    /// Nothing holds the packet after this hop (`net_dev_start_xmit`,
+    /// `netif_receive_skb`) before a hop where tracking could start: such a
+    /// hop reached more than `Config::direct_gap_ns` later is another
+    /// packet.
+    pub const DIRECT: u16 = 1 << 11;
 }
 
 /// Name prefix of the threads of a guest stand-in: a process that drives a
@@ -412,6 +424,9 @@ pub struct Config {
     pub off: Offsets,
     /// Gap after which a tracked packet is considered stale (ns).
     pub max_gap_ns: u64,
+    /// Gap after a [`hop_flags::DIRECT`] hop after which a hop where
+    /// tracking could start is another packet (ns; 0: no such rule).
+    pub direct_gap_ns: u64,
     /// Nonzero: only packets first seen on a device in `NP_FILTER` are tracked.
     pub filter_enabled: u32,
     /// Nonzero: per-packet trace mode, every hop-pair sample is also sent
@@ -446,6 +461,7 @@ impl Config {
                 skb_mac_header: 0,
             },
             max_gap_ns: 0,
+            direct_gap_ns: 0,
             filter_enabled: 0,
             trace: 0,
             hop_flags: [0; MAX_HOPS],
@@ -818,7 +834,17 @@ pub mod counter {
     /// Sightings of a packet where tracking could start that the flow
     /// filter (`--filter`) excluded (a packet is counted at each such hop).
     pub const FLOW_EXCLUDED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// A tracked skb address reappeared at a hop no packet can take after
+    /// its previous one (a queue not followed by the transmit on its
+    /// device, a backlog not followed by the receive): another packet in
+    /// a recycled sk_buff. Its journey starts anew; the old one ends
+    /// unmeasured.
+    pub const TRACK_IMPOSSIBLE: u32 = 11;
+    /// A tracked skb address reappeared where tracking could start, longer
+    /// than `direct_gap_ns` after a hop that holds no packet (a transmit,
+    /// a receive): another packet in a recycled sk_buff, restarted.
+    pub const TRACK_LATE: u32 = 12;
+    pub const COUNT: u32 = 13;
     // (Samples per pair are the histograms' counts: no counter on the
     // per-hop fast path for them.)
     pub const NAMES: [&str; COUNT as usize] = [
@@ -833,6 +859,8 @@ pub mod counter {
         "exit_unmatched",
         "events_lost",
         "flow_excluded",
+        "track_impossible",
+        "track_late",
     ];
 }
 
@@ -866,7 +894,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowFilter>() == 8 + FLOW_TERMS + 36 * FLOW_TERMS * FLOW_LITS);
     assert!(
         core::mem::size_of::<Config>()
-            == 40 + 16 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8 + core::mem::size_of::<FlowFilter>()
+            == 40 + 24 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8 + core::mem::size_of::<FlowFilter>()
     );
     assert!(core::mem::size_of::<TrackState>() == 56);
     assert!(core::mem::size_of::<PairKey>() == 32);

@@ -57,10 +57,37 @@ pub(crate) fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev
                 && net != 0
                 && st.net != 0
                 && net != st.net);
-        if reused || gap > config::get(|c| &c.max_gap_ns) {
-            // The skb address now holds another packet (a new data buffer),
-            // or the packet sat longer than max_gap: restart, never join.
-            bump(if reused { counter::TRACK_REUSED } else { counter::TRACK_STALE });
+        // A step no packet takes (README, "Packet identity"): after a
+        // queue, the next tracepoint hop at a device is the transmit on
+        // that device; after netif_rx or GRO, it is the receive; and no
+        // packet waits after a transmit or a receive before a hop where
+        // tracking could start. Function hops are never judged.
+        let at_device = hop < hop::FIRST_FUNCTION && devkey != 0;
+        let impossible = at_device
+            && ((prev & hop_flags::NEXT_XMIT != 0 && !(hop == hop::NET_DEV_START_XMIT && devkey == st.dev))
+                || (prev & hop_flags::NEXT_RECEIVE != 0 && hop != hop::NETIF_RECEIVE_SKB));
+        let direct_gap = config::get(|c| &c.direct_gap_ns);
+        let late = at_device
+            && prev & hop_flags::DIRECT != 0
+            && flags & hop_flags::START != 0
+            && direct_gap != 0
+            && gap > direct_gap;
+        let restart = if reused {
+            counter::TRACK_REUSED
+        } else if impossible {
+            counter::TRACK_IMPOSSIBLE
+        } else if late {
+            counter::TRACK_LATE
+        } else if gap > config::get(|c| &c.max_gap_ns) {
+            counter::TRACK_STALE
+        } else {
+            u32::MAX
+        };
+        if restart != u32::MAX {
+            // The skb address now holds another packet (a new data buffer,
+            // a step no packet takes), or the packet sat longer than
+            // max_gap: restart, never join.
+            bump(restart);
             if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb, head) {
                 *st = TrackState {
                     skb,

@@ -134,6 +134,34 @@ pub fn pairs<'a>(report: &'a Value, direction: &str) -> Vec<(String, String, &'a
         .collect()
 }
 
+/// Hop pairs of a report that no packet can take (README, "Packet
+/// identity"): after `queue` at a device, the next hop at a device is
+/// `xmit` at that device; after `netif_rx` or `gro`, it is `receive`; and
+/// nothing waits a millisecond between a transmit or receive and the next
+/// hop where tracking could start. Each as "direction from -> to".
+pub fn impossible_pairs(report: &Value) -> Vec<String> {
+    let generic_at_device = ["queue", "xmit", "netif_rx", "receive", "gro"];
+    let mut out = Vec::new();
+    for d in report["directions"].as_array().unwrap() {
+        for p in d["pairs"].as_array().unwrap() {
+            let s = |k: &str| p[k].as_str().unwrap().to_owned();
+            let (fh, fd, th, td) = (s("from_hop"), s("from_dev"), s("to_hop"), s("to_dev"));
+            let at_device = generic_at_device.contains(&th.as_str()) && !td.is_empty();
+            let wrong = at_device
+                && ((fh == "queue" && !(th == "xmit" && td == fd))
+                    || ((fh == "netif_rx" || fh == "gro") && th != "receive")
+                    || ((fh == "xmit" || fh == "receive") && p["max_ns"].as_u64().unwrap() > 1_000_000));
+            if wrong {
+                out.push(format!(
+                    "{} {fh}@{fd} -> {th}@{td} ({} packets, max {} ns)",
+                    d["direction"], p["packets"], p["max_ns"]
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The pair `from -> to` in `direction`; panics listing what there is.
 pub fn pair<'a>(report: &'a Value, direction: &str, from: &str, to: &str) -> &'a Value {
     let all = pairs(report, direction);

@@ -51,6 +51,8 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
     for c in r["coverage"].as_array().unwrap() {
         assert!(!c["backend"].is_null() || !c["notes"].as_array().unwrap().is_empty(), "{c}");
     }
+    let wrong = netprobe_tests::impossible_pairs(&r);
+    assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
     // Guest -> wire: 20 echo requests + 50 datagrams (plus ARP) leave by the macvtap.
     for (from, to) in [
         (format!("queue@{m}"), format!("xmit@{m}")),

@@ -102,6 +102,16 @@ fn sockperf_ping_pong_cpu_per_transaction() {
         "3",
     ]);
     let r = rec.finish();
+    let wrong = netprobe_tests::impossible_pairs(&r);
+    assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}\ntracking: {}", r["tracking"]);
+    eprintln!(
+        "restarted journeys: reused {}, impossible step {}, late {}, stale {}, evicted {}",
+        r["tracking"]["track_reused"],
+        r["tracking"]["track_impossible"],
+        r["tracking"]["track_late"],
+        r["tracking"]["track_stale"],
+        r["tracking"]["track_evicted"]
+    );
 
     let w = &r["workload"];
     assert_eq!(w["exit_status"], 0, "sockperf failed: {w}");

@@ -282,11 +282,9 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         .values()
         .map(|d| DeviceReport { name: d.name.clone(), kind: d.kind.clone(), ifindex: d.ifindex, netns: d.netns })
         .collect();
-    let mut tracking: BTreeMap<String, u64> =
-        counter::NAMES.iter().map(|n| ((*n).to_owned(), rec.counters.get(*n).copied().unwrap_or(0))).collect();
-    for (k, v) in &rec.counters {
-        tracking.entry(k.clone()).or_insert(*v);
-    }
+    // The counters the recording has: one made before a counter existed
+    // does not show it as a measured zero.
+    let tracking = rec.counters.clone();
     let mut threads: Vec<&CpuRec> = rec.cpu_threads.iter().collect();
     threads.sort_by_key(|c| (c.tgid, c.tid));
     let packets = tracking.get(counter::NAMES[counter::TRACK_STARTED as usize]).copied().unwrap_or(0);

@@ -14,7 +14,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use netprobe_common::{hop_flags, names, Backend, Config, SlotConfig, CPU_TRACEPOINTS, MAX_SLOTS, SLOT_ARG};
+use netprobe_common::{hop, hop_flags, names, Backend, Config, SlotConfig, CPU_TRACEPOINTS, MAX_SLOTS, SLOT_ARG};
 use serde::Serialize;
 
 use super::{
@@ -227,6 +227,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     let btf_rs = kernel::load_btf(opts.btf_file.as_deref())?;
     let mut config = Config::zeroed();
     config.max_gap_ns = opts.max_gap_ns;
+    config.direct_gap_ns = super::catalog::DIRECT_GAP_NS;
     config.filter_enabled = opts.filter_enabled as u32;
     config.trace = opts.trace as u32;
     // Bench switches (`cargo xtask bench`): the same programs on the same
@@ -274,6 +275,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         // Every hop is configured, attached or not, so one whose module
         // loads later can still be attached by a rescan.
         config.hop_flags[h.id as usize] = h.flags | hop_flags::ENABLED;
+        // A succession rule holds only where its expected hop is followed.
+        for (rule, next) in
+            [(hop_flags::NEXT_XMIT, hop::NET_DEV_START_XMIT), (hop_flags::NEXT_RECEIVE, hop::NETIF_RECEIVE_SKB)]
+        {
+            if !opts.hops.contains(next) {
+                config.hop_flags[h.id as usize] &= !rule;
+            }
+        }
         match h.site {
             Site::Tracepoint(t) => {
                 if let Ok(fs) = &tracefs {
