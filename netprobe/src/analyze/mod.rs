@@ -475,7 +475,7 @@ fn cpu(rec: &Recording, threads: &[&CpuRec], packets: u64, workload: Option<&Wor
     let mut threads: Vec<CpuThread> = threads
         .iter()
         .map(|c| {
-            let r = Role::of_thread(c.tgid, &c.comm, workload).as_str();
+            let r = Role::of_thread(c.tgid, c.tid, &c.comm, workload, &rec.meta.guests).as_str();
             *by_role.entry(r.to_owned()).or_default() += c.ns;
             CpuThread { tgid: c.tgid, tid: c.tid, comm: c.comm.clone(), role: r.to_owned(), ns: c.ns }
         })

@@ -85,11 +85,17 @@ impl Role {
         }
     }
 
-    /// The role of a thread of process `tgid`: the workload's processes
-    /// first, then by name.
-    pub fn of_thread(tgid: u32, comm: &str, workload: Option<&Workload>) -> Role {
+    /// The role of thread `tid` of process `tgid`: the workload's
+    /// processes first, then the guests' vCPU and vhost threads as found
+    /// in /proc (QEMU started without `debug-threads=on` names every
+    /// thread after its program), then by name.
+    pub fn of_thread(tgid: u32, tid: u32, comm: &str, workload: Option<&Workload>, guests: &[Guest]) -> Role {
         if workload.is_some_and(|w| w.tgids.contains(&tgid)) {
             Role::Workload
+        } else if guests.iter().any(|g| g.pid == tgid && g.vcpu_tids.contains(&tid)) {
+            Role::Vcpu
+        } else if guests.iter().any(|g| g.vhost_tids.contains(&tid)) {
+            Role::Vhost
         } else {
             Role::of(comm)
         }
@@ -194,5 +200,16 @@ mod tests {
         assert_eq!(Role::of("handler12"), Role::Ovs);
         assert_eq!(Role::of("guest-relay-tx"), Role::Guest);
         assert_eq!(Role::of("iperf3"), Role::Other);
+    }
+
+    #[test]
+    fn a_guests_threads_have_their_role_whatever_their_name() {
+        let g = Guest { name: "web1".into(), pid: 40, vcpu_tids: vec![42], vhost_tids: vec![77], ..Guest::default() };
+        let guests = [g];
+        assert_eq!(Role::of_thread(40, 42, "qemu-system-x86", None, &guests), Role::Vcpu);
+        assert_eq!(Role::of_thread(40, 40, "qemu-system-x86", None, &guests), Role::Other);
+        assert_eq!(Role::of_thread(77, 77, "vhost-40", None, &guests), Role::Vhost);
+        // A thread id of a guest that went away, reused by another process.
+        assert_eq!(Role::of_thread(90, 42, "bash", None, &guests), Role::Other);
     }
 }

@@ -373,7 +373,7 @@ impl Recorder {
             let delta = c.ns.saturating_sub(self.last_cpu.get(&id).copied().unwrap_or(0));
             if delta > 0 {
                 let t = CpuRec::from((id, c));
-                let role = Role::of_thread(t.tgid, &t.comm, self.workload.as_ref()).as_str();
+                let role = Role::of_thread(t.tgid, t.tid, &t.comm, self.workload.as_ref(), &self.guests).as_str();
                 *cpu_ns_by_role.entry(role.to_owned()).or_default() += delta;
             }
         }
