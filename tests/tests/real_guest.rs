@@ -95,7 +95,14 @@ fn a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads() {
     g.run(&format!("/usr/bin/ping -c 1 -W 5 {PEER_ADDR}"), T).unwrap();
 
     let (m, u) = (link.macvtap.clone(), link.uplink.clone());
-    let rec = RunningRecord::start(&["--iface", &m, "--iface", &u]);
+    // NETPROBE_GUEST_RECORDING=FILE keeps the recording (the source of
+    // netprobe/test_data/recordings/guest.rec, see make_fixtures.py).
+    let keep = std::env::var("NETPROBE_GUEST_RECORDING").ok();
+    let mut args = vec!["--iface", &m, "--iface", &u];
+    if let Some(path) = &keep {
+        args.extend(["-o", path]);
+    }
+    let rec = RunningRecord::start(&args);
     let (tx0, rx0) = counters(&mut g);
     let ping = g.run(&format!("/usr/bin/ping -q -c 300 -i 0.01 {PEER_ADDR}"), T).unwrap();
     let stream = g.run(&format!("/usr/bin/iperf3 -c {PEER_ADDR} -t 2 -i 0"), T).unwrap();
@@ -139,6 +146,7 @@ fn a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads() {
     assert_eq!(found["name"], name.as_str());
     assert!(found["devices"].as_array().unwrap().iter().any(|d| d == m.as_str()), "{found}");
     assert!(found["vcpu_ns"].as_u64().unwrap() > 0, "no vCPU time without debug-threads: {found}");
+    assert!(found["packets"].as_u64().unwrap() >= sent + received, "{found}");
     assert!(!found["vcpu_tids"].as_array().unwrap().iter().any(|t| *t == qemu_pid), "main loop is no vCPU: {found}");
     let by_role = &r["cpu"]["by_role_ns"];
     assert!(by_role["vcpu"].as_u64().unwrap_or(0) > 0, "no vcpu role in {by_role}");

@@ -5,6 +5,8 @@
 
 pub mod report;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A hop pair as reports name it: direction, `hop@device` of both ends.
@@ -155,6 +157,52 @@ pub struct Guest {
     pub gone_after_s: Option<f64>,
 }
 
+/// The guest behind each device, for naming it in every output:
+/// `macvtap0 [web1]`. The one place the table, the HTML page, `top` and
+/// `/metrics` take guest names from, so they name devices alike.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GuestNames(BTreeMap<String, String>);
+
+impl GuestNames {
+    /// From the guests found (a device held by two guests keeps the first).
+    pub fn of<'a>(guests: impl IntoIterator<Item = &'a Guest>) -> GuestNames {
+        let mut m = BTreeMap::new();
+        for g in guests {
+            for d in &g.devices {
+                m.entry(d.clone()).or_insert_with(|| g.name.clone());
+            }
+        }
+        GuestNames(m)
+    }
+
+    /// The guest holding device `dev`.
+    pub fn guest(&self, dev: &str) -> Option<&str> {
+        self.0.get(dev).map(String::as_str)
+    }
+
+    /// `dev [guest]`, or `dev` alone when no guest holds it.
+    pub fn dev(&self, dev: &str) -> String {
+        match self.guest(dev) {
+            Some(g) => format!("{dev} [{g}]"),
+            None => dev.to_owned(),
+        }
+    }
+
+    /// A `hop@device` label ([`at`]) with the device's guest:
+    /// `queue@macvtap0 [web1]`.
+    pub fn at(&self, label: &str) -> String {
+        match label.split_once('@') {
+            Some((hop, dev)) if self.guest(dev).is_some() => format!("{hop}@{}", self.dev(dev)),
+            _ => label.to_owned(),
+        }
+    }
+
+    /// The guest behind a hop pair: its first device's, else its second's.
+    pub fn of_pair(&self, from_dev: &str, to_dev: &str) -> Option<&str> {
+        self.guest(from_dev).or_else(|| self.guest(to_dev))
+    }
+}
+
 /// A workload netprobe started and recorded exactly while it ran.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
@@ -200,6 +248,19 @@ mod tests {
         assert_eq!(Role::of("handler12"), Role::Ovs);
         assert_eq!(Role::of("guest-relay-tx"), Role::Guest);
         assert_eq!(Role::of("iperf3"), Role::Other);
+    }
+
+    #[test]
+    fn devices_are_named_with_their_guest() {
+        let g = Guest { name: "web1".into(), pid: 40, devices: vec!["macvtap0".into()], ..Guest::default() };
+        let names = GuestNames::of([&g]);
+        assert_eq!(names.dev("macvtap0"), "macvtap0 [web1]");
+        assert_eq!(names.dev("eth0"), "eth0");
+        assert_eq!(names.at("copy_out@macvtap0"), "copy_out@macvtap0 [web1]");
+        assert_eq!(names.at("queue@eth0"), "queue@eth0");
+        assert_eq!(names.at("consumed"), "consumed");
+        assert_eq!(names.of_pair("eth0", "macvtap0"), Some("web1"));
+        assert_eq!(names.of_pair("eth0", ""), None);
     }
 
     #[test]
