@@ -16,7 +16,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{ChildStdin, Command, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
@@ -24,7 +24,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    netns::{ip, sh},
+    netns::{self, ip, sh, KillOnDrop},
     topology::{GUEST_ADDR, PEER_ADDR},
 };
 
@@ -120,14 +120,7 @@ impl GuestLink {
     /// Starts a command in the peer namespace (a server); it is killed
     /// when the returned guard drops.
     pub fn spawn_in_peer(&self, args: &[&str]) -> Result<KillOnDrop> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.peer_ns])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {args:?} in {}", self.peer_ns))?;
-        Ok(KillOnDrop(child))
+        netns::spawn_in(&self.peer_ns, args)
     }
 }
 
@@ -135,16 +128,6 @@ impl Drop for GuestLink {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.uplink]);
         let _ = ip(&["netns", "del", &self.peer_ns]);
-    }
-}
-
-/// A child process killed (and reaped) on drop.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
