@@ -197,6 +197,25 @@ impl GuestNames {
         }
     }
 
+    /// Both ends of a hop pair (`hop@device` labels), named: a guest both
+    /// ends' devices belong to is named once, after the second
+    /// (`queue@macvtap0 -> xmit@macvtap0 [web1]`), else each end is.
+    pub fn pair_ends(&self, from: &str, to: &str) -> (String, String) {
+        let dev = |l: &str| l.split_once('@').map(|(_, d)| d.to_owned());
+        let g = |l: &str| dev(l).and_then(|d| self.guest(&d).map(str::to_owned));
+        match (g(from), g(to)) {
+            (Some(a), Some(b)) if a == b => (from.to_owned(), format!("{to} [{b}]")),
+            _ => (self.at(from), self.at(to)),
+        }
+    }
+
+    /// A hop pair as printers show it: `from -> to`, named as
+    /// [`GuestNames::pair_ends`] does.
+    pub fn pair(&self, from: &str, to: &str) -> String {
+        let (a, b) = self.pair_ends(from, to);
+        format!("{a} -> {b}")
+    }
+
     /// The guest behind a hop pair: its first device's, else its second's.
     pub fn of_pair(&self, from_dev: &str, to_dev: &str) -> Option<&str> {
         self.guest(from_dev).or_else(|| self.guest(to_dev))
@@ -260,6 +279,9 @@ mod tests {
         assert_eq!(names.at("queue@eth0"), "queue@eth0");
         assert_eq!(names.at("consumed"), "consumed");
         assert_eq!(names.of_pair("eth0", "macvtap0"), Some("web1"));
+        assert_eq!(names.pair("queue@macvtap0", "xmit@macvtap0"), "queue@macvtap0 -> xmit@macvtap0 [web1]");
+        assert_eq!(names.pair("xmit@macvtap0", "queue@eth0"), "xmit@macvtap0 [web1] -> queue@eth0");
+        assert_eq!(names.pair("copy_out@macvtap0", "consumed"), "copy_out@macvtap0 [web1] -> consumed");
         assert_eq!(names.of_pair("eth0", ""), None);
     }
 

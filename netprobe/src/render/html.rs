@@ -93,7 +93,7 @@ fn direction(
     hists: &std::collections::BTreeMap<PairName, netprobe_common::hist::Hist>,
     names: &GuestNames,
 ) {
-    let label = |from: &str, to: &str| format!("{} -> {}", names.at(from), names.at(to));
+    let label = |from: &str, to: &str| names.pair(from, to);
     let _ =
         writeln!(h, "<section class=\"direction\" id=\"{}\"><h2>{}</h2>", d.direction.slug(), esc(d.direction.title()));
     if d.pairs.is_empty() {
@@ -116,9 +116,8 @@ fn direction(
     for p in &d.pairs {
         let _ = writeln!(
             h,
-            "<tr class=\"hop-row\"><td>{} -&gt; {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&names.at(&p.from_label())),
-            esc(&names.at(&p.to_label())),
+            "<tr class=\"hop-row\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&label(&p.from_label(), &p.to_label())),
             p.packets,
             fmt_ns(p.min_ns),
             fmt_ns(p.p50_ns),

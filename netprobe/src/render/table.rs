@@ -48,8 +48,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             continue;
         }
         writeln!(out, "\n{}", d.direction.title())?;
-        let labels: Vec<String> =
-            d.pairs.iter().map(|p| format!("{} -> {}", names.at(&p.from_label()), names.at(&p.to_label()))).collect();
+        let labels: Vec<String> = d.pairs.iter().map(|p| names.pair(&p.from_label(), &p.to_label())).collect();
         let w = labels.iter().map(String::len).max().unwrap_or(0).max(8);
         writeln!(
             out,
@@ -108,13 +107,12 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
                 };
                 writeln!(
                     out,
-                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}{}",
+                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {}{}",
                     iv.t_s,
                     p.packets,
                     fmt_ns(p.p50_ns),
                     fmt_ns(p.p99_ns),
-                    names.at(&p.from),
-                    names.at(&p.to),
+                    names.pair(&p.from, &p.to),
                     cpu
                 )?;
             }

@@ -62,14 +62,17 @@ impl View {
         let mut rows: Vec<HopRow> = iv
             .pairs
             .iter()
-            .map(|p| HopRow {
-                direction: p.direction,
-                from: names.at(&p.from),
-                to: names.at(&p.to),
-                packets_per_s: p.packets as f64 / dt,
-                p50_ns: p.p50_ns,
-                p99_ns: p.p99_ns,
-                cost_ns_per_s: p.total_ns as f64 / dt,
+            .map(|p| {
+                let (from, to) = names.pair_ends(&p.from, &p.to);
+                HopRow {
+                    direction: p.direction,
+                    from,
+                    to,
+                    packets_per_s: p.packets as f64 / dt,
+                    p50_ns: p.p50_ns,
+                    p99_ns: p.p99_ns,
+                    cost_ns_per_s: p.total_ns as f64 / dt,
+                }
             })
             .collect();
         rows.sort_by(|a, b| {
@@ -224,7 +227,7 @@ mod tests {
         let screen = lines.join("\n");
         assert!(lines[3].contains("to-guest") && lines[3].contains("receive@u0 -> copy_out@m0 [web1]"), "{screen}");
         assert!(lines[3].contains("2.00ms"), "{screen}");
-        assert!(lines[4].contains("queue@m0 [web1] -> xmit@m0 [web1]") && lines[4].contains("2000"), "{screen}");
+        assert!(lines[4].contains("queue@m0 -> xmit@m0 [web1]") && lines[4].contains("2000"), "{screen}");
         assert!(screen.contains("vcpu 40.0%"), "{screen}");
     }
 }
