@@ -4,8 +4,9 @@
 //! mode attached the way libvirt does it (`-netdev tap,fd=3,vhost=off`,
 //! fd 3 being `/dev/tap<ifindex>` opened for QEMU), the macvtap on a veth
 //! whose peer sits in a network namespace made here. The guest runs the
-//! commands it is sent on its serial console, so the caller decides its
-//! traffic. Everything is removed on drop, also when a test fails.
+//! commands it is sent on its serial console; [`traffic`] is the workload
+//! the test and `netprobe demo --guest` run. Everything is removed on drop,
+//! also when a test fails.
 //!
 //! ```text
 //!  QEMU guest (eth0)        host ns                                 peer ns
@@ -131,6 +132,65 @@ impl Drop for GuestLink {
     }
 }
 
+/// How long one guest command may take (TCG on a busy 2-CPU host).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the guest counted of its own traffic ([`traffic`]).
+#[derive(Clone, Debug, Default)]
+pub struct GuestTraffic {
+    /// Frames its eth0 sent and received over the whole workload.
+    pub sent: u64,
+    pub received: u64,
+    /// Echo requests sent and replies received.
+    pub ping: (u64, u64),
+    /// UDP request-response messages sent and received (sockperf).
+    pub udp_rr: (u64, u64),
+    /// iperf3's TCP stream summary (the sender's line).
+    pub tcp_stream: String,
+}
+
+/// The guest's workload, run from inside it against servers in the peer
+/// namespace: 300 pings at 100/s, a 2 s TCP stream (iperf3) and 2 s of
+/// UDP request-response at 200 messages/s (sockperf), between two reads
+/// of its eth0 counters.
+pub fn traffic(g: &mut QemuGuest, link: &GuestLink) -> Result<GuestTraffic> {
+    let _iperf = link.spawn_in_peer(&["iperf3", "-s", "-B", PEER_ADDR]).context("iperf3 (Debian's iperf3)")?;
+    let _sockperf = link
+        .spawn_in_peer(&["sockperf", "server", "-i", PEER_ADDR, "-p", "11111"])
+        .context("sockperf (Debian's sockperf)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (tx0, rx0) = g.counters()?;
+    let ping = g.run(&format!("/usr/bin/ping -q -c 300 -i 0.01 {PEER_ADDR}"), COMMAND_TIMEOUT)?;
+    let stream = g.run(&format!("/usr/bin/iperf3 -c {PEER_ADDR} -t 2 -i 0"), COMMAND_TIMEOUT)?;
+    let rr = g.run(&format!("/usr/bin/sockperf ping-pong -i {PEER_ADDR} -p 11111 -t 2 --mps 200"), COMMAND_TIMEOUT)?;
+    let (tx1, rx1) = g.counters()?;
+    Ok(GuestTraffic {
+        sent: tx1.saturating_sub(tx0),
+        received: rx1.saturating_sub(rx0),
+        ping: (count_after(&ping, "packets transmitted")?, count_after(&ping, "received")?),
+        udp_rr: (count_after(&rr, "SentMessages")?, count_after(&rr, "ReceivedMessages")?),
+        tcp_stream: stream
+            .lines()
+            .find(|l| l.contains("sender"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
+/// `key=N` (sockperf) or `N key` (ping) in `text`.
+fn count_after(text: &str, key: &str) -> Result<u64> {
+    text.split([';', ',', '\n'])
+        .find_map(|part| {
+            let part = part.trim();
+            part.strip_prefix(&format!("{key}="))
+                .or_else(|| part.strip_suffix(&format!(" {key}")))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .with_context(|| format!("no {key} count in {text}"))
+}
+
 /// A booted QEMU guest that runs the commands sent to its console.
 pub struct QemuGuest {
     qemu: KillOnDrop,
@@ -148,7 +208,14 @@ impl QemuGuest {
     /// Boots `image` under TCG as guest `name` (`-name NAME`, without
     /// debug-threads, so every QEMU thread is named after the program),
     /// its NIC on `link`'s macvtap, and gives its eth0 [`GUEST_ADDR`].
-    pub fn boot(image: &GuestImage, name: &str, link: &GuestLink, vcpus: u32) -> Result<QemuGuest> {
+    /// Gives up (QEMU ended) as soon as `cancel` says so.
+    pub fn boot(
+        image: &GuestImage,
+        name: &str,
+        link: &GuestLink,
+        vcpus: u32,
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<QemuGuest> {
         let qemu = format!(
             "exec qemu-system-x86_64 -name {name} -accel tcg -cpu max -m 384 -smp {vcpus} \
              -nodefaults -display none -monitor none -serial stdio -no-reboot \
@@ -181,9 +248,21 @@ impl QemuGuest {
         });
         let mut g =
             QemuGuest { qemu: KillOnDrop(child), stdin, console, log: Vec::new(), commands: 0, boot_s: f64::NAN };
-        g.wait_for(|l| l.contains(GUEST_READY), Duration::from_secs(120)).context("the guest did not boot")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if cancel() {
+                bail!("booting the guest was cancelled");
+            }
+            match g.wait_for(|l| l.contains(GUEST_READY), Duration::from_millis(200)) {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline && g.qemu.0.try_wait()?.is_none() => {}
+                Err(e) => return Err(e.context("the guest did not boot")),
+            }
+        }
         g.boot_s = started.elapsed().as_secs_f64();
-        g.run(&format!("ip link set eth0 up && ip addr add {GUEST_ADDR}/24 dev eth0"), Duration::from_secs(20))?;
+        // Up, and the peer's address learnt, before any measured traffic.
+        g.run(&format!("ip link set eth0 up && ip addr add {GUEST_ADDR}/24 dev eth0"), COMMAND_TIMEOUT)?;
+        g.run(&format!("/usr/bin/ping -c 1 -W 5 {PEER_ADDR}"), COMMAND_TIMEOUT)?;
         Ok(g)
     }
 
@@ -239,6 +318,18 @@ impl QemuGuest {
             bail!("guest command {cmd:?} exited {status}: {out}");
         }
         Ok(out)
+    }
+
+    /// The guest's eth0 packet counters (sent, received).
+    pub fn counters(&mut self) -> Result<(u64, u64)> {
+        let out = self.run(
+            "cat /sys/class/net/eth0/statistics/tx_packets /sys/class/net/eth0/statistics/rx_packets",
+            COMMAND_TIMEOUT,
+        )?;
+        match out.split_whitespace().filter_map(|w| w.parse().ok()).collect::<Vec<u64>>()[..] {
+            [tx, rx] => Ok((tx, rx)),
+            _ => bail!("eth0 counters: {out:?}"),
+        }
     }
 
     /// Shuts the guest down (QEMU exits), waiting up to 10 s.

@@ -12,10 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netprobe_testbed::{
-    guest::{GuestImage, GuestLink, QemuGuest},
-    topology::PEER_ADDR,
-};
+use netprobe_testbed::guest::{traffic, GuestImage, GuestLink, QemuGuest};
 use netprobe_tests::{pair, require_root, require_tool, RunningRecord};
 use serde_json::Value;
 
@@ -25,27 +22,6 @@ fn guest_image() -> Option<GuestImage> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest-image"));
     GuestImage::in_dir(&dir)
-}
-
-/// The guest's eth0 packet counters (tx, rx).
-fn counters(g: &mut QemuGuest) -> (u64, u64) {
-    let out =
-        g.run("cat /sys/class/net/eth0/statistics/tx_packets /sys/class/net/eth0/statistics/rx_packets", T).unwrap();
-    let n: Vec<u64> = out.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    assert_eq!(n.len(), 2, "eth0 counters: {out:?}");
-    (n[0], n[1])
-}
-
-/// `key=N` (sockperf) or `N key` (ping) in `text`.
-fn count_after(text: &str, key: &str) -> u64 {
-    text.split([';', ',', '\n'])
-        .find_map(|part| {
-            let part = part.trim();
-            part.strip_prefix(&format!("{key}="))
-                .or_else(|| part.strip_suffix(&format!(" {key}")))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no {key} count in {text}"))
 }
 
 /// Each thread of `pid`: id, name, the system call it waits in, user and
@@ -69,8 +45,6 @@ fn threads_of(pid: u32) -> String {
     out
 }
 
-const T: Duration = Duration::from_secs(60);
-
 #[test]
 fn a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads() {
     if !require_root("a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads") {
@@ -80,6 +54,7 @@ fn a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads() {
     if !require_tool(image.is_some(), "the guest image (cargo xtask guest-image, NETPROBE_GUEST_IMAGE)")
         || !require_tool(std::path::Path::new("/usr/bin/qemu-system-x86_64").exists(), "qemu-system-x86")
         || !require_tool(std::path::Path::new("/usr/bin/sockperf").exists(), "sockperf")
+        || !require_tool(std::path::Path::new("/usr/bin/iperf3").exists(), "iperf3")
     {
         return;
     }
@@ -87,13 +62,8 @@ fn a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads() {
     let prefix = format!("npg{:04x}", std::process::id() & 0xffff);
     let link = GuestLink::create(&prefix).unwrap();
     let name = format!("{prefix}-vm");
-    let mut g = QemuGuest::boot(&image.unwrap(), &name, &link, 2).unwrap();
+    let mut g = QemuGuest::boot(&image.unwrap(), &name, &link, 2, &|| false).unwrap();
     eprintln!("real guest {name}: booted in {:.1} s (TCG, 2 vCPUs)", g.boot_s);
-    // The peer's servers, and the neighbours learnt before recording.
-    let _iperf = link.spawn_in_peer(&["iperf3", "-s", "-B", PEER_ADDR]).unwrap();
-    let _sockperf = link.spawn_in_peer(&["sockperf", "server", "-i", PEER_ADDR, "-p", "11111"]).unwrap();
-    g.run(&format!("/usr/bin/ping -c 1 -W 5 {PEER_ADDR}"), T).unwrap();
-
     let (m, u) = (link.macvtap.clone(), link.uplink.clone());
     // NETPROBE_GUEST_RECORDING=FILE keeps the recording (the source of
     // netprobe/test_data/recordings/guest.rec, see make_fixtures.py).
@@ -103,26 +73,19 @@ fn a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads() {
         args.extend(["-o", path]);
     }
     let rec = RunningRecord::start(&args);
-    let (tx0, rx0) = counters(&mut g);
-    let ping = g.run(&format!("/usr/bin/ping -q -c 300 -i 0.01 {PEER_ADDR}"), T).unwrap();
-    let stream = g.run(&format!("/usr/bin/iperf3 -c {PEER_ADDR} -t 2 -i 0"), T).unwrap();
-    let rr = g.run(&format!("/usr/bin/sockperf ping-pong -i {PEER_ADDR} -p 11111 -t 2 --mps 200"), T).unwrap();
-    let (tx1, rx1) = counters(&mut g);
+    let t = traffic(&mut g, &link).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let r = rec.interrupt();
     let qemu_pid = g.pid();
     eprintln!("QEMU {qemu_pid}'s threads as the kernel shows them:\n{}", threads_of(qemu_pid));
 
-    let (ping_tx, ping_rx) = (count_after(&ping, "packets transmitted"), count_after(&ping, "received"));
-    let (rr_tx, rr_rx) = (count_after(&rr, "SentMessages"), count_after(&rr, "ReceivedMessages"));
-    let (sent, received) = (tx1 - tx0, rx1 - rx0);
+    let (sent, received) = (t.sent, t.received);
     eprintln!(
-        "guest counts: eth0 sent {sent}, received {received}; ping {ping_tx}/{ping_rx}; sockperf {rr_tx}/{rr_rx}; \
-         iperf3: {}",
-        stream.lines().find(|l| l.contains("sender")).unwrap_or("?").trim()
+        "guest counts: eth0 sent {sent}, received {received}; ping {}/{}; sockperf {}/{}; iperf3: {}",
+        t.ping.0, t.ping.1, t.udp_rr.0, t.udp_rr.1, t.tcp_stream
     );
-    assert_eq!(ping_rx, ping_tx, "the guest's pings were not all answered:\n{ping}");
-    assert!(rr_rx > 0 && sent > ping_tx + rr_tx, "too little traffic: {rr}");
+    assert_eq!(t.ping.1, t.ping.0, "the guest's pings were not all answered");
+    assert!(t.udp_rr.1 > 0 && sent > t.ping.0 + t.udp_rr.0, "too little traffic: {t:?}");
 
     // Every frame the guest sent leaves through the macvtap and the
     // uplink; every frame it received waited in the macvtap's queue until

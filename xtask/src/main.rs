@@ -35,6 +35,10 @@ enum Cmd {
     /// Set up the demo MacVTap topology, record real traffic through it,
     /// print the per-hop breakdown and tear everything down.
     Demo {
+        /// A real QEMU guest instead of the guest stand-in (builds the
+        /// guest image first).
+        #[arg(long)]
+        guest: bool,
         /// Extra arguments for `netprobe demo`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -77,10 +81,15 @@ fn main() -> Result<()> {
             let bin = build::build_all(&build)?;
             run(Command::new(bin).args(args))?;
         }
-        Cmd::Demo { args } => {
+        Cmd::Demo { guest, args } => {
             tools::ensure_debs(tools::DEMO_DEBS)?;
+            let mut demo = vec!["demo".into()];
+            if guest {
+                tools::ensure_debs(&["qemu-system-x86", "sockperf"])?;
+                demo.extend(["--guest".into(), lab::guest_image()?.into_os_string()]);
+            }
             let bin = build::build_all(&build::BuildOpts::default())?;
-            run(Command::new(bin).arg("demo").args(args))?;
+            run(Command::new(bin).args(demo).args(args))?;
         }
         Cmd::Lab(opts) => lab::lab(&opts)?,
         Cmd::GuestImage => println!("{}", lab::guest_image()?.display()),
