@@ -111,15 +111,10 @@ fn macvtap_hops_in_both_directions_and_a_blackhole_drop() {
         cpu["softirq_ns"].as_u64().unwrap(),
         cpu["softirq_net_rx_ns"].as_u64().unwrap() + cpu["softirq_net_tx_ns"].as_u64().unwrap()
     );
-    let me = std::process::id() as u64;
-    let standin: u64 = cpu["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["tgid"].as_u64() == Some(me))
-        .map(|t| t["ns"].as_u64().unwrap())
-        .sum();
-    assert!(standin > 0, "no CPU attributed to the guest stand-in (pid {me}): {cpu}");
+    // By role, not from the thread list, which keeps only the 20 busiest
+    // threads (a busy machine's builds can push the relay out of it).
+    let standin = cpu["by_role_ns"]["guest"].as_u64().unwrap_or(0);
+    assert!(standin > 0, "no CPU attributed to the guest stand-in (its threads are named guest-relay-*): {cpu}");
     assert_eq!(r["tracking"]["pair_lost"], 0);
     assert_eq!(r["tracking"]["track_evicted"], 0);
 
