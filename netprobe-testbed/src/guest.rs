@@ -86,6 +86,10 @@ impl GuestLink {
         let pn = self.peer_ns.as_str();
         ip(&["netns", "add", pn])?;
         ip(&["-n", pn, "link", "set", "lo", "up"])?;
+        // No IPv6 on the peer's side: its own multicast (router
+        // solicitations, MLD) would reach the guest as clones through the
+        // macvtap's broadcast path, beside the traffic being counted.
+        sh("ip", &["netns", "exec", pn, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
         ip(&["link", "add", &self.uplink, "type", "veth", "peer", "name", &self.peer_dev, "netns", pn])?;
         ip(&["-n", pn, "addr", "add", &format!("{PEER_ADDR}/24"), "dev", &self.peer_dev])?;
         ip(&["-n", pn, "link", "set", &self.peer_dev, "up"])?;
