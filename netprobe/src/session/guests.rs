@@ -142,9 +142,14 @@ impl ThreadFacts {
     }
 }
 
-/// The number of vCPUs from QEMU's `-smp` (`4`, `cpus=4,maxcpus=8`, or
-/// `sockets=2,cores=2,threads=1`); 1 without it, as QEMU defaults.
-pub fn vcpus_from_args(args: &[String]) -> u32 {
+/// How many threads run QEMU's vCPUs, from its arguments: the vCPUs of
+/// `-smp` (`4`, `cpus=4,maxcpus=8`, or `sockets=2,cores=2,threads=1`; 1
+/// without it, as QEMU defaults), or 1 with single-threaded TCG
+/// (`-accel tcg,thread=single`), where one thread runs them all.
+pub fn vcpu_threads_from_args(args: &[String]) -> u32 {
+    if args.iter().any(|a| a.split(',').any(|p| p == "thread=single")) {
+        return 1;
+    }
     let Some(v) = args.iter().position(|a| a == "-smp" || a == "--smp").and_then(|i| args.get(i + 1)) else {
         return 1;
     };
@@ -163,7 +168,7 @@ pub fn vcpus_from_args(args: &[String]) -> u32 {
 
 /// The vCPU threads of QEMU process `pid`, among `threads`, given the
 /// KVM vCPU file descriptors it holds (`vcpu_fds`: fd, vCPU index) and
-/// the vCPU count its `-smp` asks for.
+/// how many threads run its vCPUs ([`vcpu_threads_from_args`]).
 ///
 /// 1. Named (`debug-threads=on`): `CPU n/KVM` or `CPU n/TCG`.
 /// 2. KVM (the process holds `anon_inode:kvm-vcpu:N` fds, made by the
@@ -182,8 +187,8 @@ pub fn vcpus_from_args(args: &[String]) -> u32 {
 ///    time, once they have any. Measured on QEMU 7.2, Debian's 6.1
 ///    kernel, 2 vCPUs pinging: vCPUs 1214 and 249 ticks, RCU 0, main loop
 ///    17 (not counted). With `-accel tcg,thread=single` one thread runs
-///    every vCPU.
-pub fn vcpu_threads(pid: u32, threads: &[ThreadFacts], vcpu_fds: &[(u32, u32)], vcpus: u32) -> Vec<u32> {
+///    every vCPU: the busiest one.
+pub fn vcpu_threads(pid: u32, threads: &[ThreadFacts], vcpu_fds: &[(u32, u32)], runners: u32) -> Vec<u32> {
     let named: Vec<u32> = threads.iter().filter(|t| Role::of(&t.comm) == Role::Vcpu).map(|t| t.tid).collect();
     if !named.is_empty() {
         return named;
@@ -197,7 +202,7 @@ pub fn vcpu_threads(pid: u32, threads: &[ThreadFacts], vcpu_fds: &[(u32, u32)], 
     }
     let mut busy: Vec<&ThreadFacts> = threads.iter().filter(|t| t.tid != pid && t.utime > 0).collect();
     busy.sort_by_key(|t| std::cmp::Reverse(t.utime));
-    busy.truncate(vcpus as usize);
+    busy.truncate(runners as usize);
     let mut tids: Vec<u32> = busy.iter().map(|t| t.tid).collect();
     tids.sort_unstable();
     tids
@@ -248,7 +253,7 @@ pub fn discover() -> Vec<Guest> {
                 }
             }
         }
-        g.vcpu_tids = vcpu_threads(pid, &threads, &vcpu_fds, vcpus_from_args(&args));
+        g.vcpu_tids = vcpu_threads(pid, &threads, &vcpu_fds, vcpu_threads_from_args(&args));
         out.push(g);
     }
     out
@@ -278,12 +283,13 @@ mod tests {
     }
 
     #[test]
-    fn vcpu_count_from_smp() {
-        assert_eq!(vcpus_from_args(&args("qemu -m 512")), 1);
-        assert_eq!(vcpus_from_args(&args("qemu -smp 4")), 4);
-        assert_eq!(vcpus_from_args(&args("qemu -smp cpus=2,maxcpus=8")), 2);
-        assert_eq!(vcpus_from_args(&args("qemu -smp 3,sockets=3")), 3);
-        assert_eq!(vcpus_from_args(&args("qemu -smp sockets=2,cores=2,threads=2")), 8);
+    fn vcpu_thread_count_from_smp_and_accel() {
+        assert_eq!(vcpu_threads_from_args(&args("qemu -m 512")), 1);
+        assert_eq!(vcpu_threads_from_args(&args("qemu -smp 4")), 4);
+        assert_eq!(vcpu_threads_from_args(&args("qemu -smp cpus=2,maxcpus=8")), 2);
+        assert_eq!(vcpu_threads_from_args(&args("qemu -smp 3,sockets=3")), 3);
+        assert_eq!(vcpu_threads_from_args(&args("qemu -smp sockets=2,cores=2,threads=2")), 8);
+        assert_eq!(vcpu_threads_from_args(&args("qemu -accel tcg,thread=single -smp 4")), 1);
     }
 
     /// What /proc showed for a real TCG guest (QEMU 7.2, 2 vCPUs, no
