@@ -5,5 +5,6 @@
 //! benchmarks (`cargo xtask bench`) and the integration tests use it; the
 //! profiler itself uses only `netns` to resolve `--iface NETNS/NAME`.
 
+pub mod guest;
 pub mod netns;
 pub mod topology;

@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
-    process::Command,
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -73,4 +73,27 @@ pub fn sh(prog: &str, args: &[&str]) -> Result<String> {
         bail!("`{prog} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A child process killed (and reaped) when dropped, also on failure.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a command (a server) in namespace `ns`, its output discarded;
+/// it is killed when the returned guard drops.
+pub fn spawn_in(ns: &str, args: &[&str]) -> Result<KillOnDrop> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {args:?} in network namespace {ns}"))?;
+    Ok(KillOnDrop(child))
 }

@@ -237,6 +237,12 @@ enum Cmd {
         /// bridge), ovs (tap + OVS kernel datapath, HiperSockets-like).
         #[arg(long, value_enum, default_value = "macvtap")]
         topology: Kind,
+        /// A real QEMU guest (TCG) on a macvtap instead of the guest
+        /// stand-in: the image in DIR (`cargo xtask guest-image`, or
+        /// `cargo xtask demo --guest`); needs qemu-system-x86_64, iperf3
+        /// and sockperf.
+        #[arg(long, value_name = "DIR", conflicts_with = "topology")]
+        guest: Option<PathBuf>,
         /// Also write the recording to FILE.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -312,8 +318,12 @@ fn run(cli: Cli) -> Result<()> {
             drop(rec);
             res
         }
-        Cmd::Demo { topology, output, probe } => {
-            let rec = session::demo::run(topology, output.as_deref(), &options(&probe, Vec::new(), false)?)?;
+        Cmd::Demo { topology, guest, output, probe } => {
+            let opts = options(&probe, Vec::new(), false)?;
+            let rec = match guest {
+                Some(dir) => session::demo::run_guest(&dir, output.as_deref(), &opts)?,
+                None => session::demo::run(topology, output.as_deref(), &opts)?,
+            };
             print(&rec, probe.format)
         }
         Cmd::Compare { a, b, format } => {

@@ -8,32 +8,19 @@ use std::{
     time::Duration,
 };
 
-use netprobe_testbed::topology::{self as demo, Topology};
+use netprobe_testbed::{
+    netns::{self, KillOnDrop},
+    topology::{self as demo, Topology},
+};
 use netprobe_tests::{pair, pairs, require_root, RunningRecord};
 use serde_json::Value;
 
 /// A server in the peer namespace, killed when dropped (also on failure).
-struct Server(Child);
-
-impl Server {
-    fn start(t: &Topology, args: &[&str]) -> Server {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &t.peer_ns])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?} (Debian's sockperf/iperf3): {e}"));
-        std::thread::sleep(Duration::from_millis(500));
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn server(t: &Topology, args: &[&str]) -> KillOnDrop {
+    let s = netns::spawn_in(&t.peer_ns, args)
+        .unwrap_or_else(|e| panic!("cannot start {args:?} (Debian's sockperf/iperf3): {e:#}"));
+    std::thread::sleep(Duration::from_millis(500));
+    s
 }
 
 fn role_ns(r: &Value, role: &str) -> u64 {
@@ -80,7 +67,7 @@ fn sockperf_ping_pong_cpu_per_transaction() {
         return;
     }
     let t = Topology::create().unwrap();
-    let _server = Server::start(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11111"]);
+    let _server = server(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11111"]);
     let ifaces = t.ifaces();
     let rec = RunningRecord::start(&[
         "--iface",
@@ -159,7 +146,7 @@ fn iperf3_stream_by_pid_and_the_series_spans_it() {
         return;
     }
     let t = Topology::create().unwrap();
-    let _server = Server::start(&t, &["iperf3", "-s", "-B", demo::PEER_ADDR]);
+    let _server = server(&t, &["iperf3", "-s", "-B", demo::PEER_ADDR]);
     // A benchmark already running: netprobe follows it by PID and stops
     // when it exits. (It waits for a line on stdin to start its 3 s run,
     // so attaching, slow on a loaded machine, takes none of it.)

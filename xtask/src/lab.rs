@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use netprobe_testbed::guest::GUEST_READY;
+
 use crate::{build, run, tools};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,8 +160,8 @@ fn debian_parts(arch: Arch) -> Result<(PathBuf, String)> {
     Ok((tree, release))
 }
 
-/// Module load order: each module after its dependencies (modules.dep).
-fn module_order(tree: &Path, release: &str, arch: Arch) -> Result<Vec<String>> {
+/// Module load order: `names` each after its dependencies (modules.dep).
+fn module_order(tree: &Path, release: &str, names: &[&str]) -> Result<Vec<String>> {
     let dep = std::fs::read_to_string(tree.join("lib/modules").join(release).join("modules.dep"))?;
     let deps: std::collections::HashMap<&str, Vec<&str>> =
         dep.lines().filter_map(|l| l.split_once(':')).map(|(m, d)| (m, d.split_whitespace().collect())).collect();
@@ -179,7 +181,7 @@ fn module_order(tree: &Path, release: &str, arch: Arch) -> Result<Vec<String>> {
     }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for name in modules(arch) {
+    for name in names {
         let file = format!("/{name}.ko");
         let m = deps
             .keys()
@@ -213,8 +215,56 @@ fn copy_with_libs(bin: &Path, root: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> String {
-    // (Same script for both architectures: busybox provides the basics.)
+/// A fresh, empty initramfs root in `work`/root.
+fn new_root(work: &Path) -> Result<PathBuf> {
+    let root = work.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["bin", "proc", "sys", "dev", "run", "tmp", "etc", "usr/bin", "usr/sbin"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    Ok(root)
+}
+
+/// An amd64 userspace from this host: busybox-static and `programs` with
+/// their shared libraries.
+fn stage_host_root(root: &Path, programs: &[&str]) -> Result<()> {
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+    for p in programs {
+        copy_with_libs(Path::new(p), root, Path::new(p))?;
+    }
+    Ok(())
+}
+
+/// Copies the kernel modules `names` and their dependencies from the
+/// unpacked Debian kernel into `root`; returns them in load order.
+fn copy_modules(tree: &Path, release: &str, names: &[&str], root: &Path) -> Result<Vec<String>> {
+    let modules = module_order(tree, release, names)?;
+    for m in &modules {
+        let rel = Path::new("lib/modules").join(release).join(m);
+        std::fs::create_dir_all(root.join(&rel).parent().unwrap())?;
+        std::fs::copy(tree.join(&rel), root.join(&rel))?;
+    }
+    Ok(modules)
+}
+
+/// Writes `init` into `root` and packs the root as `work`/initrd.gz.
+fn pack_initrd(root: &Path, init: &str, work: &Path) -> Result<PathBuf> {
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    let init_path = root.join("init");
+    std::fs::write(&init_path, init)?;
+    run(Command::new("chmod").arg("+x").arg(&init_path))?;
+    let initrd = work.join("initrd.gz");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        root.display(),
+        initrd.display()
+    )))?;
+    Ok(initrd)
+}
+
+/// The start of every VM's init: busybox's applets, the pseudo file
+/// systems, the loopback, and `modules` loaded in order.
+fn init_prologue(release: &str, modules: &[String]) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -232,6 +282,41 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
     for m in modules {
         s += &format!("insmod /lib/modules/{release}/{m} || echo 'lab: insmod {m} failed'\n");
     }
+    s
+}
+
+/// The real guest's programs (with their libraries): addresses, ping, a
+/// TCP stream (iperf3) and UDP request-response (sockperf).
+const GUEST_PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/bin/ping", "/usr/bin/iperf3", "/usr/bin/sockperf"];
+/// virtio-net over PCI, with what it needs (modules.dep decides the order).
+const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
+
+/// `cargo xtask guest-image`: a real guest for the tests, made of Debian's
+/// stock amd64 kernel (the lab's cached download) and an initramfs with
+/// busybox, the virtio-net modules and the traffic tools. Its init brings
+/// the network drivers up, prints [`GUEST_READY`] and then runs each line
+/// it reads on its console (the serial port) as a shell command, so the
+/// test that boots it decides the workload. Returns the folder holding
+/// `vmlinuz` and `initrd.gz`.
+pub(crate) fn guest_image() -> Result<PathBuf> {
+    tools::ensure_debs(&["busybox-static", "cpio", "kmod", "iproute2", "iputils-ping", "iperf3", "sockperf"])?;
+    let (tree, release) = debian_parts(Arch::X86_64)?;
+    let work = build::workspace_root().join("target/guest-image");
+    let root = new_root(&work)?;
+    stage_host_root(&root, GUEST_PROGRAMS)?;
+    let modules = copy_modules(&tree, &release, GUEST_MODULES, &root)?;
+    let init = init_prologue(&release, &modules)
+        + &format!("stty -echo\necho '{GUEST_READY}'\nwhile read -r line; do eval \"$line\"; done\npoweroff -f\n");
+    pack_initrd(&root, &init, &work)?;
+    std::fs::copy(tree.join("boot").join(format!("vmlinuz-{release}")), work.join("vmlinuz"))?;
+    std::fs::write(work.join("release"), &release)?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(work)
+}
+
+fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> String {
+    // (Same script for both architectures: busybox provides the basics.)
+    let mut s = init_prologue(release, modules);
     s += &format!(
         "echo '{BEGIN} probes'\n/usr/bin/netprobe probes --format json --save-facts /tmp/facts 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n"
     );
@@ -284,17 +369,10 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         Arch::S390x => vec!["macvtap".to_owned()],
     };
     let work = build::workspace_root().join("target/lab").join(arch.deb_arch());
-    let root = work.join("root");
-    let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "proc", "sys", "dev", "run", "tmp", "etc", "usr/bin", "usr/sbin"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
+    let root = new_root(&work)?;
     match arch {
         Arch::X86_64 => {
-            std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
-            for p in PROGRAMS {
-                copy_with_libs(Path::new(p), &root, Path::new(p))?;
-            }
+            stage_host_root(&root, PROGRAMS)?;
             copy_with_libs(&bin, &root, Path::new("/usr/bin/netprobe"))?;
             copy_with_libs(&tree.join("usr/bin/ovs-dpctl"), &root, Path::new("/usr/bin/ovs-dpctl"))?;
         }
@@ -311,22 +389,8 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
             std::fs::copy(&bin, root.join("usr/bin/netprobe"))?;
         }
     }
-    let modules = module_order(&tree, &release, arch)?;
-    for m in &modules {
-        let rel = Path::new("lib/modules").join(&release).join(m);
-        std::fs::create_dir_all(root.join(&rel).parent().unwrap())?;
-        std::fs::copy(tree.join(&rel), root.join(&rel))?;
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    let init = root.join("init");
-    std::fs::write(&init, init_script(&release, &modules, &scenarios))?;
-    run(Command::new("chmod").arg("+x").arg(&init))?;
-    let initrd = work.join("initrd.gz");
-    run(Command::new("sh").arg("-c").arg(format!(
-        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-        root.display(),
-        initrd.display()
-    )))?;
+    let modules = copy_modules(&tree, &release, modules(arch), &root)?;
+    let initrd = pack_initrd(&root, &init_script(&release, &modules, &scenarios), &work)?;
 
     let console = work.join("console.log");
     // Software emulation (TCG) always: the same on every machine, KVM or not.

@@ -35,6 +35,10 @@ enum Cmd {
     /// Set up the demo MacVTap topology, record real traffic through it,
     /// print the per-hop breakdown and tear everything down.
     Demo {
+        /// A real QEMU guest instead of the guest stand-in (builds the
+        /// guest image first).
+        #[arg(long)]
+        guest: bool,
         /// Extra arguments for `netprobe demo`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -45,6 +49,9 @@ enum Cmd {
     /// Boot Debian's stock kernel under QEMU and run the demo scenarios
     /// inside (fentry, kprobe and OVS hops live); results in target/lab/.
     Lab(lab::LabOpts),
+    /// Build the real guest the tests boot (Debian's stock amd64 kernel,
+    /// busybox, virtio-net, traffic tools); prints its folder.
+    GuestImage,
     /// Run the whole test suite: formatting, lints, unit and privileged
     /// integration tests.
     Test {
@@ -74,12 +81,18 @@ fn main() -> Result<()> {
             let bin = build::build_all(&build)?;
             run(Command::new(bin).args(args))?;
         }
-        Cmd::Demo { args } => {
+        Cmd::Demo { guest, args } => {
             tools::ensure_debs(tools::DEMO_DEBS)?;
+            let mut demo = vec!["demo".into()];
+            if guest {
+                tools::ensure_debs(&["qemu-system-x86", "sockperf"])?;
+                demo.extend(["--guest".into(), lab::guest_image()?.into_os_string()]);
+            }
             let bin = build::build_all(&build::BuildOpts::default())?;
-            run(Command::new(bin).arg("demo").args(args))?;
+            run(Command::new(bin).args(demo).args(args))?;
         }
         Cmd::Lab(opts) => lab::lab(&opts)?,
+        Cmd::GuestImage => println!("{}", lab::guest_image()?.display()),
         Cmd::Bench(opts) => bench::bench(&opts)?,
         Cmd::Test { no_lint, no_cross, no_lab, args } => test(no_lint, no_cross, no_lab, &args)?,
     }
@@ -100,6 +113,8 @@ fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<
             timeout: 900,
         })?;
     }
+    // The real guest tests/tests/real_guest.rs boots under QEMU.
+    let guest_image = lab::guest_image()?;
     let bin = build::build_all(&build::BuildOpts::default())?;
     if !no_lint {
         run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
@@ -113,7 +128,11 @@ fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<
     // One test at a time: the privileged tests load BPF programs and check
     // with bpftool that none is left behind, which a concurrent test's
     // programs would confuse.
-    cmd.args(["test", "--workspace"]).env("NETPROBE_BIN", &bin).args(["--", "--test-threads=1"]).args(args);
+    cmd.args(["test", "--workspace"])
+        .env("NETPROBE_BIN", &bin)
+        .env("NETPROBE_GUEST_IMAGE", &guest_image)
+        .args(["--", "--test-threads=1"])
+        .args(args);
     run(build::with_bpf_object_env(&mut cmd, &build::BuildOpts::default()))
 }
 

@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the demo needs: iproute2 for the topology, traffic tools.
 pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// Debian packages the test suite needs on top of the demo's: sockperf
-/// (request/response workload), QEMU (a real guest to discover), Prometheus
+/// (request/response workload), QEMU (a real guest to boot and discover), Prometheus
 /// and tmux (the exporter and `top`), chromium (renders the HTML report
 /// headless), HdrHistogram's Java HistogramLogProcessor and a JRE (read
 /// the hlog output).

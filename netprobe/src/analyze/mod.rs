@@ -296,7 +296,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         interrupted: rec.meta.interrupted,
         workload: rec.meta.workload.clone(),
         filter: rec.meta.filter.clone(),
-        guests: guest_reports(rec),
+        guests: guest_reports(rec, &devs)?,
         intervals: intervals(&rec.intervals, &devs),
         cpu: cpu(rec, &threads, packets, rec.meta.workload.as_ref()),
         coverage: rec.coverage.clone(),
@@ -432,14 +432,30 @@ fn journeys(rec: &Recording, devs: &Devices<'_>) -> Vec<Journey> {
         .collect()
 }
 
-/// Each guest with the CPU time of its vCPU and vhost threads.
-fn guest_reports(rec: &Recording) -> Vec<GuestReport> {
-    let ns_of = |tids: &[u32]| -> u64 { rec.cpu_threads.iter().filter(|c| tids.contains(&c.tid)).map(|c| c.ns).sum() };
-    rec.meta
-        .guests
-        .iter()
-        .map(|g| GuestReport { vcpu_ns: ns_of(&g.vcpu_tids), vhost_ns: ns_of(&g.vhost_tids), guest: g.clone() })
-        .collect()
+/// Each guest with the CPU time of its vCPU and vhost threads and the
+/// packets of its devices: those whose tracking started on one of them
+/// (counted on the pair leaving the start hop) and those that came to one
+/// from another device.
+fn guest_reports(rec: &Recording, devs: &Devices<'_>) -> Result<Vec<GuestReport>> {
+    let mut out = Vec::new();
+    for g in &rec.meta.guests {
+        let ns_of = |tids: &[u32], own: bool| -> u64 {
+            rec.cpu_threads.iter().filter(|c| tids.contains(&c.tid) && (!own || c.tgid == g.pid)).map(|c| c.ns).sum()
+        };
+        let its = |key: u64| key != 0 && g.devices.contains(&devs.name(key));
+        let mut packets = 0;
+        for p in &rec.pairs {
+            let started_here = its(p.origin) && (p.from_hop, p.from_dev) == (p.origin_hop, p.origin);
+            let arrived = !its(p.origin) && its(p.to_dev) && !its(p.from_dev);
+            if started_here || arrived {
+                packets += p.hist.to_hist()?.count;
+            }
+        }
+        let (vcpu_ns, vhost_ns) = (ns_of(&g.vcpu_tids, true), ns_of(&g.vhost_tids, false));
+        let per_packet = if packets > 0 { (vcpu_ns + vhost_ns) as f64 / packets as f64 } else { 0.0 };
+        out.push(GuestReport { vcpu_ns, vhost_ns, packets, cpu_ns_per_packet: per_packet, guest: g.clone() });
+    }
+    Ok(out)
 }
 
 /// `ns` per unit, for each entry (empty when there are no units).
@@ -473,7 +489,7 @@ fn cpu(rec: &Recording, threads: &[&CpuRec], packets: u64, workload: Option<&Wor
     let mut threads: Vec<CpuThread> = threads
         .iter()
         .map(|c| {
-            let r = Role::of_thread(c.tgid, &c.comm, workload).as_str();
+            let r = Role::of_thread(c.tgid, c.tid, &c.comm, workload, &rec.meta.guests).as_str();
             *by_role.entry(r.to_owned()).or_default() += c.ns;
             CpuThread { tgid: c.tgid, tid: c.tid, comm: c.comm.clone(), role: r.to_owned(), ns: c.ns }
         })

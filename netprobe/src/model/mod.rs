@@ -5,6 +5,8 @@
 
 pub mod report;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A hop pair as reports name it: direction, `hop@device` of both ends.
@@ -85,11 +87,17 @@ impl Role {
         }
     }
 
-    /// The role of a thread of process `tgid`: the workload's processes
-    /// first, then by name.
-    pub fn of_thread(tgid: u32, comm: &str, workload: Option<&Workload>) -> Role {
+    /// The role of thread `tid` of process `tgid`: the workload's
+    /// processes first, then the guests' vCPU and vhost threads as found
+    /// in /proc (QEMU started without `debug-threads=on` names every
+    /// thread after its program), then by name.
+    pub fn of_thread(tgid: u32, tid: u32, comm: &str, workload: Option<&Workload>, guests: &[Guest]) -> Role {
         if workload.is_some_and(|w| w.tgids.contains(&tgid)) {
             Role::Workload
+        } else if guests.iter().any(|g| g.pid == tgid && g.vcpu_tids.contains(&tid)) {
+            Role::Vcpu
+        } else if guests.iter().any(|g| g.vhost_tids.contains(&tid)) {
+            Role::Vhost
         } else {
             Role::of(comm)
         }
@@ -149,6 +157,71 @@ pub struct Guest {
     pub gone_after_s: Option<f64>,
 }
 
+/// The guest behind each device, for naming it in every output:
+/// `macvtap0 [web1]`. The one place the table, the HTML page, `top` and
+/// `/metrics` take guest names from, so they name devices alike.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GuestNames(BTreeMap<String, String>);
+
+impl GuestNames {
+    /// From the guests found (a device held by two guests keeps the first).
+    pub fn of<'a>(guests: impl IntoIterator<Item = &'a Guest>) -> GuestNames {
+        let mut m = BTreeMap::new();
+        for g in guests {
+            for d in &g.devices {
+                m.entry(d.clone()).or_insert_with(|| g.name.clone());
+            }
+        }
+        GuestNames(m)
+    }
+
+    /// The guest holding device `dev`.
+    pub fn guest(&self, dev: &str) -> Option<&str> {
+        self.0.get(dev).map(String::as_str)
+    }
+
+    /// `dev [guest]`, or `dev` alone when no guest holds it.
+    pub fn dev(&self, dev: &str) -> String {
+        match self.guest(dev) {
+            Some(g) => format!("{dev} [{g}]"),
+            None => dev.to_owned(),
+        }
+    }
+
+    /// A `hop@device` label ([`at`]) with the device's guest:
+    /// `queue@macvtap0 [web1]`.
+    pub fn at(&self, label: &str) -> String {
+        match label.split_once('@') {
+            Some((hop, dev)) if self.guest(dev).is_some() => format!("{hop}@{}", self.dev(dev)),
+            _ => label.to_owned(),
+        }
+    }
+
+    /// Both ends of a hop pair (`hop@device` labels), named: a guest both
+    /// ends' devices belong to is named once, after the second
+    /// (`queue@macvtap0 -> xmit@macvtap0 [web1]`), else each end is.
+    pub fn pair_ends(&self, from: &str, to: &str) -> (String, String) {
+        let dev = |l: &str| l.split_once('@').map(|(_, d)| d.to_owned());
+        let g = |l: &str| dev(l).and_then(|d| self.guest(&d).map(str::to_owned));
+        match (g(from), g(to)) {
+            (Some(a), Some(b)) if a == b => (from.to_owned(), format!("{to} [{b}]")),
+            _ => (self.at(from), self.at(to)),
+        }
+    }
+
+    /// A hop pair as printers show it: `from -> to`, named as
+    /// [`GuestNames::pair_ends`] does.
+    pub fn pair(&self, from: &str, to: &str) -> String {
+        let (a, b) = self.pair_ends(from, to);
+        format!("{a} -> {b}")
+    }
+
+    /// The guest behind a hop pair: its first device's, else its second's.
+    pub fn of_pair(&self, from_dev: &str, to_dev: &str) -> Option<&str> {
+        self.guest(from_dev).or_else(|| self.guest(to_dev))
+    }
+}
+
 /// A workload netprobe started and recorded exactly while it ran.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
@@ -194,5 +267,32 @@ mod tests {
         assert_eq!(Role::of("handler12"), Role::Ovs);
         assert_eq!(Role::of("guest-relay-tx"), Role::Guest);
         assert_eq!(Role::of("iperf3"), Role::Other);
+    }
+
+    #[test]
+    fn devices_are_named_with_their_guest() {
+        let g = Guest { name: "web1".into(), pid: 40, devices: vec!["macvtap0".into()], ..Guest::default() };
+        let names = GuestNames::of([&g]);
+        assert_eq!(names.dev("macvtap0"), "macvtap0 [web1]");
+        assert_eq!(names.dev("eth0"), "eth0");
+        assert_eq!(names.at("copy_out@macvtap0"), "copy_out@macvtap0 [web1]");
+        assert_eq!(names.at("queue@eth0"), "queue@eth0");
+        assert_eq!(names.at("consumed"), "consumed");
+        assert_eq!(names.of_pair("eth0", "macvtap0"), Some("web1"));
+        assert_eq!(names.pair("queue@macvtap0", "xmit@macvtap0"), "queue@macvtap0 -> xmit@macvtap0 [web1]");
+        assert_eq!(names.pair("xmit@macvtap0", "queue@eth0"), "xmit@macvtap0 [web1] -> queue@eth0");
+        assert_eq!(names.pair("copy_out@macvtap0", "consumed"), "copy_out@macvtap0 [web1] -> consumed");
+        assert_eq!(names.of_pair("eth0", ""), None);
+    }
+
+    #[test]
+    fn a_guests_threads_have_their_role_whatever_their_name() {
+        let g = Guest { name: "web1".into(), pid: 40, vcpu_tids: vec![42], vhost_tids: vec![77], ..Guest::default() };
+        let guests = [g];
+        assert_eq!(Role::of_thread(40, 42, "qemu-system-x86", None, &guests), Role::Vcpu);
+        assert_eq!(Role::of_thread(40, 40, "qemu-system-x86", None, &guests), Role::Other);
+        assert_eq!(Role::of_thread(77, 77, "vhost-40", None, &guests), Role::Vhost);
+        // A thread id of a guest that went away, reused by another process.
+        assert_eq!(Role::of_thread(90, 42, "bash", None, &guests), Role::Other);
     }
 }

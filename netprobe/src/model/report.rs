@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{at, Direction, Guest, Workload, SOFTIRQ_FROM_BPF};
+use super::{at, Direction, Guest, GuestNames, Workload, SOFTIRQ_FROM_BPF};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -39,6 +39,13 @@ pub struct Report {
     /// CPU time of the threads and softirqs that move packets.
     #[serde(default)]
     pub cpu: Option<CpuReport>,
+}
+
+impl Report {
+    /// The guest behind each device, as every printer names it.
+    pub fn guest_names(&self) -> GuestNames {
+        GuestNames::of(self.guests.iter().map(|g| &g.guest))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,6 +106,13 @@ pub struct GuestReport {
     /// On-CPU ns of its vCPU threads and of its vhost workers.
     pub vcpu_ns: u64,
     pub vhost_ns: u64,
+    /// Packets of this guest followed: those that started on its devices
+    /// (toward the wire) and those that reached them (toward the guest).
+    #[serde(default)]
+    pub packets: u64,
+    /// (vCPU + vhost ns) per packet; 0 without packets.
+    #[serde(default)]
+    pub cpu_ns_per_packet: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -72,6 +72,28 @@ fn golden_report_formats() {
     }
 }
 
+/// A real QEMU guest (TCG, virtio-net on a macvtap, started without
+/// debug-threads): the guests section, and its device named with it in
+/// the hop pairs, intervals and /metrics.
+#[test]
+fn golden_real_guest_formats() {
+    let rec = Recording::read(&data("recordings/guest.rec")).unwrap();
+    for (format, name) in [(Format::Table, "guest.txt"), (Format::Json, "guest.json"), (Format::Html, "guest.html")] {
+        check(name, &render(&rec, format));
+    }
+    let a = analyze(&rec).unwrap();
+    let g = &a.report.guests[0];
+    assert_eq!((g.guest.vcpu_tids.len(), g.vcpu_ns > 0), (2, true), "{g:?}");
+    let (mut pairs, mut drops) = (super::openmetrics::SeriesCap::new(500), super::openmetrics::SeriesCap::new(500));
+    let metrics = super::openmetrics::encode(
+        &a,
+        &mut super::openmetrics::Scrape { host: "h", pair_cap: &mut pairs, drop_cap: &mut drops },
+    )
+    .unwrap();
+    let named = format!("guest=\"{}\"", g.guest.name);
+    assert!(metrics.lines().any(|l| l.starts_with("netprobe_hop_packets_total") && l.contains(&named)), "{metrics}");
+}
+
 /// macvtap (the demo) against the bridge topology, recorded the same way.
 #[test]
 fn golden_compare_formats() {

@@ -1,7 +1,8 @@
 //! The HTML report: one self-contained page (inline CSS and SVG, no script,
 //! nothing fetched) with, per direction, the hop pairs' p50/p99 as bars and
 //! their full percentile curves from the recording's histograms, the
-//! interval series, the CPU breakdown, the coverage and the drops. Every
+//! interval series, the CPU breakdown, the guests (a guest's device named
+//! with it: `macvtap0 [web1]`), the coverage and the drops. Every
 //! figure comes from the report model or the recording's histograms; every
 //! text is escaped.
 
@@ -15,7 +16,7 @@ use crate::{
     model::{
         fmt_ns,
         report::{DirectionReport, Report},
-        Direction, PairName,
+        Direction, GuestNames, PairName,
     },
 };
 
@@ -53,13 +54,15 @@ pub fn write(a: &Analysis, out: &mut dyn std::io::Write) -> Result<()> {
         );
     }
     cards(&mut h, r, kept);
+    let names = r.guest_names();
     for d in &r.directions {
-        direction(&mut h, d, &hists);
+        direction(&mut h, d, &hists, &names);
     }
     journeys(&mut h, &a.journeys);
     intervals(&mut h, r);
     cpu(&mut h, r);
-    drops(&mut h, r);
+    guests(&mut h, r);
+    drops(&mut h, r, &names);
     coverage(&mut h, r);
     tracking(&mut h, r);
     svg::page_end(&mut h);
@@ -88,7 +91,9 @@ fn direction(
     h: &mut String,
     d: &DirectionReport,
     hists: &std::collections::BTreeMap<PairName, netprobe_common::hist::Hist>,
+    names: &GuestNames,
 ) {
+    let label = |from: &str, to: &str| names.pair(from, to);
     let _ =
         writeln!(h, "<section class=\"direction\" id=\"{}\"><h2>{}</h2>", d.direction.slug(), esc(d.direction.title()));
     if d.pairs.is_empty() {
@@ -98,10 +103,7 @@ fn direction(
     let rows: Vec<BarRow> = d
         .pairs
         .iter()
-        .map(|p| BarRow {
-            label: format!("{} -> {}", p.from_label(), p.to_label()),
-            values: vec![Some(p.p50_ns), Some(p.p99_ns)],
-        })
+        .map(|p| BarRow { label: label(&p.from_label(), &p.to_label()), values: vec![Some(p.p50_ns), Some(p.p99_ns)] })
         .collect();
     let lo = d.pairs.iter().map(|p| p.p50_ns.max(1)).min().unwrap_or(1) as f64;
     let hi = d.pairs.iter().map(|p| p.p99_ns).max().unwrap_or(1) as f64;
@@ -114,9 +116,8 @@ fn direction(
     for p in &d.pairs {
         let _ = writeln!(
             h,
-            "<tr class=\"hop-row\"><td>{} -&gt; {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&p.from_label()),
-            esc(&p.to_label()),
+            "<tr class=\"hop-row\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&label(&p.from_label(), &p.to_label())),
             p.packets,
             fmt_ns(p.min_ns),
             fmt_ns(p.p50_ns),
@@ -139,7 +140,7 @@ fn direction(
         let pts: Vec<(f64, f64)> = NINES.iter().zip(&values).map(|(&x, &v)| (x, v.max(1) as f64)).collect();
         lo = lo.min(values.first().copied().unwrap_or(1).max(1) as f64);
         hi = hi.max(values.last().copied().unwrap_or(1) as f64);
-        series.push((key.1 + " -> " + &key.2, pts));
+        series.push((label(&key.1, &key.2), pts));
     }
     if !series.is_empty() {
         let x = Axis {
@@ -268,7 +269,36 @@ fn cpu(h: &mut String, r: &Report) {
     h.push_str("</table></section>\n");
 }
 
-fn drops(h: &mut String, r: &Report) {
+/// The QEMU guests found, with the CPU time of their vCPU and vhost
+/// threads and that CPU per packet of theirs.
+fn guests(h: &mut String, r: &Report) {
+    if r.guests.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<section id=\"guests\"><h2>Guests</h2>\n<table class=\"guests\"><tr><th class=\"text\">guest</th>\
+         <th>pid</th><th class=\"text\">devices</th><th>vCPU</th><th>vhost</th><th>packets</th>\
+         <th>CPU per packet</th></tr>\n",
+    );
+    for g in &r.guests {
+        let gone = g.guest.gone_after_s.map_or(String::new(), |t| format!(" (gone after {t:.1} s)"));
+        let _ = writeln!(
+            h,
+            "<tr><td class=\"text\">{}{}</td><td>{}</td><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&g.guest.name),
+            esc(&gone),
+            g.guest.pid,
+            esc(&g.guest.devices.join(", ")),
+            fmt_ns(g.vcpu_ns),
+            fmt_ns(g.vhost_ns),
+            g.packets,
+            if g.packets > 0 { fmt_ns(g.cpu_ns_per_packet as u64) } else { "-".to_owned() }
+        );
+    }
+    h.push_str("</table></section>\n");
+}
+
+fn drops(h: &mut String, r: &Report, names: &GuestNames) {
     h.push_str("<section id=\"drops\"><h2>Drops by reason</h2>\n");
     if r.drops.is_empty() {
         h.push_str("<p>none</p></section>\n");
@@ -283,7 +313,11 @@ fn drops(h: &mut String, r: &Report) {
     h.push_str(&svg::hbars("drop-bars", &["packets"], &rows, &Axis::linear(hi, count), count));
     h.push_str("<table class=\"drops\"><tr><th>reason</th><th>packets</th><th class=\"text\">direction</th><th class=\"text\">after</th></tr>\n");
     for d in &r.drops {
-        let after = if d.last_dev.is_empty() { d.last_hop.clone() } else { format!("{}@{}", d.last_hop, d.last_dev) };
+        let after = if d.last_dev.is_empty() {
+            d.last_hop.clone()
+        } else {
+            format!("{}@{}", d.last_hop, names.dev(&d.last_dev))
+        };
         let _ = writeln!(
             h,
             "<tr><td>{}</td><td>{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",

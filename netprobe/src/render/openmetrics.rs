@@ -81,8 +81,16 @@ struct Exposition {
     hops_attached: i64,
 }
 
-const PAIR_LABELS: [&str; 6] = ["direction", "path", "from_hop", "from_dev", "to_hop", "to_dev"];
-const DROP_LABELS: [&str; 4] = ["direction", "reason", "last_hop", "last_dev"];
+/// `guest`, last, names the QEMU guest behind the pair's (or the drop's)
+/// device; series with no guest behind them go without it.
+const PAIR_LABELS: [&str; 7] = ["direction", "path", "from_hop", "from_dev", "to_hop", "to_dev", "guest"];
+const DROP_LABELS: [&str; 5] = ["direction", "reason", "last_hop", "last_dev", "guest"];
+
+/// Labels without an empty `guest`.
+fn without_empty_guest(mut labels: Labels) -> Labels {
+    labels.retain(|(k, v)| *k != "guest" || !v.is_empty());
+    labels
+}
 
 fn labelled(names: &[&'static str], values: Vec<String>) -> Labels {
     names.iter().copied().zip(values).collect()
@@ -106,6 +114,7 @@ fn exposition(a: &Analysis, cx: &mut Scrape<'_>) -> Exposition {
     // Hop pairs, busiest first, so the cap admits those first.
     let mut rows: Vec<_> = a.pairs.iter().collect();
     rows.sort_by_key(|p| std::cmp::Reverse(p.hist.count));
+    let names = r.guest_names();
     let mut pairs: BTreeMap<Labels, Hist> = BTreeMap::new();
     for p in rows {
         let values = vec![
@@ -115,16 +124,20 @@ fn exposition(a: &Analysis, cx: &mut Scrape<'_>) -> Exposition {
             p.from_dev.clone(),
             p.to_hop.clone(),
             p.to_dev.clone(),
+            names.of_pair(&p.from_dev, &p.to_dev).unwrap_or_default().to_owned(),
         ];
-        pairs.entry(capped(cx.pair_cap, &PAIR_LABELS, values)).or_insert_with(Hist::zeroed).merge(&p.hist);
+        let labels = without_empty_guest(capped(cx.pair_cap, &PAIR_LABELS, values));
+        pairs.entry(labels).or_insert_with(Hist::zeroed).merge(&p.hist);
     }
     e.pairs = pairs.into_iter().collect();
 
     // The report's drops are busiest first already.
     let mut drops: BTreeMap<Labels, u64> = BTreeMap::new();
     for d in &r.drops {
-        let values = vec![d.direction.slug().to_owned(), d.reason.clone(), d.last_hop.clone(), d.last_dev.clone()];
-        *drops.entry(capped(cx.drop_cap, &DROP_LABELS, values)).or_default() += d.packets;
+        let guest = names.guest(&d.last_dev).unwrap_or_default().to_owned();
+        let values =
+            vec![d.direction.slug().to_owned(), d.reason.clone(), d.last_hop.clone(), d.last_dev.clone(), guest];
+        *drops.entry(without_empty_guest(capped(cx.drop_cap, &DROP_LABELS, values))).or_default() += d.packets;
     }
     e.drops = drops.into_iter().collect();
 
@@ -304,6 +317,21 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_guests_pairs_and_drops_carry_its_name() {
+        let (q, x, r) = (hop::NET_DEV_QUEUE, hop::NET_DEV_START_XMIT, hop::NETIF_RECEIVE_SKB);
+        let mut rec = recording(
+            vec![dev(0x10, "mvt0", "macvtap"), dev(0x20, "eth0", "veth")],
+            &[(0x10, q, 0x10, x, 0x10, &[1000]), (0x20, r, 0x20, x, 0x20, &[1000])],
+        );
+        rec.meta.guests =
+            vec![crate::model::Guest { name: "web1".into(), devices: vec!["mvt0".into()], ..Default::default() }];
+        let text = scrape(&rec, 10);
+        let counts: Vec<&str> = text.lines().filter(|l| l.starts_with("netprobe_hop_packets_total")).collect();
+        assert!(counts.iter().any(|l| l.contains("from_dev=\"mvt0\"") && l.contains("guest=\"web1\"")), "{text}");
+        assert!(counts.iter().any(|l| l.contains("from_dev=\"eth0\"") && !l.contains("guest=")), "{text}");
     }
 
     #[test]

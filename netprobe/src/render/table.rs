@@ -1,13 +1,14 @@
 //! The terminal table: per direction, each hop pair in path order with its
-//! packet count and latency percentiles; then drops by reason, coverage and
-//! the kernel side's loss accounting.
+//! packet count and latency percentiles (a guest's device named with the
+//! guest: `macvtap0 [web1]`); the guests with their CPU; then drops by
+//! reason, coverage and the kernel side's loss accounting.
 
 use std::io::Write;
 
 use anyhow::Result;
 
 use crate::model::fmt_ns;
-use crate::model::report::{CoverageEntry, Report};
+use crate::model::report::{CoverageEntry, GuestReport, Report};
 
 pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
@@ -41,19 +42,20 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     if r.directions.iter().all(|d| d.pairs.is_empty()) {
         writeln!(out, "\nno packet was followed across two hops")?;
     }
+    let names = r.guest_names();
     for d in &r.directions {
         if d.pairs.is_empty() {
             continue;
         }
         writeln!(out, "\n{}", d.direction.title())?;
-        let w = d.pairs.iter().map(|p| p.from_label().len() + p.to_label().len() + 4).max().unwrap_or(0).max(8);
+        let labels: Vec<String> = d.pairs.iter().map(|p| names.pair(&p.from_label(), &p.to_label())).collect();
+        let w = labels.iter().map(String::len).max().unwrap_or(0).max(8);
         writeln!(
             out,
             "  {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "hop pair", "packets", "p50", "p90", "p99", "p99.9", "max"
         )?;
-        for p in &d.pairs {
-            let pair = format!("{} -> {}", p.from_label(), p.to_label());
+        for (p, pair) in d.pairs.iter().zip(labels) {
             writeln!(
                 out,
                 "  {:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -105,18 +107,18 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
                 };
                 writeln!(
                     out,
-                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {} -> {}{}",
+                    "  t={:>6.1}s {:>9} pkts  p50 {:>9}  p99 {:>9}  {}{}",
                     iv.t_s,
                     p.packets,
                     fmt_ns(p.p50_ns),
                     fmt_ns(p.p99_ns),
-                    p.from,
-                    p.to,
+                    names.pair(&p.from, &p.to),
                     cpu
                 )?;
             }
         }
     }
+    write_guests(&r.guests, out)?;
     if let Some(c) = &r.cpu {
         let soft: Vec<String> = c.softirq_rows().iter().map(|(l, ns)| format!("{l} {}", fmt_ns(*ns))).collect();
         let from = if c.softirq_source.is_empty() { String::new() } else { format!(", {}", c.softirq_source) };
@@ -154,7 +156,7 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             d.packets,
             dir,
             d.last_hop,
-            if d.last_dev.is_empty() { String::new() } else { format!("@{}", d.last_dev) }
+            if d.last_dev.is_empty() { String::new() } else { format!("@{}", names.dev(&d.last_dev)) }
         )?;
     }
     let t = &r.tracking;
@@ -176,6 +178,36 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             String::new()
         },
     )?;
+    Ok(())
+}
+
+/// The QEMU guests found: name, process, devices, the CPU time of their
+/// vCPU and vhost threads, and that CPU per packet of theirs.
+fn write_guests(guests: &[GuestReport], out: &mut dyn Write) -> Result<()> {
+    if guests.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nguests")?;
+    writeln!(
+        out,
+        "  {:<16} {:>8} {:<20} {:>10} {:>10} {:>9} {:>14}",
+        "name", "pid", "devices", "vCPU", "vhost", "packets", "CPU per packet"
+    )?;
+    for g in guests {
+        let gone = g.guest.gone_after_s.map_or(String::new(), |t| format!("  (gone after {t:.1} s)"));
+        let per = if g.packets > 0 { fmt_ns(g.cpu_ns_per_packet as u64) } else { "-".to_owned() };
+        writeln!(
+            out,
+            "  {:<16} {:>8} {:<20} {:>10} {:>10} {:>9} {:>14}{gone}",
+            g.guest.name,
+            g.guest.pid,
+            if g.guest.devices.is_empty() { "-".to_owned() } else { g.guest.devices.join(",") },
+            fmt_ns(g.vcpu_ns),
+            fmt_ns(g.vhost_ns),
+            g.packets,
+            per
+        )?;
+    }
     Ok(())
 }
 

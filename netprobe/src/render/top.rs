@@ -1,7 +1,8 @@
 //! `netprobe top`'s screen: the view of one interval (per hop pair its
 //! packet rate, p50 and p99 per direction, the costliest first: the latency
-//! the pair added in the interval, summed over its packets; CPU by role as
-//! a share of one CPU) and how it is drawn. The loop that owns the
+//! the pair added in the interval, summed over its packets; a guest's
+//! device named with it, `macvtap0 [web1]`; CPU by role as a share of one
+//! CPU) and how it is drawn. The loop that owns the
 //! terminal is `session::top`.
 
 use ratatui::{
@@ -15,7 +16,7 @@ use ratatui::{
 use crate::model::fmt_ns;
 use crate::model::{
     report::{CpuReport, IntervalReport},
-    Direction,
+    Direction, GuestNames,
 };
 
 /// One hop pair in the last interval.
@@ -49,20 +50,29 @@ pub struct View {
 
 impl View {
     /// The view of one interval of `dt` seconds; CPU from the difference
-    /// of two cumulative CPU reports.
-    pub fn new(iv: &IntervalReport, dt: f64, cpu_now: Option<&CpuReport>, cpu_before: Option<&CpuReport>) -> View {
+    /// of two cumulative CPU reports; devices named with their guests.
+    pub fn new(
+        iv: &IntervalReport,
+        dt: f64,
+        cpu_now: Option<&CpuReport>,
+        cpu_before: Option<&CpuReport>,
+        names: &GuestNames,
+    ) -> View {
         let dt = dt.max(1e-3);
         let mut rows: Vec<HopRow> = iv
             .pairs
             .iter()
-            .map(|p| HopRow {
-                direction: p.direction,
-                from: p.from.clone(),
-                to: p.to.clone(),
-                packets_per_s: p.packets as f64 / dt,
-                p50_ns: p.p50_ns,
-                p99_ns: p.p99_ns,
-                cost_ns_per_s: p.total_ns as f64 / dt,
+            .map(|p| {
+                let (from, to) = names.pair_ends(&p.from, &p.to);
+                HopRow {
+                    direction: p.direction,
+                    from,
+                    to,
+                    packets_per_s: p.packets as f64 / dt,
+                    p50_ns: p.p50_ns,
+                    p99_ns: p.p99_ns,
+                    cost_ns_per_s: p.total_ns as f64 / dt,
+                }
             })
             .collect();
         rows.sort_by(|a, b| {
@@ -200,8 +210,10 @@ mod tests {
             transactions: None,
             threads: vec![],
         };
-        let v = View::new(&iv, 0.5, Some(&cpu(300_000_000, 50_000_000)), Some(&cpu(100_000_000, 0)));
-        assert_eq!(v.rows[0].to, "copy_out@m0");
+        let web1 = crate::model::Guest { name: "web1".into(), devices: vec!["m0".into()], ..Default::default() };
+        let names = GuestNames::of([&web1]);
+        let v = View::new(&iv, 0.5, Some(&cpu(300_000_000, 50_000_000)), Some(&cpu(100_000_000, 0)), &names);
+        assert_eq!(v.rows[0].to, "copy_out@m0 [web1]");
         assert_eq!(v.rows[1].packets_per_s, 2000.0);
         assert_eq!(v.cpu[0], ("vcpu".to_owned(), 0.4));
         assert_eq!(v.cpu[1], ("NET_RX".to_owned(), 0.1));
@@ -213,9 +225,9 @@ mod tests {
             .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_owned()).collect())
             .collect();
         let screen = lines.join("\n");
-        assert!(lines[3].contains("to-guest") && lines[3].contains("receive@u0 -> copy_out@m0"), "{screen}");
+        assert!(lines[3].contains("to-guest") && lines[3].contains("receive@u0 -> copy_out@m0 [web1]"), "{screen}");
         assert!(lines[3].contains("2.00ms"), "{screen}");
-        assert!(lines[4].contains("queue@m0 -> xmit@m0") && lines[4].contains("2000"), "{screen}");
+        assert!(lines[4].contains("queue@m0 -> xmit@m0 [web1]") && lines[4].contains("2000"), "{screen}");
         assert!(screen.contains("vcpu 40.0%"), "{screen}");
     }
 }

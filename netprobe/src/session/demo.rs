@@ -1,12 +1,17 @@
 //! `netprobe demo`: builds a demo topology (`netprobe_testbed`), records
 //! while real traffic runs through it (ping, iperf3 TCP and UDP where
 //! iperf3 is installed, UDP datagrams to a blackholed address for the drop
-//! path), and tears it down on every way out.
+//! path), and tears it down on every way out. With `--guest`, a real QEMU
+//! guest on a macvtap takes the guest stand-in's place and sends its own
+//! traffic.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use netprobe_testbed::topology::{self, Kind, Topology};
+use netprobe_testbed::{
+    guest::{self, GuestImage, GuestLink, QemuGuest},
+    topology::{self, Kind, Topology},
+};
 
 use super::{
     record::{RecordOptions, Recorder},
@@ -42,17 +47,7 @@ pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Re
         drop(tx);
         Ok(())
     });
-    let interrupted = signals::wait_for(
-        stop,
-        None,
-        Some(rx),
-        Some(&mut || {
-            if let Err(e) = rec.sample() {
-                crate::say!("netprobe: {e:#}");
-            }
-        }),
-    );
-    stop.second_interrupt_ends_at_once();
+    let interrupted = record_while(stop, rx, &mut rec);
     let recording = rec.recording(interrupted)?;
     drop(rec);
     if let Some(path) = output {
@@ -64,6 +59,88 @@ pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Re
     }
     drop(topo);
     Ok(recording)
+}
+
+/// `netprobe demo --guest DIR`: boots the guest image in DIR (`cargo xtask
+/// guest-image`) under QEMU (TCG, started without debug-threads) on a
+/// macvtap, records while the guest pings, streams TCP and runs UDP
+/// request-response to a peer namespace, and removes it all on every way
+/// out. Returns the recording (also written to `output`, if given).
+pub fn run_guest(image_dir: &Path, output: Option<&Path>, opts: &RecordOptions) -> Result<Recording> {
+    if let Some(path) = output {
+        super::check_writable(path)?;
+    }
+    let image = GuestImage::in_dir(image_dir).with_context(|| {
+        format!("no guest image (vmlinuz, initrd.gz) in {}: `cargo xtask guest-image` makes one", image_dir.display())
+    })?;
+    // Ctrl-C during the boot too ends the demo through the clean-up below.
+    let stop = Stop::install();
+    let link = std::sync::Arc::new(GuestLink::create(&format!("npd{:04x}", std::process::id() & 0xffff))?);
+    crate::say!("netprobe demo: booting a real guest under QEMU (TCG) on macvtap {} / {}", link.macvtap, link.uplink);
+    let mut g = QemuGuest::boot(&image, "netprobe-demo", &link, 2, &|| stop.is_set())?;
+    let qemu = g.pid();
+    crate::say!(
+        "netprobe demo: guest netprobe-demo (pid {qemu}) up in {:.1} s; {} -> peer {}: ICMP, TCP, UDP (Ctrl-C stops early)",
+        g.boot_s,
+        topology::GUEST_ADDR,
+        topology::PEER_ADDR
+    );
+    let ifaces = vec![link.macvtap.clone(), link.uplink.clone()];
+    let mut rec = Recorder::start(&RecordOptions { ifaces, spool_dir: Some(spool_dir(output)), ..opts.clone() })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let l = link.clone();
+    let traffic = std::thread::spawn(move || -> Result<()> {
+        let t = guest::traffic(&mut g, &l)?;
+        drop(tx);
+        crate::say!(
+            "  the guest counted: eth0 {} sent, {} received; ping {}/{}; UDP request-response {}/{}; TCP {}",
+            t.sent,
+            t.received,
+            t.ping.0,
+            t.ping.1,
+            t.udp_rr.0,
+            t.udp_rr.1,
+            t.tcp_stream
+        );
+        g.poweroff()
+    });
+    let interrupted = record_while(stop, rx, &mut rec);
+    let recording = rec.recording(interrupted);
+    drop(rec);
+    if interrupted {
+        // The guest would go on with its traffic: end QEMU (our child), so
+        // the traffic thread returns at once.
+        // SAFETY: kill(2) on the QEMU process this demo started.
+        unsafe { libc::kill(qemu as i32, libc::SIGKILL) };
+    }
+    let traffic = traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+    drop(link);
+    let recording = recording?;
+    if let Some(path) = output {
+        recording.write(path)?;
+        crate::say!("netprobe demo: recording written to {}", path.display());
+    }
+    if !interrupted {
+        traffic?;
+    }
+    Ok(recording)
+}
+
+/// Records, a sample a second, until the traffic is over (`done` closes)
+/// or Ctrl-C/SIGTERM; returns whether a signal ended it.
+fn record_while(stop: &Stop, done: std::sync::mpsc::Receiver<()>, rec: &mut Recorder) -> bool {
+    let interrupted = signals::wait_for(
+        stop,
+        None,
+        Some(done),
+        Some(&mut || {
+            if let Err(e) = rec.sample() {
+                crate::say!("netprobe: {e:#}");
+            }
+        }),
+    );
+    stop.second_interrupt_ends_at_once();
+    interrupted
 }
 
 /// The demo's traffic script.

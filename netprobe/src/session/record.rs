@@ -19,7 +19,7 @@ use crate::{
     analyze::{analyze, percentiles, Analysis},
     model::{
         report::{CoverageEntry, CpuReport, IntervalLoad, IntervalReport},
-        Guest, Role, Workload,
+        Guest, GuestNames, Role, Workload,
     },
     probe::{
         attach::{self, AttachOptions, BenchSwitches, Coverage, Probe},
@@ -157,6 +157,8 @@ pub struct Progress {
 /// cumulative CPU report and tracking counters at its end.
 pub struct LiveInterval {
     pub interval: IntervalReport,
+    /// The guest behind each device, as found so far.
+    pub guest_names: GuestNames,
     pub cpu: Option<CpuReport>,
     pub tracking: BTreeMap<String, u64>,
 }
@@ -265,6 +267,9 @@ impl Recorder {
     /// For long-running consumers that keep no series (`serve`): moves
     /// idle pairs out of the kernel's hash map (call every few seconds).
     pub fn maintain(&mut self) -> Result<()> {
+        // The guests running now (gone ones are not kept: no series).
+        guests::merge(&mut self.guests, guests::discover(), self.started.elapsed().as_secs_f64());
+        self.guests.retain(|g| g.gone_after_s.is_none());
         let snap = self.kernel_snapshot()?;
         self.retire_idle(&snap)
     }
@@ -300,6 +305,7 @@ impl Recorder {
     /// For live views (`top`): closes an interval like [`Recorder::sample`],
     /// but hands it back analysed instead of keeping it.
     pub fn next_interval(&mut self) -> Result<LiveInterval> {
+        guests::merge(&mut self.guests, guests::discover(), self.started.elapsed().as_secs_f64());
         let snap = self.kernel_snapshot()?;
         let iv = self.close_interval(&snap);
         self.retire_idle(&snap)?;
@@ -307,6 +313,7 @@ impl Recorder {
         rec.intervals = vec![iv];
         let report = analyze(&rec)?.report;
         Ok(LiveInterval {
+            guest_names: report.guest_names(),
             interval: report.intervals.into_iter().next().context("no interval")?,
             cpu: report.cpu,
             tracking: report.tracking,
@@ -373,7 +380,7 @@ impl Recorder {
             let delta = c.ns.saturating_sub(self.last_cpu.get(&id).copied().unwrap_or(0));
             if delta > 0 {
                 let t = CpuRec::from((id, c));
-                let role = Role::of_thread(t.tgid, &t.comm, self.workload.as_ref()).as_str();
+                let role = Role::of_thread(t.tgid, t.tid, &t.comm, self.workload.as_ref(), &self.guests).as_str();
                 *cpu_ns_by_role.entry(role.to_owned()).or_default() += delta;
             }
         }

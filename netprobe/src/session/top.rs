@@ -121,7 +121,7 @@ pub fn run(rec: &mut Recorder, host: &str, stop: &Stop) -> Result<()> {
         let live = rec.next_interval()?;
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
-        view = View::new(&live.interval, dt, live.cpu.as_ref(), cpu_before.as_ref());
+        view = View::new(&live.interval, dt, live.cpu.as_ref(), cpu_before.as_ref(), &live.guest_names);
         view.host = host.to_owned();
         view.elapsed_s = rec.elapsed().as_secs_f64();
         view.hops_attached = rec.hops_attached();

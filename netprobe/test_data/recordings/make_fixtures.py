@@ -2,7 +2,12 @@
 
     netprobe demo --trace -o demo.rec
     netprobe demo --topology bridge -o bridge.rec
-    python3 make_fixtures.py demo.rec bridge.rec
+    NETPROBE_GUEST_RECORDING=$PWD/guest-src.rec cargo xtask test --no-lab --no-cross -- --test real_guest
+    python3 make_fixtures.py demo.rec bridge.rec [guest-src.rec]   # '-' for a source: keep its fixtures
+
+guest.rec is a real QEMU guest (tests/tests/real_guest.rs: TCG, virtio-net
+on a macvtap, no debug-threads) pinging, streaming and running UDP
+request-response while netprobe recorded.
 
 Wall-clock fields are fixed (start time, command line), a few journeys per
 origin device are kept, and demo-v1.rec is the same run in format 1 (what
@@ -38,14 +43,28 @@ def fix(body, start, command):
     return body
 
 
-demo_src, bridge_src = sys.argv[1:3]
-demo = fix(read(demo_src), 1790000000.0, ['netprobe', 'demo', '--trace', '-o', 'demo-v2.rec'])
-write('demo-v2.rec', 2, demo)
-v1 = json.loads(json.dumps(demo))
-del v1['samples']
-v1['meta']['command_line'] = ['netprobe', 'demo', '-o', 'demo-v1.rec']
-for iv in v1['intervals']:
-    for p in iv['pairs']:
-        p.pop('hist', None)
-write('demo-v1.rec', 1, v1)
-write('bridge.rec', 2, fix(read(bridge_src), 1790000100.0, ['netprobe', 'demo', '--topology', 'bridge', '-o', 'bridge.rec']))
+def guest_fixture(src):
+    guest = read(src)
+    command = guest['meta']['command_line']
+    command[command.index('-o') + 1] = 'guest.rec'
+    write('guest.rec', 2, fix(guest, 1790000200.0, command))
+
+
+def demo_fixtures(demo_src, bridge_src):
+    demo = fix(read(demo_src), 1790000000.0, ['netprobe', 'demo', '--trace', '-o', 'demo-v2.rec'])
+    write('demo-v2.rec', 2, demo)
+    v1 = json.loads(json.dumps(demo))
+    del v1['samples']
+    v1['meta']['command_line'] = ['netprobe', 'demo', '-o', 'demo-v1.rec']
+    for iv in v1['intervals']:
+        for p in iv['pairs']:
+            p.pop('hist', None)
+    write('demo-v1.rec', 1, v1)
+    write('bridge.rec', 2, fix(read(bridge_src), 1790000100.0, ['netprobe', 'demo', '--topology', 'bridge', '-o', 'bridge.rec']))
+
+
+# A source given as '-' leaves its fixtures as they are.
+if sys.argv[1] != '-':
+    demo_fixtures(sys.argv[1], sys.argv[2])
+if len(sys.argv) > 3:
+    guest_fixture(sys.argv[3])
