@@ -36,6 +36,25 @@ impl Drop for Server {
     }
 }
 
+/// A file in the temporary directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        Scratch(std::env::temp_dir().join(format!("netprobe-test-{}-{name}", std::process::id())))
+    }
+
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn role_ns(r: &Value, role: &str) -> u64 {
     r["cpu"]["by_role_ns"][role].as_u64().unwrap_or(0)
 }
@@ -82,24 +101,23 @@ fn sockperf_ping_pong_cpu_per_transaction() {
     let t = Topology::create().unwrap();
     let _server = Server::start(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11111"]);
     let ifaces = t.ifaces();
+    // sockperf's own output is also kept (tee), to hold netprobe's reading
+    // of it against what sockperf printed.
+    let own = Scratch::new("sockperf.txt");
     let rec = RunningRecord::start(&[
         "--iface",
         &ifaces[0],
         "--iface",
         &ifaces[1],
         "--",
-        "ip",
-        "netns",
-        "exec",
-        &t.guest_ns,
-        "sockperf",
-        "ping-pong",
-        "-i",
-        demo::PEER_ADDR,
-        "-p",
-        "11111",
-        "-t",
-        "3",
+        "sh",
+        "-c",
+        &format!(
+            "ip netns exec {} sockperf ping-pong -i {} -p 11111 -t 3 | tee {}",
+            t.guest_ns,
+            demo::PEER_ADDR,
+            own.path()
+        ),
     ]);
     let r = rec.finish();
 
@@ -108,6 +126,22 @@ fn sockperf_ping_pong_cpu_per_transaction() {
     let tx = w["transactions"].as_u64().expect("sockperf's transaction count");
     assert!(w["transactions_from"].as_str().unwrap().contains("sockperf"), "{w}");
     assert!(tx > 500, "only {tx} transactions in 3 s");
+    // The same figures sockperf printed: ReceivedMessages, and its
+    // percentiles (us, 3 decimals) as ns.
+    let printed = std::fs::read_to_string(own.path()).unwrap();
+    let field = |line_has: &str, after: &str| -> f64 {
+        let line = printed.lines().find(|l| l.contains(line_has)).unwrap_or_else(|| panic!("{line_has}: {printed}"));
+        let v = line.split(after).nth(1).unwrap().trim();
+        v.split(|c: char| c == ';' || c.is_whitespace()).next().unwrap().parse().unwrap()
+    };
+    assert_eq!(tx as f64, field("[Total Run]", "ReceivedMessages="));
+    let lat = &w["latency"];
+    for (selector, key) in [("percentile 50.000", "p50_ns"), ("percentile 99.000", "p99_ns")] {
+        let us = field(selector, "=");
+        assert_eq!(lat[key].as_u64(), Some((us * 1000.0).round() as u64), "{key} vs sockperf's {us} us: {lat}");
+    }
+    assert_eq!(lat["round_trip"], false, "sockperf without --full-rtt reports RTT/2: {lat}");
+    eprintln!("sockperf: netprobe read {tx} transactions, latency {lat}");
     // Every transaction is a request toward the wire and a reply toward
     // the guest, each measured hop by hop.
     let (m, u) = (&t.macvtap, &t.uplink);
@@ -182,6 +216,42 @@ fn iperf3_stream_by_pid_and_the_series_spans_it() {
     assert!(r["cpu"]["per_packet_ns"]["softirq"].as_f64().unwrap() > 0.0);
     assert!(r["cpu"]["transactions"].is_null(), "a stream has no transactions");
     assert_series_covers(&r, secs.floor());
+}
+
+/// iperf3 run with -J: the throughput and byte count netprobe reports
+/// are those of iperf3's own JSON report.
+#[test]
+fn iperf3_json_throughput_is_read() {
+    if !require_root("iperf3_json_throughput_is_read") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let _server = Server::start(&t, &["iperf3", "-s", "-B", demo::PEER_ADDR]);
+    let own = Scratch::new("iperf3.json");
+    let ifaces = t.ifaces();
+    let rec = RunningRecord::start(&[
+        "--iface",
+        &ifaces[0],
+        "--iface",
+        &ifaces[1],
+        "--",
+        "sh",
+        "-c",
+        &format!("ip netns exec {} iperf3 -c {} -t 2 -J | tee {}", t.guest_ns, demo::PEER_ADDR, own.path()),
+    ]);
+    let r = rec.finish();
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(own.path()).unwrap()).unwrap();
+    let received = &json["end"]["sum_received"];
+    let tp = &r["workload"]["throughput"];
+    eprintln!("iperf3 -J end.sum_received: {received}; netprobe: {tp}");
+    assert!(received["bytes"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(tp["bytes"], received["bytes"], "{tp}");
+    assert_eq!(tp["bytes_sent"], json["end"]["sum_sent"]["bytes"], "{tp}");
+    assert_eq!(tp["bits_per_second"].as_f64(), received["bits_per_second"].as_f64(), "{tp}");
+    assert!(r["workload"]["transactions"].is_null() && r["workload"]["notes"] == serde_json::json!([]));
+    // The stream went through the measured path.
+    let m = &t.macvtap;
+    assert!(pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"))["packets"].as_u64().unwrap() > 100);
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::model::fmt_ns;
 use crate::model::report::{CoverageEntry, Report};
+use crate::model::{fmt_ns, Workload};
 
 pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
@@ -30,9 +30,11 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         };
         let tx = match (w.transactions, &w.transactions_from) {
             (Some(n), Some(from)) => format!(", {n} transactions ({from})"),
+            (None, Some(why)) => format!(", transactions {why}"),
             _ => String::new(),
         };
         writeln!(out, "workload: {what}, {:.1} s, {end}{tx}", w.ended_unix_s - w.started_unix_s)?;
+        write_workload_figures(w, out)?;
     }
     if let Some(f) = &r.filter {
         writeln!(out, "flow filter (in the kernel): {f}")?;
@@ -176,6 +178,35 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             String::new()
         },
     )?;
+    Ok(())
+}
+
+/// The workload tool's own latency and throughput, and what of its output
+/// could not be read.
+fn write_workload_figures(w: &Workload, out: &mut dyn Write) -> Result<()> {
+    if let Some(l) = &w.latency {
+        let figures: Vec<String> = [
+            ("mean", l.mean_ns),
+            ("min", l.min_ns),
+            ("p50", l.p50_ns),
+            ("p90", l.p90_ns),
+            ("p99", l.p99_ns),
+            ("p99.9", l.p999_ns),
+            ("max", l.max_ns),
+        ]
+        .iter()
+        .filter_map(|(name, v)| v.map(|ns| format!("{name} {}", fmt_ns(ns))))
+        .collect();
+        writeln!(out, "  workload's own latency: {} ({})", figures.join(", "), l.from)?;
+    }
+    if let Some(t) = &w.throughput {
+        let bytes = t.bytes.map_or(String::new(), |b| format!(", {b} bytes"));
+        let secs = t.seconds.map_or(String::new(), |s| format!(" in {s:.2} s"));
+        writeln!(out, "  workload's own throughput: {:.2} Mbit/s{bytes}{secs} ({})", t.bits_per_second / 1e6, t.from)?;
+    }
+    for n in w.notes.iter().filter(|n| w.transactions_from.as_deref() != Some(&format!("unreadable: {n}"))) {
+        writeln!(out, "  workload output unreadable: {n}")?;
+    }
     Ok(())
 }
 
