@@ -297,6 +297,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         duration_s: rec.meta.duration_s,
         interrupted: rec.meta.interrupted,
         workload: rec.meta.workload.clone(),
+        config: rec.meta.host_config.clone(),
         filter: rec.meta.filter.clone(),
         guests: guest_reports(rec),
         intervals: intervals(&rec.intervals, &devs),

@@ -1,8 +1,10 @@
 //! The words every layer shares, depending on nothing else of netprobe's:
 //! a packet's direction, how a hop pair is named, the role of a thread,
 //! where softirq time comes from, the guests and the workload a recording
-//! is about, and (in `report`) the report model every format renders.
+//! is about, the host's configuration (`host`), and (in `report`) the
+//! report model every format renders.
 
+pub mod host;
 pub mod report;
 
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{at, Direction, Guest, Workload, SOFTIRQ_FROM_BPF};
+use super::{at, host::HostConfig, Direction, Guest, Workload, SOFTIRQ_FROM_BPF};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -18,6 +18,10 @@ pub struct Report {
     /// or attached to it (`--pid`, `--cgroup`).
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// The host's configuration when the recording was made (absent in
+    /// older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<HostConfig>,
     /// The flow filter (`--filter`) the kernel applied, if any.
     #[serde(default)]
     pub filter: Option<String>,

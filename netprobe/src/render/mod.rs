@@ -1,10 +1,12 @@
 //! The printers: one module per output format, each a function of the
 //! analysis (or, for table, JSON and CSV, of its report model alone) and
 //! nothing else. `top` draws the live view, `openmetrics` encodes what
-//! `serve` answers, `compare_table` and `compare_html` show a comparison.
+//! `serve` answers, `compare_table` and `compare_html` show a comparison;
+//! `config` is the host configuration's text both table and HTML open with.
 
 pub mod compare_html;
 pub mod compare_table;
+mod config;
 pub mod csv;
 #[cfg(test)]
 mod golden;

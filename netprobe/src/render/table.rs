@@ -1,4 +1,4 @@
-//! The terminal table: per direction, each hop pair in path order with its
+//! The terminal table: the host's configuration, then per direction, each hop pair in path order with its
 //! packet count and latency percentiles; then drops by reason, coverage and
 //! the kernel side's loss accounting.
 
@@ -18,6 +18,15 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         r.duration_s,
         if r.interrupted { " (interrupted)" } else { "" }
     )?;
+    match &r.config {
+        Some(c) => {
+            writeln!(out, "host configuration:")?;
+            for (depth, line) in super::config::lines(c) {
+                writeln!(out, "{:indent$}{line}", "", indent = 2 * (depth + 1))?;
+            }
+        }
+        None => writeln!(out, "host configuration: {}", super::config::NOT_RECORDED)?,
+    }
     if let Some(w) = &r.workload {
         let end = match (w.exit_status, w.signal) {
             (Some(c), _) => format!("exit status {c}"),
