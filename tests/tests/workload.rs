@@ -55,6 +55,15 @@ impl Drop for Scratch {
     }
 }
 
+/// Records the demo's devices while `tool_command` runs in the guest
+/// namespace, its output also written to `own` (tee) to be held against
+/// what netprobe read of it.
+fn record_teed(t: &Topology, tool_command: &str, own: &Scratch) -> RunningRecord {
+    let ifaces = t.ifaces();
+    let shell = format!("ip netns exec {} {tool_command} | tee {}", t.guest_ns, own.path());
+    RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--", "sh", "-c", &shell])
+}
+
 fn role_ns(r: &Value, role: &str) -> u64 {
     r["cpu"]["by_role_ns"][role].as_u64().unwrap_or(0)
 }
@@ -100,25 +109,10 @@ fn sockperf_ping_pong_cpu_per_transaction() {
     }
     let t = Topology::create().unwrap();
     let _server = Server::start(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11111"]);
-    let ifaces = t.ifaces();
     // sockperf's own output is also kept (tee), to hold netprobe's reading
     // of it against what sockperf printed.
     let own = Scratch::new("sockperf.txt");
-    let rec = RunningRecord::start(&[
-        "--iface",
-        &ifaces[0],
-        "--iface",
-        &ifaces[1],
-        "--",
-        "sh",
-        "-c",
-        &format!(
-            "ip netns exec {} sockperf ping-pong -i {} -p 11111 -t 3 | tee {}",
-            t.guest_ns,
-            demo::PEER_ADDR,
-            own.path()
-        ),
-    ]);
+    let rec = record_teed(&t, &format!("sockperf ping-pong -i {} -p 11111 -t 3", demo::PEER_ADDR), &own);
     let r = rec.finish();
 
     let w = &r["workload"];
@@ -142,6 +136,15 @@ fn sockperf_ping_pong_cpu_per_transaction() {
     }
     assert_eq!(lat["round_trip"], false, "sockperf without --full-rtt reports RTT/2: {lat}");
     eprintln!("sockperf: netprobe read {tx} transactions, latency {lat}");
+    // The host's share: both directions' medians summed, next to
+    // sockperf's round trip (its RTT/2 p50 doubled), marked an estimate.
+    let share = &r["host_share"];
+    eprintln!("host's share: {share}");
+    assert!(share["note"].as_str().unwrap().contains("estimate"), "{share}");
+    assert_eq!(share["workload_round_trip_ns"], lat["p50_ns"].as_u64().unwrap() * 2, "{share}");
+    assert_eq!(share["paths"].as_array().unwrap().len(), 2, "both directions: {share}");
+    let host = share["host_p50_sum_ns"].as_u64().unwrap();
+    assert!(host > 0 && share["share"].as_f64().unwrap() > 0.0, "{share}");
     // Every transaction is a request toward the wire and a reply toward
     // the guest, each measured hop by hop.
     let (m, u) = (&t.macvtap, &t.uplink);
@@ -228,17 +231,7 @@ fn iperf3_json_throughput_is_read() {
     let t = Topology::create().unwrap();
     let _server = Server::start(&t, &["iperf3", "-s", "-B", demo::PEER_ADDR]);
     let own = Scratch::new("iperf3.json");
-    let ifaces = t.ifaces();
-    let rec = RunningRecord::start(&[
-        "--iface",
-        &ifaces[0],
-        "--iface",
-        &ifaces[1],
-        "--",
-        "sh",
-        "-c",
-        &format!("ip netns exec {} iperf3 -c {} -t 2 -J | tee {}", t.guest_ns, demo::PEER_ADDR, own.path()),
-    ]);
+    let rec = record_teed(&t, &format!("iperf3 -c {} -t 2 -J", demo::PEER_ADDR), &own);
     let r = rec.finish();
     let json: Value = serde_json::from_str(&std::fs::read_to_string(own.path()).unwrap()).unwrap();
     let received = &json["end"]["sum_received"];

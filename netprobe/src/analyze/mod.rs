@@ -5,9 +5,11 @@
 //! interval's histograms and the packet journeys come along for the
 //! printers that draw them. It reads nothing but the recording (no /sys,
 //! no clock), so a recording gives the same analysis on any host.
-//! `compare` sets two analyses side by side.
+//! `compare` sets two analyses side by side; `share` estimates the host's
+//! share of the workload's own round trip.
 
 pub mod compare;
+pub mod share;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -231,7 +233,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
             hist: *h,
         })
         .collect();
-    let directions = [Direction::ToWire, Direction::ToGuest]
+    let directions: Vec<DirectionReport> = [Direction::ToWire, Direction::ToGuest]
         .into_iter()
         .map(|dir| direction_report(dir, &rows, origins.get(&dir).map(Vec::as_slice).unwrap_or_default(), &devs))
         .collect();
@@ -298,6 +300,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         interrupted: rec.meta.interrupted,
         workload: rec.meta.workload.clone(),
         config: rec.meta.host_config.clone(),
+        host_share: share::host_share(&directions, rec.meta.workload.as_ref()),
         filter: rec.meta.filter.clone(),
         guests: guest_reports(rec),
         intervals: intervals(&rec.intervals, &devs),

@@ -22,6 +22,10 @@ pub struct Report {
     /// older recordings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<HostConfig>,
+    /// The host's share of the workload's round trip, estimated, when the
+    /// workload gave its own latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_share: Option<HostShare>,
     /// The flow filter (`--filter`) the kernel applied, if any.
     #[serde(default)]
     pub filter: Option<String>,
@@ -43,6 +47,34 @@ pub struct Report {
     /// CPU time of the threads and softirqs that move packets.
     #[serde(default)]
     pub cpu: Option<CpuReport>,
+}
+
+/// The host's share of a round trip, estimated: per direction the medians
+/// of the hop pairs along the path's busiest chain, summed, next to the
+/// workload's own round-trip latency. Each median is of other packets and
+/// percentiles do not add: `note` says so wherever it is shown.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostShare {
+    pub paths: Vec<PathMedians>,
+    /// Both directions' sums.
+    pub host_p50_sum_ns: u64,
+    /// The workload's round trip: its p50 (else mean), doubled where the
+    /// tool gives half a round trip.
+    pub workload_round_trip_ns: u64,
+    /// Which figure of the workload's, and how it was made a round trip.
+    pub workload_figure: String,
+    /// host_p50_sum_ns / workload_round_trip_ns.
+    pub share: Option<f64>,
+    pub note: String,
+}
+
+/// One direction's busiest chain of hop pairs and the sum of their medians.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PathMedians {
+    pub direction: Direction,
+    /// `from -> to` of each hop pair, in path order.
+    pub pairs: Vec<String>,
+    pub p50_sum_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::model::report::{CoverageEntry, Report};
+use crate::model::report::{CoverageEntry, HostShare, Report};
 use crate::model::{fmt_ns, Workload};
 
 pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
@@ -44,6 +44,9 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         };
         writeln!(out, "workload: {what}, {:.1} s, {end}{tx}", w.ended_unix_s - w.started_unix_s)?;
         write_workload_figures(w, out)?;
+        if let Some(s) = &r.host_share {
+            write_host_share(s, out)?;
+        }
     }
     if let Some(f) = &r.filter {
         writeln!(out, "flow filter (in the kernel): {f}")?;
@@ -216,6 +219,26 @@ fn write_workload_figures(w: &Workload, out: &mut dyn Write) -> Result<()> {
     for n in w.notes.iter().filter(|n| w.transactions_from.as_deref() != Some(&format!("unreadable: {n}"))) {
         writeln!(out, "  workload output unreadable: {n}")?;
     }
+    Ok(())
+}
+
+/// The host's share of the workload's round trip, marked an estimate.
+fn write_host_share(s: &HostShare, out: &mut dyn Write) -> Result<()> {
+    let dirs: Vec<String> = s
+        .paths
+        .iter()
+        .map(|p| format!("{} {} ({} hop pairs)", p.direction.slug(), fmt_ns(p.p50_sum_ns), p.pairs.len()))
+        .collect();
+    let share = s.share.map_or(String::new(), |x| format!(" = {:.0}% of", x * 100.0));
+    writeln!(
+        out,
+        "  host's share of the round trip (estimate): sum of hop-pair medians {}: {}{share} the workload's {} {}",
+        dirs.join(", "),
+        fmt_ns(s.host_p50_sum_ns),
+        fmt_ns(s.workload_round_trip_ns),
+        s.workload_figure
+    )?;
+    writeln!(out, "    {}", s.note)?;
     Ok(())
 }
 
