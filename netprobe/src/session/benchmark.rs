@@ -29,11 +29,16 @@ impl Tool {
     /// file name is a tool's (so `ip netns exec NS sockperf ...` and `sh
     /// -c 'iperf3 -J ... | tee F'` are recognised).
     pub fn of(command: &[String]) -> Option<Tool> {
-        command.iter().flat_map(|a| a.split_whitespace()).find_map(|w| {
+        words(command).find_map(|w| {
             let base = w.rsplit('/').next().unwrap_or(w);
             [Tool::Sockperf, Tool::Uperf, Tool::Netperf, Tool::Iperf3].into_iter().find(|t| t.name() == base)
         })
     }
+}
+
+/// The words of a command line, also those inside one argument (`sh -c`).
+fn words(command: &[String]) -> impl Iterator<Item = &str> {
+    command.iter().flat_map(|a| a.split_whitespace())
 }
 
 /// What netprobe read in a workload's output.
@@ -57,6 +62,7 @@ pub fn read(command: &[String], output: &str, run_s: f64) -> Option<Reading> {
     let output = strip_ansi(output);
     let tool = Tool::of(command)?;
     Some(match tool {
+        Tool::Sockperf if words(command).any(|w| w == "throughput" || w == "tp") => sockperf_throughput(&output),
         Tool::Sockperf => sockperf(&output),
         Tool::Uperf => uperf(&output),
         Tool::Netperf => netperf(command, &output, run_s),
@@ -109,14 +115,11 @@ fn sockperf(out: &str) -> Reading {
             }
         },
         None => {
-            // A throughput test (`sockperf throughput`) has no replies.
-            if !out.contains("BandWidth") {
-                return unreadable_transactions(
-                    "sockperf printed no [Total Run] summary (did it run to its end? netprobe reads ping-pong and \
-                     under-load summaries)"
-                        .to_owned(),
-                );
-            }
+            return unreadable_transactions(
+                "sockperf printed no [Total Run] summary (did it run to its end? netprobe reads ping-pong and \
+                 under-load summaries)"
+                    .to_owned(),
+            );
         }
     }
     let mut lat = WorkloadLatency { from: "sockperf (valid duration)".to_owned(), ..WorkloadLatency::default() };
@@ -154,6 +157,30 @@ fn sockperf(out: &str) -> Reading {
         r.unreadable.push("sockperf printed no latency statistics (avg-latency, percentiles)".to_owned());
     }
     r
+}
+
+/// `sockperf throughput` (one way, no replies: no transactions): its
+/// summary line `Summary: BandWidth is X MBps (Y Mbps)`.
+fn sockperf_throughput(out: &str) -> Reading {
+    let mbps = out.lines().find_map(|l| {
+        let rest = l.split("BandWidth is").nth(1)?;
+        let inner = rest.split('(').nth(1)?.split_whitespace().next()?;
+        inner.parse::<f64>().ok()
+    });
+    match mbps {
+        Some(m) => Reading {
+            throughput: Some(WorkloadThroughput {
+                from: "sockperf throughput Summary (Mbps)".to_owned(),
+                bits_per_second: m * 1e6,
+                ..WorkloadThroughput::default()
+            }),
+            ..Reading::default()
+        },
+        None => Reading {
+            unreadable: vec!["sockperf throughput printed no `Summary: BandWidth is` line".to_owned()],
+            ..Reading::default()
+        },
+    }
 }
 
 /// A uperf time as `PRINT_TIME` prints it (uperf's numbers.c,
@@ -266,7 +293,7 @@ fn uperf(out: &str) -> Reading {
 
 /// netperf's test type (`-t`), TCP_STREAM by default.
 fn netperf_test(command: &[String]) -> String {
-    let words: Vec<&str> = command.iter().flat_map(|a| a.split_whitespace()).collect();
+    let words: Vec<&str> = words(command).collect();
     words
         .iter()
         .position(|w| *w == "-t")
@@ -517,6 +544,11 @@ sockperf: ---> <MIN> observation =    3.162
         assert!(cut.unreadable[0].contains("no [Total Run] summary"), "{cut:?}");
         assert!(read(&cmd("iperf3 -c x"), "iperf3: 1.2 Gbits/sec", 1.0).unwrap().transactions.is_none());
         assert!(read(&cmd("ping -c 1 x"), SOCKPERF, 1.0).is_none(), "the tool is named by the command");
+        // A throughput test has no transactions, only its bandwidth.
+        let tp = "sockperf: Summary: Message Rate is 243455 [msg/sec]\nsockperf: Summary: BandWidth is 3.715 MBps (29.720 Mbps)\n";
+        let r = read(&cmd("sockperf throughput -i x -m 16"), tp, 1.0).unwrap();
+        assert!(r.transactions.is_none() && !r.transactions_unreadable);
+        assert!((r.throughput.unwrap().bits_per_second - 29.72e6).abs() < 1.0);
     }
 
     /// uperf's output for a request/response profile run with `-a`, in the
