@@ -339,7 +339,7 @@ struct Qemu {
 
 impl Qemu {
     fn start(name: &str, tap: &str) -> Qemu {
-        let ns = format!("npq{}", std::process::id());
+        let ns = format!("npq{}-{tap}", std::process::id());
         assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, "qemu-system-x86_64", "-name"])
@@ -395,4 +395,36 @@ fn qemu_guests_are_found_by_name_and_a_killed_one_is_reported_gone() {
     let gone = g["gone_after_s"].as_f64().expect("the killed guest is reported gone");
     assert!((0.5..4.0).contains(&gone), "gone after {gone} s");
     assert!(r["duration_s"].as_f64().unwrap() >= 3.9, "the recording went on after the guest died");
+}
+
+/// The recording's host configuration has each guest's vCPUs and where
+/// their threads may run: a QEMU guest whose vCPU thread is pinned.
+#[test]
+fn guest_vcpu_pinning_is_in_the_configuration() {
+    if !require_root("guest_vcpu_pinning_is_in_the_configuration") {
+        return;
+    }
+    let q = Qemu::start("np-pinned-guest", "npqtap1");
+    let pid = q.child.id();
+    // QEMU's vCPU thread (`CPU 0/TCG`), pinned to CPU 0 as libvirt's
+    // <vcpupin> would.
+    let mut vcpu = None;
+    for _ in 0..50 {
+        vcpu = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().find_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            comm.starts_with("CPU 0/").then(|| t.file_name().to_string_lossy().into_owned())
+        });
+        if vcpu.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tid = vcpu.expect("QEMU's vCPU thread");
+    assert!(Command::new("taskset").args(["-p", "-c", "0", &tid]).output().unwrap().status.success());
+    let r = RunningRecord::start(&["--duration", "1500ms"]).finish();
+    let guests = r["config"]["guests"].as_array().unwrap_or_else(|| panic!("{:#}", r["config"]));
+    let g = guests.iter().find(|g| g["name"] == "np-pinned-guest").unwrap_or_else(|| panic!("{guests:#?}"));
+    assert_eq!(g["pid"].as_u64(), Some(u64::from(pid)), "{g}");
+    assert_eq!(g["vcpus"], 1, "{g}");
+    assert_eq!(g["vcpu_affinity"], serde_json::json!(["0"]), "{g}");
 }

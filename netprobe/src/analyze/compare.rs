@@ -169,16 +169,35 @@ pub fn config_differences(a: &HostConfig, b: &HostConfig) -> Vec<ConfigDiff> {
             b.devices[*ib].name = both;
         }
     }
+    // A device one host has alone is one difference, not one per setting.
+    let (a_names, b_names) = (names(&a), names(&b));
+    let summary = |d: &DeviceConfig| {
+        let mut w = vec![d.kind.clone().unwrap_or_else(|| "device".to_owned())];
+        w.extend(d.driver.as_ref().map(|v| format!("driver {v}")));
+        w.join(", ")
+    };
+    let mut alone_rows = Vec::new();
+    for d in a.devices.iter().filter(|d| !b_names.contains(&d.name)) {
+        alone_rows.push(ConfigDiff { setting: format!("device {}", d.name), a: Some(summary(d)), b: None });
+    }
+    for d in b.devices.iter().filter(|d| !a_names.contains(&d.name)) {
+        alone_rows.push(ConfigDiff { setting: format!("device {}", d.name), a: None, b: Some(summary(d)) });
+    }
+    a.devices.retain(|d| b_names.contains(&d.name));
+    b.devices.retain(|d| a_names.contains(&d.name));
     let (sa, sb) = (a.settings(), b.settings());
     let mut keys: Vec<&String> = sa.iter().map(|(k, _)| k).collect();
     keys.extend(sb.iter().map(|(k, _)| k).filter(|k| !sa.iter().any(|(x, _)| x == *k)));
     let get = |s: &[(String, String)], k: &str| s.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
-    keys.into_iter()
+    let mut out: Vec<ConfigDiff> = keys
+        .into_iter()
         .filter_map(|k| {
             let (va, vb) = (get(&sa, k), get(&sb, k));
             (va != vb).then(|| ConfigDiff { setting: k.clone(), a: va, b: vb })
         })
-        .collect()
+        .collect();
+    out.extend(alone_rows);
+    out
 }
 
 pub fn compare(a_name: &str, a: &Report, b_name: &str, b: &Report) -> Comparison {
@@ -267,5 +286,9 @@ mod tests {
         let d: Vec<String> = config_differences(&a, &b).iter().map(ConfigDiff::describe).collect();
         assert_eq!(d[1], "B: macvtap0/macvtap1 tx-tcp-segmentation off, A: on");
         assert!(config_differences(&a, &a).is_empty());
+        // A device only one host has: one row, its kind and driver.
+        b.devices[0].kind = Some("tun".to_owned());
+        let d: Vec<String> = config_differences(&a, &b).iter().map(ConfigDiff::describe).collect();
+        assert_eq!(d[1..], ["B: device macvtap0 absent, A: macvtap", "B: device macvtap1 tun, A: absent"]);
     }
 }
