@@ -167,3 +167,41 @@ fn configuration_opens_table_and_page() {
     let json: serde_json::Value = serde_json::from_slice(&render(&rec, Format::Json)).unwrap();
     assert_eq!(json["config"]["devices"][0]["qeth"]["card_type"], "HiperSockets<x>");
 }
+
+/// A workload that gave its own latency: the table and the page show it,
+/// what could not be read, and the host's share marked an estimate.
+#[test]
+fn workload_figures_and_host_share_are_shown() {
+    use crate::model::{Workload, WorkloadLatency};
+    let mut rec = fixture();
+    rec.meta.workload = Some(Workload {
+        command: vec!["netperf".into(), "-t".into(), "TCP_RR".into()],
+        started_unix_s: 0.0,
+        ended_unix_s: 5.0,
+        exit_status: Some(0),
+        signal: None,
+        tgids: Vec::new(),
+        cgroup: None,
+        transactions: None,
+        transactions_from: Some("unreadable: netperf TCP_RR printed no TRANSACTION_RATE".into()),
+        latency: Some(WorkloadLatency {
+            from: "netperf TCP_RR latency selectors (us)".into(),
+            round_trip: true,
+            p50_ns: Some(40_000),
+            p99_ns: Some(90_000),
+            ..WorkloadLatency::default()
+        }),
+        throughput: None,
+        notes: vec!["netperf TCP_RR printed no TRANSACTION_RATE".into()],
+    });
+    let table = String::from_utf8(render(&rec, Format::Table)).unwrap();
+    assert!(table.contains(", transactions unreadable: netperf TCP_RR printed no TRANSACTION_RATE\n"), "{table}");
+    assert!(
+        table.contains("  workload's own latency: p50 40.0us, p99 90.0us (netperf TCP_RR latency selectors (us))\n")
+    );
+    assert!(!table.contains("workload output unreadable"), "the transactions line says it once: {table}");
+    let share = table.lines().find(|l| l.contains("host's share of the round trip (estimate)")).unwrap();
+    assert!(share.contains("to-wire") && share.contains("percentiles do not add"), "{share}");
+    let html = String::from_utf8(render(&rec, Format::Html)).unwrap();
+    assert!(html.contains("host&#39;s share of the round trip (estimate)"));
+}

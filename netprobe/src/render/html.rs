@@ -51,6 +51,9 @@ pub fn write(a: &Analysis, out: &mut dyn std::io::Write) -> Result<()> {
             w.ended_unix_s - w.started_unix_s,
             w.exit_status.map_or_else(|| "none".to_owned(), |c| c.to_string())
         );
+        for line in super::context::workload_lines(w, r.host_share.as_ref()) {
+            let _ = writeln!(h, "<p class=\"meta\">{}</p>", esc(&line));
+        }
     }
     config(&mut h, r);
     cards(&mut h, r, kept);
@@ -74,13 +77,13 @@ fn config(h: &mut String, r: &Report) {
     match &r.config {
         Some(c) => {
             h.push_str("<ul class=\"config\">\n");
-            for (depth, line) in super::config::lines(c) {
+            for (depth, line) in super::context::lines(c) {
                 let _ = writeln!(h, "<li class=\"depth{depth}\">{}</li>", esc(&line));
             }
             h.push_str("</ul>\n");
         }
         None => {
-            let _ = writeln!(h, "<p>{}</p>", esc(super::config::NOT_RECORDED));
+            let _ = writeln!(h, "<p>{}</p>", esc(super::context::NOT_RECORDED));
         }
     }
     h.push_str("</section>\n");

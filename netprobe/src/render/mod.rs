@@ -2,11 +2,12 @@
 //! analysis (or, for table, JSON and CSV, of its report model alone) and
 //! nothing else. `top` draws the live view, `openmetrics` encodes what
 //! `serve` answers, `compare_table` and `compare_html` show a comparison;
-//! `config` is the host configuration's text both table and HTML open with.
+//! `context` is what both table and HTML open with (host configuration,
+//! the workload's own figures).
 
 pub mod compare_html;
 pub mod compare_table;
-mod config;
+mod context;
 pub mod csv;
 #[cfg(test)]
 mod golden;

@@ -6,8 +6,8 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::model::report::{CoverageEntry, HostShare, Report};
-use crate::model::{fmt_ns, Workload};
+use crate::model::fmt_ns;
+use crate::model::report::{CoverageEntry, Report};
 
 pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
@@ -21,11 +21,11 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     match &r.config {
         Some(c) => {
             writeln!(out, "host configuration:")?;
-            for (depth, line) in super::config::lines(c) {
+            for (depth, line) in super::context::lines(c) {
                 writeln!(out, "{:indent$}{line}", "", indent = 2 * (depth + 1))?;
             }
         }
-        None => writeln!(out, "host configuration: {}", super::config::NOT_RECORDED)?,
+        None => writeln!(out, "host configuration: {}", super::context::NOT_RECORDED)?,
     }
     if let Some(w) = &r.workload {
         let end = match (w.exit_status, w.signal) {
@@ -43,9 +43,8 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             _ => String::new(),
         };
         writeln!(out, "workload: {what}, {:.1} s, {end}{tx}", w.ended_unix_s - w.started_unix_s)?;
-        write_workload_figures(w, out)?;
-        if let Some(s) = &r.host_share {
-            write_host_share(s, out)?;
+        for line in super::context::workload_lines(w, r.host_share.as_ref()) {
+            writeln!(out, "  {line}")?;
         }
     }
     if let Some(f) = &r.filter {
@@ -190,55 +189,6 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             String::new()
         },
     )?;
-    Ok(())
-}
-
-/// The workload tool's own latency and throughput, and what of its output
-/// could not be read.
-fn write_workload_figures(w: &Workload, out: &mut dyn Write) -> Result<()> {
-    if let Some(l) = &w.latency {
-        let figures: Vec<String> = [
-            ("mean", l.mean_ns),
-            ("min", l.min_ns),
-            ("p50", l.p50_ns),
-            ("p90", l.p90_ns),
-            ("p99", l.p99_ns),
-            ("p99.9", l.p999_ns),
-            ("max", l.max_ns),
-        ]
-        .iter()
-        .filter_map(|(name, v)| v.map(|ns| format!("{name} {}", fmt_ns(ns))))
-        .collect();
-        writeln!(out, "  workload's own latency: {} ({})", figures.join(", "), l.from)?;
-    }
-    if let Some(t) = &w.throughput {
-        let bytes = t.bytes.map_or(String::new(), |b| format!(", {b} bytes"));
-        let secs = t.seconds.map_or(String::new(), |s| format!(" in {s:.2} s"));
-        writeln!(out, "  workload's own throughput: {:.2} Mbit/s{bytes}{secs} ({})", t.bits_per_second / 1e6, t.from)?;
-    }
-    for n in w.notes.iter().filter(|n| w.transactions_from.as_deref() != Some(&format!("unreadable: {n}"))) {
-        writeln!(out, "  workload output unreadable: {n}")?;
-    }
-    Ok(())
-}
-
-/// The host's share of the workload's round trip, marked an estimate.
-fn write_host_share(s: &HostShare, out: &mut dyn Write) -> Result<()> {
-    let dirs: Vec<String> = s
-        .paths
-        .iter()
-        .map(|p| format!("{} {} ({} hop pairs)", p.direction.slug(), fmt_ns(p.p50_sum_ns), p.pairs.len()))
-        .collect();
-    let share = s.share.map_or(String::new(), |x| format!(" = {:.0}% of", x * 100.0));
-    writeln!(
-        out,
-        "  host's share of the round trip (estimate): sum of hop-pair medians {}: {}{share} the workload's {} {}",
-        dirs.join(", "),
-        fmt_ns(s.host_p50_sum_ns),
-        fmt_ns(s.workload_round_trip_ns),
-        s.workload_figure
-    )?;
-    writeln!(out, "    {}", s.note)?;
     Ok(())
 }
 

@@ -1,9 +1,15 @@
-//! The host's configuration as lines of text, shared by the table and the
-//! HTML page (which open with it): kernel, CPUs, SMT, THP, then one line
-//! per device on the measured paths with its offloads, IRQs and qeth
-//! settings, OVS datapaths and guests' vCPU pinning.
+//! What a report opens with, as lines of text shared by the table and the
+//! HTML page: the host's configuration (kernel, CPUs, SMT, THP, then one
+//! line per device on the measured paths with its offloads, IRQs and qeth
+//! settings, OVS datapaths and guests' vCPU pinning), and the workload
+//! tool's own figures with the host's share of its round trip.
 
-use crate::model::host::{smt_word, HostConfig, KEY_FEATURES};
+use crate::model::{
+    fmt_ns,
+    host::{smt_word, HostConfig, KEY_FEATURES},
+    report::HostShare,
+    Workload,
+};
 
 /// What a recording without a configuration says instead.
 pub(super) const NOT_RECORDED: &str = "not in this recording (made before netprobe recorded the host's configuration)";
@@ -86,4 +92,51 @@ fn or_none(v: &[&str]) -> String {
     } else {
         v.join(" ")
     }
+}
+
+/// The workload tool's own latency and throughput, what of its output
+/// could not be read, and the host's share of its round trip (marked an
+/// estimate).
+pub(super) fn workload_lines(w: &Workload, share: Option<&HostShare>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(l) = &w.latency {
+        let figures: Vec<String> = [
+            ("mean", l.mean_ns),
+            ("min", l.min_ns),
+            ("p50", l.p50_ns),
+            ("p90", l.p90_ns),
+            ("p99", l.p99_ns),
+            ("p99.9", l.p999_ns),
+            ("max", l.max_ns),
+        ]
+        .iter()
+        .filter_map(|(name, v)| v.map(|ns| format!("{name} {}", fmt_ns(ns))))
+        .collect();
+        out.push(format!("workload's own latency: {} ({})", figures.join(", "), l.from));
+    }
+    if let Some(t) = &w.throughput {
+        let bytes = t.bytes.map_or(String::new(), |b| format!(", {b} bytes"));
+        let secs = t.seconds.map_or(String::new(), |s| format!(" in {s:.2} s"));
+        out.push(format!("workload's own throughput: {:.2} Mbit/s{bytes}{secs} ({})", t.bits_per_second / 1e6, t.from));
+    }
+    for n in w.notes.iter().filter(|n| w.transactions_from.as_deref() != Some(&format!("unreadable: {n}"))) {
+        out.push(format!("workload output unreadable: {n}"));
+    }
+    if let Some(s) = share {
+        let dirs: Vec<String> = s
+            .paths
+            .iter()
+            .map(|p| format!("{} {} ({} hop pairs)", p.direction.slug(), fmt_ns(p.p50_sum_ns), p.pairs.len()))
+            .collect();
+        let ratio = s.share.map_or(String::new(), |x| format!(" = {:.0}% of", x * 100.0));
+        out.push(format!(
+            "host's share of the round trip (estimate): sum of hop-pair medians {}: {}{ratio} the workload's {} {}; {}",
+            dirs.join(", "),
+            fmt_ns(s.host_p50_sum_ns),
+            fmt_ns(s.workload_round_trip_ns),
+            s.workload_figure,
+            s.note
+        ));
+    }
+    out
 }
