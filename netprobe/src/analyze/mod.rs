@@ -279,7 +279,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         .collect();
     functions.sort_by_key(|f| std::cmp::Reverse(f.total_ns));
 
-    let devices = devs
+    let devices: Vec<DeviceReport> = devs
         .by_key
         .values()
         .map(|d| DeviceReport { name: d.name.clone(), kind: d.kind.clone(), ifindex: d.ifindex, netns: d.netns })
@@ -300,7 +300,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         interrupted: rec.meta.interrupted,
         workload: rec.meta.workload.clone(),
         config: rec.meta.host_config.clone(),
-        host_share: share::host_share(&directions, rec.meta.workload.as_ref()),
+        host_share: share::host_share(&directions, &devices, rec.meta.workload.as_ref()),
         filter: rec.meta.filter.clone(),
         guests: guest_reports(rec),
         intervals: intervals(&rec.intervals, &devs),

@@ -1,12 +1,14 @@
 //! The host's share of the round trip, estimated: per direction, the
-//! medians of the hop pairs along the path's busiest chain, summed, next
-//! to the workload's own round-trip latency. An estimate only: each
-//! median is of other packets, and percentiles do not add.
+//! medians of the hop pairs along the path's busiest chain within the
+//! network namespace the path starts in (the host's; a peer on the same
+//! kernel, as in the demo, is not the host), summed, next to the
+//! workload's own round-trip latency. An estimate only: each median is of
+//! other packets, and percentiles do not add.
 
 use std::collections::BTreeMap;
 
 use crate::model::{
-    report::{DirectionReport, HostShare, PairReport, PathMedians},
+    report::{DeviceReport, DirectionReport, HostShare, PairReport, PathMedians},
     Workload,
 };
 
@@ -24,8 +26,9 @@ fn ends(p: &PairReport) -> (Node, Node) {
 
 /// The busiest chain of hop pairs of one direction: from the origin most
 /// packets leave, each step the busiest pair onward (drops left aside),
-/// until the path ends or comes back on itself.
-fn chain(d: &DirectionReport) -> Vec<&PairReport> {
+/// until the path ends, comes back on itself or leaves the origin's
+/// network namespace (`netns` of a device name; unknown devices stay).
+fn chain<'a>(d: &'a DirectionReport, netns: &BTreeMap<&str, u32>) -> Vec<&'a PairReport> {
     let pairs: Vec<&PairReport> = d.pairs.iter().filter(|p| p.to_hop != "dropped").collect();
     let mut out_of: BTreeMap<Node, Vec<&PairReport>> = BTreeMap::new();
     let mut reached: Vec<Node> = Vec::new();
@@ -39,6 +42,8 @@ fn chain(d: &DirectionReport) -> Vec<&PairReport> {
         .filter(|(n, _)| !reached.contains(n))
         .max_by_key(|(_, ps)| ps.iter().map(|p| p.packets).sum::<u64>())
         .map(|(n, _)| n.clone());
+    let home = origin.as_ref().and_then(|(_, dev)| netns.get(dev.as_str()).copied());
+    let at_home = |dev: &str| home.is_none() || netns.get(dev).is_none_or(|n| Some(*n) == home);
     let mut at = origin;
     let mut seen = Vec::new();
     let mut path = Vec::new();
@@ -48,8 +53,12 @@ fn chain(d: &DirectionReport) -> Vec<&PairReport> {
         }
         seen.push(node.clone());
         if let Some(next) = out_of.get(&node).and_then(|ps| ps.iter().max_by_key(|p| p.packets)) {
+            let to = ends(next).1;
+            if !at_home(&to.1) {
+                break;
+            }
             path.push(*next);
-            at = Some(ends(next).1);
+            at = Some(to);
         }
     }
     path
@@ -57,7 +66,11 @@ fn chain(d: &DirectionReport) -> Vec<&PairReport> {
 
 /// The host's share when the workload gave its own latency (its p50,
 /// else its mean; doubled when the tool reports half a round trip).
-pub fn host_share(directions: &[DirectionReport], workload: Option<&Workload>) -> Option<HostShare> {
+pub fn host_share(
+    directions: &[DirectionReport],
+    devices: &[DeviceReport],
+    workload: Option<&Workload>,
+) -> Option<HostShare> {
     let lat = workload?.latency.as_ref()?;
     let (figure, which) = match (lat.p50_ns, lat.mean_ns) {
         (Some(p50), _) => (p50, "p50"),
@@ -69,10 +82,11 @@ pub fn host_share(directions: &[DirectionReport], workload: Option<&Workload>) -
     } else {
         (figure * 2, format!("{which} x 2: the tool reports half the round trip ({})", lat.from))
     };
+    let netns: BTreeMap<&str, u32> = devices.iter().map(|d| (d.name.as_str(), d.netns)).collect();
     let paths: Vec<PathMedians> = directions
         .iter()
         .map(|d| {
-            let c = chain(d);
+            let c = chain(d, &netns);
             PathMedians {
                 direction: d.direction,
                 pairs: c.iter().map(|p| format!("{} -> {}", p.from_label(), p.to_label())).collect(),
@@ -151,12 +165,18 @@ mod tests {
             throughput: None,
             notes: Vec::new(),
         };
-        let s = host_share(&[wire], Some(&w)).unwrap();
+        let s = host_share(std::slice::from_ref(&wire), &[], Some(&w)).unwrap();
         assert_eq!(s.paths[0].pairs.len(), 6, "{:?}", s.paths[0].pairs);
         assert_eq!(s.paths[0].pairs[5], "receive@p -> copy_out");
         assert_eq!(s.host_p50_sum_ns, 300 + 200 + 200 + 250 + 400 + 20_000);
         assert_eq!(s.workload_round_trip_ns, 60_000, "sockperf's RTT/2, doubled");
         assert!((s.share.unwrap() - 21_350.0 / 60_000.0).abs() < 1e-9);
-        assert!(host_share(&[], None).is_none());
+        assert!(host_share(&[], &[], None).is_none());
+        // The peer (p) in another namespace of the same kernel is not the
+        // host: the chain stops at the uplink's transmit.
+        let dev = |name: &str, netns: u32| DeviceReport { name: name.into(), kind: String::new(), ifindex: 1, netns };
+        let s = host_share(&[wire], &[dev("m", 1), dev("u", 1), dev("p", 2)], Some(&w)).unwrap();
+        assert_eq!(s.paths[0].pairs.last().unwrap(), "queue@u -> xmit@u");
+        assert_eq!(s.host_p50_sum_ns, 700);
     }
 }
