@@ -68,7 +68,7 @@ pub fn capture(devices: &[DeviceRef], guests: &[Guest]) -> HostConfig {
         }
         let in_host = ns == own;
         let read_ns = move || {
-            let devs: Vec<Result<DeviceConfig, String>> = names.iter().map(|n| device(n)).collect();
+            let devs: Vec<Result<(DeviceConfig, Option<String>), String>> = names.iter().map(|n| device(n)).collect();
             let ovs = if ovs_loaded { Some(ovs_datapaths()) } else { None };
             (devs, ovs)
         };
@@ -76,7 +76,8 @@ pub fn capture(devices: &[DeviceRef], guests: &[Guest]) -> HostConfig {
             Ok((devs, ovs)) => {
                 for d in devs {
                     match d {
-                        Ok(mut d) => {
+                        Ok((mut d, note)) => {
+                            c.notes.extend(note.map(|n| format!("{n} (network namespace {label})")));
                             d.netns.clone_from(&label);
                             d.irqs = irqs(&d.name, in_host, &interrupts);
                             d.qeth = if in_host { qeth(Path::new(QETH_SYSFS), &d.name) } else { BTreeMap::new() };
@@ -174,7 +175,8 @@ fn namespaces(own: u32) -> BTreeMap<u32, (String, String)> {
 }
 
 /// One device of the calling thread's network namespace.
-fn device(name: &str) -> Result<DeviceConfig, String> {
+/// With a note when its feature flags could not be read.
+fn device(name: &str) -> Result<(DeviceConfig, Option<String>), String> {
     let c = std::ffi::CString::new(name).map_err(|_| format!("device name {name:?}"))?;
     // SAFETY: if_nametoindex on a valid C string.
     let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -191,8 +193,15 @@ fn device(name: &str) -> Result<DeviceConfig, String> {
         Err(e) => return Err(format!("device {name}: rtnetlink RTM_GETLINK failed: {e}")),
     }
     d.driver = ethtool::driver(name).ok().filter(|s| !s.is_empty());
-    d.features = ethtool::features(name).unwrap_or_default();
-    Ok(d)
+    let note = match ethtool::features(name) {
+        Ok(f) => {
+            d.features = f;
+            None
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
+        Err(e) => Some(format!("device {name}: feature flags (ETHTOOL_GFEATURES) unreadable: {e}")),
+    };
+    Ok((d, note))
 }
 
 /// IFLA_MACVLAN_MODE's value by name (linux/if_link.h).
