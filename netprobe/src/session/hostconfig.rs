@@ -562,8 +562,10 @@ mod ethtool {
         // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), data[].
         let mut info = [0u32; 5];
         info[0] = ETHTOOL_GSSET_INFO;
-        let mask = 1u64 << ETH_SS_FEATURES;
-        info[2..4].copy_from_slice(&[mask as u32, (mask >> 32) as u32]);
+        // The u64 mask as memory holds it, on either byte order (s390x).
+        let mask = (1u64 << ETH_SS_FEATURES).to_ne_bytes();
+        info[2] = u32::from_ne_bytes([mask[0], mask[1], mask[2], mask[3]]);
+        info[3] = u32::from_ne_bytes([mask[4], mask[5], mask[6], mask[7]]);
         call(dev, &mut info)?;
         let count = info[4] as usize;
         if count == 0 {
