@@ -27,6 +27,12 @@ pub fn run_in<R: Send + 'static>(name: Option<&str>, f: impl FnOnce() -> R + Sen
         Some(n) => Some(File::open(path(n)).with_context(|| format!("network namespace {n} not found"))?),
         None => None,
     };
+    run_in_file(ns, f)
+}
+
+/// Runs `f` on a thread that has joined the namespace open as `ns` (a
+/// `/var/run/netns/NAME` or `/proc/PID/ns/net` file; None = ours).
+pub fn run_in_file<R: Send + 'static>(ns: Option<File>, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
     std::thread::spawn(move || -> Result<R> {
         if let Some(ns) = ns {
             enter(&ns)?;

@@ -414,6 +414,9 @@ fn ignore_broken_pipe(r: Result<()>) -> Result<()> {
         Err(e)
             if e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                    // serde_json keeps the io::Error inside its own.
+                    || c.downcast_ref::<serde_json::Error>()
+                        .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
             }) =>
         {
             Ok(())

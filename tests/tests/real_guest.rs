@@ -85,6 +85,15 @@ fn a_real_guest_on_a_macvtap_is_measured_and_found_without_debug_threads() {
         t.ping.0, t.ping.1, t.udp_rr.0, t.udp_rr.1, t.tcp_stream
     );
     assert_eq!(t.ping.1, t.ping.0, "the guest's pings were not all answered");
+    // No hop pair that no packet takes: a recycled skb (struct and data
+    // buffer both back) once joined a ping to the previous one's journey.
+    let tr = &r["tracking"];
+    eprintln!(
+        "restarted journeys: reused {}, impossible step {}, late {}, stale {}, evicted {}",
+        tr["track_reused"], tr["track_impossible"], tr["track_late"], tr["track_stale"], tr["track_evicted"]
+    );
+    let wrong = netprobe_tests::impossible_pairs(&r);
+    assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
     assert!(t.udp_rr.1 > 0 && sent > t.ping.0 + t.udp_rr.0, "too little traffic: {t:?}");
 
     // Every frame the guest sent leaves through the macvtap and the

@@ -23,6 +23,34 @@ fn server(t: &Topology, args: &[&str]) -> KillOnDrop {
     s
 }
 
+/// A file in the temporary directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        Scratch(std::env::temp_dir().join(format!("netprobe-test-{}-{name}", std::process::id())))
+    }
+
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Records the demo's devices while `tool_command` runs in the guest
+/// namespace, its output also written to `own` (tee) to be held against
+/// what netprobe read of it.
+fn record_teed(t: &Topology, tool_command: &str, own: &Scratch) -> RunningRecord {
+    let ifaces = t.ifaces();
+    let shell = format!("ip netns exec {} {tool_command} | tee {}", t.guest_ns, own.path());
+    RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--", "sh", "-c", &shell])
+}
+
 fn role_ns(r: &Value, role: &str) -> u64 {
     r["cpu"]["by_role_ns"][role].as_u64().unwrap_or(0)
 }
@@ -68,26 +96,10 @@ fn sockperf_ping_pong_cpu_per_transaction() {
     }
     let t = Topology::create().unwrap();
     let _server = server(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11111"]);
-    let ifaces = t.ifaces();
-    let rec = RunningRecord::start(&[
-        "--iface",
-        &ifaces[0],
-        "--iface",
-        &ifaces[1],
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &t.guest_ns,
-        "sockperf",
-        "ping-pong",
-        "-i",
-        demo::PEER_ADDR,
-        "-p",
-        "11111",
-        "-t",
-        "3",
-    ]);
+    // sockperf's own output is also kept (tee), to hold netprobe's reading
+    // of it against what sockperf printed.
+    let own = Scratch::new("sockperf.txt");
+    let rec = record_teed(&t, &format!("sockperf ping-pong -i {} -p 11111 -t 3", demo::PEER_ADDR), &own);
     let r = rec.finish();
     let wrong = netprobe_tests::impossible_pairs(&r);
     assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}\ntracking: {}", r["tracking"]);
@@ -105,6 +117,31 @@ fn sockperf_ping_pong_cpu_per_transaction() {
     let tx = w["transactions"].as_u64().expect("sockperf's transaction count");
     assert!(w["transactions_from"].as_str().unwrap().contains("sockperf"), "{w}");
     assert!(tx > 500, "only {tx} transactions in 3 s");
+    // The same figures sockperf printed: ReceivedMessages, and its
+    // percentiles (us, 3 decimals) as ns.
+    let printed = std::fs::read_to_string(own.path()).unwrap();
+    let field = |line_has: &str, after: &str| -> f64 {
+        let line = printed.lines().find(|l| l.contains(line_has)).unwrap_or_else(|| panic!("{line_has}: {printed}"));
+        let v = line.split(after).nth(1).unwrap().trim();
+        v.split(|c: char| c == ';' || c.is_whitespace()).next().unwrap().parse().unwrap()
+    };
+    assert_eq!(tx as f64, field("[Total Run]", "ReceivedMessages="));
+    let lat = &w["latency"];
+    for (selector, key) in [("percentile 50.000", "p50_ns"), ("percentile 99.000", "p99_ns")] {
+        let us = field(selector, "=");
+        assert_eq!(lat[key].as_u64(), Some((us * 1000.0).round() as u64), "{key} vs sockperf's {us} us: {lat}");
+    }
+    assert_eq!(lat["round_trip"], false, "sockperf without --full-rtt reports RTT/2: {lat}");
+    eprintln!("sockperf: netprobe read {tx} transactions, latency {lat}");
+    // The host's share: both directions' medians summed, next to
+    // sockperf's round trip (its RTT/2 p50 doubled), marked an estimate.
+    let share = &r["host_share"];
+    eprintln!("host's share: {share}");
+    assert!(share["note"].as_str().unwrap().contains("estimate"), "{share}");
+    assert_eq!(share["workload_round_trip_ns"], lat["p50_ns"].as_u64().unwrap() * 2, "{share}");
+    assert_eq!(share["paths"].as_array().unwrap().len(), 2, "both directions: {share}");
+    let host = share["host_p50_sum_ns"].as_u64().unwrap();
+    assert!(host > 0 && share["share"].as_f64().unwrap() > 0.0, "{share}");
     // Every transaction is a request toward the wire and a reply toward
     // the guest, each measured hop by hop.
     let (m, u) = (&t.macvtap, &t.uplink);
@@ -179,6 +216,32 @@ fn iperf3_stream_by_pid_and_the_series_spans_it() {
     assert!(r["cpu"]["per_packet_ns"]["softirq"].as_f64().unwrap() > 0.0);
     assert!(r["cpu"]["transactions"].is_null(), "a stream has no transactions");
     assert_series_covers(&r, secs.floor());
+}
+
+/// iperf3 run with -J: the throughput and byte count netprobe reports
+/// are those of iperf3's own JSON report.
+#[test]
+fn iperf3_json_throughput_is_read() {
+    if !require_root("iperf3_json_throughput_is_read") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let _server = server(&t, &["iperf3", "-s", "-B", demo::PEER_ADDR]);
+    let own = Scratch::new("iperf3.json");
+    let rec = record_teed(&t, &format!("iperf3 -c {} -t 2 -J", demo::PEER_ADDR), &own);
+    let r = rec.finish();
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(own.path()).unwrap()).unwrap();
+    let received = &json["end"]["sum_received"];
+    let tp = &r["workload"]["throughput"];
+    eprintln!("iperf3 -J end.sum_received: {received}; netprobe: {tp}");
+    assert!(received["bytes"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(tp["bytes"], received["bytes"], "{tp}");
+    assert_eq!(tp["bytes_sent"], json["end"]["sum_sent"]["bytes"], "{tp}");
+    assert_eq!(tp["bits_per_second"].as_f64(), received["bits_per_second"].as_f64(), "{tp}");
+    assert!(r["workload"]["transactions"].is_null() && r["workload"]["notes"] == serde_json::json!([]));
+    // The stream went through the measured path.
+    let m = &t.macvtap;
+    assert!(pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"))["packets"].as_u64().unwrap() > 100);
 }
 
 #[test]
@@ -273,7 +336,7 @@ struct Qemu {
 
 impl Qemu {
     fn start(name: &str, tap: &str) -> Qemu {
-        let ns = format!("npq{}", std::process::id());
+        let ns = format!("npq{}-{tap}", std::process::id());
         assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
         let child = Command::new("ip")
             .args(["netns", "exec", &ns, "qemu-system-x86_64", "-name"])
@@ -329,4 +392,36 @@ fn qemu_guests_are_found_by_name_and_a_killed_one_is_reported_gone() {
     let gone = g["gone_after_s"].as_f64().expect("the killed guest is reported gone");
     assert!((0.5..4.0).contains(&gone), "gone after {gone} s");
     assert!(r["duration_s"].as_f64().unwrap() >= 3.9, "the recording went on after the guest died");
+}
+
+/// The recording's host configuration has each guest's vCPUs and where
+/// their threads may run: a QEMU guest whose vCPU thread is pinned.
+#[test]
+fn guest_vcpu_pinning_is_in_the_configuration() {
+    if !require_root("guest_vcpu_pinning_is_in_the_configuration") {
+        return;
+    }
+    let q = Qemu::start("np-pinned-guest", "npqtap1");
+    let pid = q.child.id();
+    // QEMU's vCPU thread (`CPU 0/TCG`), pinned to CPU 0 as libvirt's
+    // <vcpupin> would.
+    let mut vcpu = None;
+    for _ in 0..50 {
+        vcpu = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().find_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            comm.starts_with("CPU 0/").then(|| t.file_name().to_string_lossy().into_owned())
+        });
+        if vcpu.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tid = vcpu.expect("QEMU's vCPU thread");
+    assert!(Command::new("taskset").args(["-p", "-c", "0", &tid]).output().unwrap().status.success());
+    let r = RunningRecord::start(&["--duration", "1500ms"]).finish();
+    let guests = r["config"]["guests"].as_array().unwrap_or_else(|| panic!("{:#}", r["config"]));
+    let g = guests.iter().find(|g| g["name"] == "np-pinned-guest").unwrap_or_else(|| panic!("{guests:#?}"));
+    assert_eq!(g["pid"].as_u64(), Some(u64::from(pid)), "{g}");
+    assert_eq!(g["vcpus"], 1, "{g}");
+    assert_eq!(g["vcpu_affinity"], serde_json::json!(["0"]), "{g}");
 }

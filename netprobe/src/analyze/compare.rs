@@ -1,14 +1,20 @@
 //! Side-by-side comparison of two recordings (say MacVTap over OSA against
 //! OVS over HiperSockets): the same hop pairs with absolute and relative
 //! differences, and hops that exist in one configuration only, aligned by
-//! the stage of the path they belong to.
+//! the stage of the path they belong to. Before them, the differences of
+//! the two hosts' configurations (SMT, THP, a device's txqueuelen or
+//! offloads...), so a latency difference is read against what changed.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::{
-    model::{report::Report, Direction},
+    model::{
+        host::{DeviceConfig, HostConfig},
+        report::Report,
+        Direction,
+    },
     probe::catalog::{self, Path},
 };
 
@@ -67,10 +73,33 @@ pub struct Row {
     pub p99_diff_ns: Option<i64>,
 }
 
+/// One setting that differs between the two configurations (None: the
+/// setting is absent on that side, e.g. a device only one host has).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConfigDiff {
+    pub setting: String,
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+impl ConfigDiff {
+    /// `B: SMT on, A: off`; `B: macvtap0 txqueuelen 500, A: 1000`.
+    pub fn describe(&self) -> String {
+        let side = |v: &Option<String>| v.clone().unwrap_or_else(|| "absent".to_owned());
+        format!("B: {} {}, A: {}", self.setting, side(&self.b), side(&self.a))
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
     pub a: String,
     pub b: String,
+    /// The configurations' differences, setting by setting.
+    pub config_differences: Vec<ConfigDiff>,
+    /// Why the configurations could not be compared, if they could not
+    /// (a recording made before netprobe captured them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_missing: Option<String>,
     pub rows: Vec<Row>,
     /// Both reports, for the printers that show more of each side (the
     /// HTML page: CPU by role, drops); not part of the JSON form.
@@ -113,7 +142,71 @@ fn index(r: &Report) -> PairIndex {
     out
 }
 
+/// A device's link kind and driver, what matches devices of two hosts
+/// that are named differently.
+type DeviceKind = (Option<String>, Option<String>);
+
+/// The settings of `a` and `b` that differ. Devices are matched by name;
+/// a device each side has alone, of the same kind (the study's macvtap0
+/// against macvtap1), is matched to its counterpart and named `A/B`.
+pub fn config_differences(a: &HostConfig, b: &HostConfig) -> Vec<ConfigDiff> {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    let names = |c: &HostConfig| c.devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+    let (a_names, b_names) = (names(&a), names(&b));
+    let kind = |d: &DeviceConfig| (d.kind.clone(), d.driver.clone());
+    let alone = |c: &HostConfig, other: &[String]| -> Vec<(usize, DeviceKind)> {
+        c.devices.iter().enumerate().filter(|(_, d)| !other.contains(&d.name)).map(|(i, d)| (i, kind(d))).collect()
+    };
+    let (alone_a, alone_b) = (alone(&a, &b_names), alone(&b, &a_names));
+    for (ia, ka) in &alone_a {
+        let of_kind = |v: &[(usize, DeviceKind)]| v.iter().filter(|(_, k)| k == ka).count();
+        if of_kind(&alone_a) != 1 || of_kind(&alone_b) != 1 {
+            continue;
+        }
+        if let Some((ib, _)) = alone_b.iter().find(|(_, k)| k == ka) {
+            let both = format!("{}/{}", a.devices[*ia].name, b.devices[*ib].name);
+            a.devices[*ia].name.clone_from(&both);
+            b.devices[*ib].name = both;
+        }
+    }
+    // A device one host has alone is one difference, not one per setting.
+    let (a_names, b_names) = (names(&a), names(&b));
+    let summary = |d: &DeviceConfig| {
+        let mut w = vec![d.kind.clone().unwrap_or_else(|| "device".to_owned())];
+        w.extend(d.driver.as_ref().map(|v| format!("driver {v}")));
+        w.join(", ")
+    };
+    let mut alone_rows = Vec::new();
+    for d in a.devices.iter().filter(|d| !b_names.contains(&d.name)) {
+        alone_rows.push(ConfigDiff { setting: format!("device {}", d.name), a: Some(summary(d)), b: None });
+    }
+    for d in b.devices.iter().filter(|d| !a_names.contains(&d.name)) {
+        alone_rows.push(ConfigDiff { setting: format!("device {}", d.name), a: None, b: Some(summary(d)) });
+    }
+    a.devices.retain(|d| b_names.contains(&d.name));
+    b.devices.retain(|d| a_names.contains(&d.name));
+    let (sa, sb) = (a.settings(), b.settings());
+    let mut keys: Vec<&String> = sa.iter().map(|(k, _)| k).collect();
+    keys.extend(sb.iter().map(|(k, _)| k).filter(|k| !sa.iter().any(|(x, _)| x == *k)));
+    let get = |s: &[(String, String)], k: &str| s.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+    let mut out: Vec<ConfigDiff> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let (va, vb) = (get(&sa, k), get(&sb, k));
+            (va != vb).then(|| ConfigDiff { setting: k.clone(), a: va, b: vb })
+        })
+        .collect();
+    out.extend(alone_rows);
+    out
+}
+
 pub fn compare(a_name: &str, a: &Report, b_name: &str, b: &Report) -> Comparison {
+    let (config_differences, config_missing) = match (&a.config, &b.config) {
+        (Some(ca), Some(cb)) => (config_differences(ca, cb), None),
+        (None, None) => (Vec::new(), Some("neither recording has its host's configuration".to_owned())),
+        (None, Some(_)) => (Vec::new(), Some("A has no host configuration (recorded by an older netprobe)".to_owned())),
+        (Some(_), None) => (Vec::new(), Some("B has no host configuration (recorded by an older netprobe)".to_owned())),
+    };
     let (ia, ib) = (index(a), index(b));
     let mut keys: Vec<&(Direction, Stage, String, String)> = ia.keys().chain(ib.keys()).collect();
     keys.sort();
@@ -140,7 +233,14 @@ pub fn compare(a_name: &str, a: &Report, b_name: &str, b: &Report) -> Comparison
         .collect();
     let busiest = |r: &Row| r.a.as_ref().map_or(0, |s| s.packets).max(r.b.as_ref().map_or(0, |s| s.packets));
     rows.sort_by(|x, y| (x.direction, x.stage).cmp(&(y.direction, y.stage)).then(busiest(y).cmp(&busiest(x))));
-    Comparison { a: a_name.to_owned(), b: b_name.to_owned(), rows, reports: [a.clone(), b.clone()] }
+    Comparison {
+        a: a_name.to_owned(),
+        b: b_name.to_owned(),
+        config_differences,
+        config_missing,
+        rows,
+        reports: [a.clone(), b.clone()],
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +257,38 @@ mod tests {
         assert_eq!(stage("xmit", "veth"), Stage::Uplink);
         assert_eq!(stage("receive", "bridge"), Stage::Switch);
         assert_eq!(stage("consumed", ""), Stage::Wire);
+    }
+
+    #[test]
+    fn configuration_differences_name_the_setting() {
+        use crate::model::host::DeviceConfig;
+        let dev = |name: &str, txq: u32| DeviceConfig {
+            name: name.to_owned(),
+            kind: Some("macvtap".to_owned()),
+            txqueuelen: Some(txq),
+            features: [("tx-tcp-segmentation".to_owned(), true)].into(),
+            ..DeviceConfig::default()
+        };
+        let a = HostConfig {
+            smt_control: Some("off".to_owned()),
+            devices: vec![dev("macvtap0", 1000)],
+            ..HostConfig::default()
+        };
+        let mut b = a.clone();
+        b.smt_control = Some("on".to_owned());
+        b.smt_active = Some(true);
+        b.devices[0].txqueuelen = Some(500);
+        let d: Vec<String> = config_differences(&a, &b).iter().map(ConfigDiff::describe).collect();
+        assert_eq!(d, ["B: SMT on, A: off", "B: macvtap0 txqueuelen 500, A: 1000"]);
+        // Another name, the same kind: matched, named by both.
+        b.devices[0] = dev("macvtap1", 1000);
+        b.devices[0].features.insert("tx-tcp-segmentation".to_owned(), false);
+        let d: Vec<String> = config_differences(&a, &b).iter().map(ConfigDiff::describe).collect();
+        assert_eq!(d[1], "B: macvtap0/macvtap1 tx-tcp-segmentation off, A: on");
+        assert!(config_differences(&a, &a).is_empty());
+        // A device only one host has: one row, its kind and driver.
+        b.devices[0].kind = Some("tun".to_owned());
+        let d: Vec<String> = config_differences(&a, &b).iter().map(ConfigDiff::describe).collect();
+        assert_eq!(d[1..], ["B: device macvtap0 absent, A: macvtap", "B: device macvtap1 tun, A: absent"]);
     }
 }

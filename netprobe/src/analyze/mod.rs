@@ -5,9 +5,11 @@
 //! interval's histograms and the packet journeys come along for the
 //! printers that draw them. It reads nothing but the recording (no /sys,
 //! no clock), so a recording gives the same analysis on any host.
-//! `compare` sets two analyses side by side.
+//! `compare` sets two analyses side by side; `share` estimates the host's
+//! share of the workload's own round trip.
 
 pub mod compare;
+pub mod share;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -231,7 +233,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
             hist: *h,
         })
         .collect();
-    let directions = [Direction::ToWire, Direction::ToGuest]
+    let directions: Vec<DirectionReport> = [Direction::ToWire, Direction::ToGuest]
         .into_iter()
         .map(|dir| direction_report(dir, &rows, origins.get(&dir).map(Vec::as_slice).unwrap_or_default(), &devs))
         .collect();
@@ -277,7 +279,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         .collect();
     functions.sort_by_key(|f| std::cmp::Reverse(f.total_ns));
 
-    let devices = devs
+    let devices: Vec<DeviceReport> = devs
         .by_key
         .values()
         .map(|d| DeviceReport { name: d.name.clone(), kind: d.kind.clone(), ifindex: d.ifindex, netns: d.netns })
@@ -295,6 +297,8 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         duration_s: rec.meta.duration_s,
         interrupted: rec.meta.interrupted,
         workload: rec.meta.workload.clone(),
+        config: rec.meta.host_config.clone(),
+        host_share: share::host_share(&directions, &devices, rec.meta.workload.as_ref()),
         filter: rec.meta.filter.clone(),
         guests: guest_reports(rec, &devs)?,
         intervals: intervals(&rec.intervals, &devs),

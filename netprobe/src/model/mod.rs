@@ -1,8 +1,10 @@
 //! The words every layer shares, depending on nothing else of netprobe's:
 //! a packet's direction, how a hop pair is named, the role of a thread,
 //! where softirq time comes from, the guests and the workload a recording
-//! is about, and (in `report`) the report model every format renders.
+//! is about, the host's configuration (`host`), and (in `report`) the
+//! report model every format renders.
 
+pub mod host;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -245,6 +247,52 @@ pub struct Workload {
     pub transactions: Option<u64>,
     #[serde(default)]
     pub transactions_from: Option<String>,
+    /// The workload's own latency, as its tool printed it (sockperf's
+    /// percentiles, netperf's latency selectors, uperf's per-transaction
+    /// time).
+    #[serde(default)]
+    pub latency: Option<WorkloadLatency>,
+    /// A stream's throughput, as its tool printed it (iperf3's JSON,
+    /// netperf's THROUGHPUT, uperf's total).
+    #[serde(default)]
+    pub throughput: Option<WorkloadThroughput>,
+    /// What netprobe could not read in the workload's output, and why
+    /// (a missing figure is said so, never shown as zero).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A workload tool's own latency figures, in ns. Which ones a tool gives
+/// depends on the tool and its options; the rest stay `None`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadLatency {
+    /// The tool and the figures read, e.g. `sockperf [Valid Duration]
+    /// percentiles`.
+    pub from: String,
+    /// True when the figures are whole round trips; false when the tool
+    /// reports half of one (sockperf without `--full-rtt`).
+    pub round_trip: bool,
+    pub mean_ns: Option<u64>,
+    pub min_ns: Option<u64>,
+    pub p50_ns: Option<u64>,
+    pub p90_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+    pub p999_ns: Option<u64>,
+    pub max_ns: Option<u64>,
+}
+
+/// A workload tool's own throughput figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadThroughput {
+    /// The tool and the figures read, e.g. `iperf3 -J end.sum_received`.
+    pub from: String,
+    /// Payload bits per second (the receiver's, where the tool says).
+    pub bits_per_second: f64,
+    /// Payload bytes moved in the test, where the tool says.
+    pub bytes: Option<u64>,
+    /// Payload bytes the sender sent, where the tool says it apart.
+    pub bytes_sent: Option<u64>,
+    pub seconds: Option<f64>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{at, Direction, Guest, GuestNames, Workload, SOFTIRQ_FROM_BPF};
+use super::{at, host::HostConfig, Direction, Guest, GuestNames, Workload, SOFTIRQ_FROM_BPF};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -18,6 +18,14 @@ pub struct Report {
     /// or attached to it (`--pid`, `--cgroup`).
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// The host's configuration when the recording was made (absent in
+    /// older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<HostConfig>,
+    /// The host's share of the workload's round trip, estimated, when the
+    /// workload gave its own latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_share: Option<HostShare>,
     /// The flow filter (`--filter`) the kernel applied, if any.
     #[serde(default)]
     pub filter: Option<String>,
@@ -46,6 +54,34 @@ impl Report {
     pub fn guest_names(&self) -> GuestNames {
         GuestNames::of(self.guests.iter().map(|g| &g.guest))
     }
+}
+
+/// The host's share of a round trip, estimated: per direction the medians
+/// of the hop pairs along the path's busiest chain, summed, next to the
+/// workload's own round-trip latency. Each median is of other packets and
+/// percentiles do not add: `note` says so wherever it is shown.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostShare {
+    pub paths: Vec<PathMedians>,
+    /// Both directions' sums.
+    pub host_p50_sum_ns: u64,
+    /// The workload's round trip: its p50 (else mean), doubled where the
+    /// tool gives half a round trip.
+    pub workload_round_trip_ns: u64,
+    /// Which figure of the workload's, and how it was made a round trip.
+    pub workload_figure: String,
+    /// host_p50_sum_ns / workload_round_trip_ns.
+    pub share: Option<f64>,
+    pub note: String,
+}
+
+/// One direction's busiest chain of hop pairs and the sum of their medians.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PathMedians {
+    pub direction: Direction,
+    /// `from -> to` of each hop pair, in path order.
+    pub pairs: Vec<String>,
+    pub p50_sum_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

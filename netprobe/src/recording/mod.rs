@@ -18,7 +18,7 @@ use netprobe_common::{counter, hist::Hist, CpuTime, DevInfo, DropKey, PairKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{report::CoverageEntry, report::IntervalLoad, Guest, Workload},
+    model::{host::HostConfig, report::CoverageEntry, report::IntervalLoad, Guest, Workload},
     probe::{collect::Snapshot, trace::Sighting},
 };
 
@@ -53,6 +53,10 @@ pub struct Meta {
     /// QEMU guests found on the host during the recording.
     #[serde(default)]
     pub guests: Vec<Guest>,
+    /// The host's configuration when the recording was made (absent in
+    /// recordings made before netprobe captured it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_config: Option<HostConfig>,
 }
 
 impl Meta {
@@ -76,6 +80,7 @@ impl Meta {
             workload: None,
             filter: None,
             guests: Vec::new(),
+            host_config: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `compare --format html`: two recordings side by side on one offline
-//! page. Per direction, grouped bars of both sides' p50 and p99 for every
-//! aligned hop pair (from `compare`'s alignment by path stage), the table
+//! page. The configuration differences first, then per direction,
+//! grouped bars of both sides' p50 and p99 for every aligned hop pair (from `compare`'s alignment by path stage), the table
 //! with the relative change, and both sides' CPU time by role and drops.
 
 use std::{collections::BTreeSet, fmt::Write as _};
@@ -32,6 +32,28 @@ pub fn write(c: &Comparison, out: &mut dyn std::io::Write) -> Result<()> {
         );
     }
     h.push_str("</table>\n");
+    h.push_str("<section id=\"config\"><h2>Configuration differences</h2>\n");
+    match &c.config_missing {
+        Some(why) => {
+            let _ = writeln!(h, "<p>not compared: {}</p>", esc(why));
+        }
+        None if c.config_differences.is_empty() => h.push_str("<p>none</p>\n"),
+        None => {
+            h.push_str("<table class=\"config\"><tr><th class=\"text\">setting</th><th class=\"text\">A</th><th class=\"text\">B</th></tr>\n");
+            for d in &c.config_differences {
+                let side = |v: &Option<String>| esc(v.as_deref().unwrap_or("absent"));
+                let _ = writeln!(
+                    h,
+                    "<tr><td class=\"text\">{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",
+                    esc(&d.setting),
+                    side(&d.a),
+                    side(&d.b)
+                );
+            }
+            h.push_str("</table>\n");
+        }
+    }
+    h.push_str("</section>\n");
     for dir in [Direction::ToWire, Direction::ToGuest] {
         let rows: Vec<_> = c.rows.iter().filter(|r| r.direction == dir).collect();
         if rows.is_empty() {

@@ -1,4 +1,5 @@
-//! `compare --format table`: the aligned hop pairs of two recordings, per
+//! `compare --format table`: the configuration differences first, then
+//! the aligned hop pairs of two recordings, per
 //! direction and path stage, with both sides' packets, p50 and p99 and the
 //! relative change of the median.
 
@@ -9,6 +10,15 @@ use crate::{
 
 pub fn write(c: &Comparison, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     writeln!(out, "A = {}\nB = {}", c.a, c.b)?;
+    writeln!(out, "\nconfiguration differences")?;
+    if let Some(why) = &c.config_missing {
+        writeln!(out, "  not compared: {why}")?;
+    } else if c.config_differences.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for d in &c.config_differences {
+        writeln!(out, "  {}", d.describe())?;
+    }
     let mut last = None;
     for r in &c.rows {
         if last != Some((r.direction, r.stage)) {

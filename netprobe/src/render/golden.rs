@@ -143,3 +143,87 @@ fn html_has_no_external_resources_and_escapes_text() {
         assert!(external == "http://" || hits.is_empty(), "{external} in the page");
     }
 }
+
+/// A recording with its host's configuration: the table and the page open
+/// with it (devices, offloads, qeth settings, guests), escaped in HTML.
+#[test]
+fn configuration_opens_table_and_page() {
+    use crate::model::host::{DeviceConfig, GuestConfig, HostConfig};
+    let mut rec = fixture();
+    rec.meta.host_config = Some(HostConfig {
+        kernel_release: "6.1.0-27-s390x".to_owned(),
+        cpu_model: "IBM/S390 machine 8561".to_owned(),
+        cpus_online: "0-7".to_owned(),
+        smt_control: Some("on".to_owned()),
+        smt_active: Some(true),
+        thp: Some("always".to_owned()),
+        devices: vec![DeviceConfig {
+            name: "encbd00".to_owned(),
+            netns: "host".to_owned(),
+            driver: Some("qeth_l2".to_owned()),
+            txqueuelen: Some(1000),
+            features: [("tx-tcp-segmentation".to_owned(), false), ("rx-gro".to_owned(), true)].into(),
+            qeth: [("card_type".to_owned(), "HiperSockets<x>".to_owned())].into(),
+            ..DeviceConfig::default()
+        }],
+        guests: vec![GuestConfig {
+            name: "g1".to_owned(),
+            pid: 42,
+            vcpus: 2,
+            vcpu_affinity: vec!["2".into(), "3".into()],
+        }],
+        ..HostConfig::default()
+    });
+    let table = String::from_utf8(render(&rec, Format::Table)).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[1], "host configuration:");
+    assert_eq!(lines[2], "  Linux 6.1.0-27-s390x; CPU IBM/S390 machine 8561, online 0-7; SMT on; THP always");
+    assert!(table.contains("    encbd00 (netns host): device, driver qeth_l2, txqueuelen 1000\n"), "{table}");
+    assert!(table.contains("      offloads on: rx-gro; off: tx-tcp-segmentation (1 of 2 features on)\n"), "{table}");
+    assert!(table.contains("      qeth: card_type HiperSockets<x>\n"), "{table}");
+    assert!(table.contains("    guest g1 (pid 42): 2 vCPUs, pinned to 2 | 3\n"), "{table}");
+    let html = String::from_utf8(render(&rec, Format::Html)).unwrap();
+    let config = html.find("<section id=\"config\">").unwrap();
+    assert!(config < html.find("class=\"cards\"").unwrap(), "the page opens with the configuration");
+    assert!(html.contains("HiperSockets&lt;x&gt;") && !html.contains("HiperSockets<x>"));
+    let json: serde_json::Value = serde_json::from_slice(&render(&rec, Format::Json)).unwrap();
+    assert_eq!(json["config"]["devices"][0]["qeth"]["card_type"], "HiperSockets<x>");
+}
+
+/// A workload that gave its own latency: the table and the page show it,
+/// what could not be read, and the host's share marked an estimate.
+#[test]
+fn workload_figures_and_host_share_are_shown() {
+    use crate::model::{Workload, WorkloadLatency};
+    let mut rec = fixture();
+    rec.meta.workload = Some(Workload {
+        command: vec!["netperf".into(), "-t".into(), "TCP_RR".into()],
+        started_unix_s: 0.0,
+        ended_unix_s: 5.0,
+        exit_status: Some(0),
+        signal: None,
+        tgids: Vec::new(),
+        cgroup: None,
+        transactions: None,
+        transactions_from: Some("unreadable: netperf TCP_RR printed no TRANSACTION_RATE".into()),
+        latency: Some(WorkloadLatency {
+            from: "netperf TCP_RR latency selectors (us)".into(),
+            round_trip: true,
+            p50_ns: Some(40_000),
+            p99_ns: Some(90_000),
+            ..WorkloadLatency::default()
+        }),
+        throughput: None,
+        notes: vec!["netperf TCP_RR printed no TRANSACTION_RATE".into()],
+    });
+    let table = String::from_utf8(render(&rec, Format::Table)).unwrap();
+    assert!(table.contains(", transactions unreadable: netperf TCP_RR printed no TRANSACTION_RATE\n"), "{table}");
+    assert!(
+        table.contains("  workload's own latency: p50 40.0us, p99 90.0us (netperf TCP_RR latency selectors (us))\n")
+    );
+    assert!(!table.contains("workload output unreadable"), "the transactions line says it once: {table}");
+    let share = table.lines().find(|l| l.contains("host's share of the round trip (estimate)")).unwrap();
+    assert!(share.contains("to-wire") && share.contains("percentiles do not add"), "{share}");
+    let html = String::from_utf8(render(&rec, Format::Html)).unwrap();
+    assert!(html.contains("host&#39;s share of the round trip (estimate)"));
+}

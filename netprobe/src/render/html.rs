@@ -1,5 +1,5 @@
 //! The HTML report: one self-contained page (inline CSS and SVG, no script,
-//! nothing fetched) with, per direction, the hop pairs' p50/p99 as bars and
+//! nothing fetched) opening with the host's configuration, then per direction, the hop pairs' p50/p99 as bars and
 //! their full percentile curves from the recording's histograms, the
 //! interval series, the CPU breakdown, the guests (a guest's device named
 //! with it: `macvtap0 [web1]`), the coverage and the drops. Every
@@ -52,7 +52,11 @@ pub fn write(a: &Analysis, out: &mut dyn std::io::Write) -> Result<()> {
             w.ended_unix_s - w.started_unix_s,
             w.exit_status.map_or_else(|| "none".to_owned(), |c| c.to_string())
         );
+        for line in super::context::workload_lines(w, r.host_share.as_ref()) {
+            let _ = writeln!(h, "<p class=\"meta\">{}</p>", esc(&line));
+        }
     }
+    config(&mut h, r);
     cards(&mut h, r, kept);
     let names = r.guest_names();
     for d in &r.directions {
@@ -68,6 +72,24 @@ pub fn write(a: &Analysis, out: &mut dyn std::io::Write) -> Result<()> {
     svg::page_end(&mut h);
     out.write_all(h.as_bytes())?;
     Ok(())
+}
+
+/// The host's configuration, as the table shows it.
+fn config(h: &mut String, r: &Report) {
+    h.push_str("<section id=\"config\"><h2>Host configuration</h2>\n");
+    match &r.config {
+        Some(c) => {
+            h.push_str("<ul class=\"config\">\n");
+            for (depth, line) in super::context::lines(c) {
+                let _ = writeln!(h, "<li class=\"depth{depth}\">{}</li>", esc(&line));
+            }
+            h.push_str("</ul>\n");
+        }
+        None => {
+            let _ = writeln!(h, "<p>{}</p>", esc(super::context::NOT_RECORDED));
+        }
+    }
+    h.push_str("</section>\n");
 }
 
 fn cards(h: &mut String, r: &Report, journeys: usize) {

@@ -1,10 +1,13 @@
 //! The printers: one module per output format, each a function of the
 //! analysis (or, for table, JSON and CSV, of its report model alone) and
 //! nothing else. `top` draws the live view, `openmetrics` encodes what
-//! `serve` answers, `compare_table` and `compare_html` show a comparison.
+//! `serve` answers, `compare_table` and `compare_html` show a comparison;
+//! `context` is what both table and HTML open with (host configuration,
+//! the workload's own figures).
 
 pub mod compare_html;
 pub mod compare_table;
+mod context;
 pub mod csv;
 #[cfg(test)]
 mod golden;

@@ -1,7 +1,8 @@
-//! The terminal table: per direction, each hop pair in path order with its
-//! packet count and latency percentiles (a guest's device named with the
-//! guest: `macvtap0 [web1]`); the guests with their CPU; then drops by
-//! reason, coverage and the kernel side's loss accounting.
+//! The terminal table: the host's configuration, then per direction each
+//! hop pair in path order with its packet count and latency percentiles (a
+//! guest's device named with the guest: `macvtap0 [web1]`); the guests with
+//! their CPU; then drops by reason, coverage and the kernel side's loss
+//! accounting.
 
 use std::io::Write;
 
@@ -19,6 +20,15 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         r.duration_s,
         if r.interrupted { " (interrupted)" } else { "" }
     )?;
+    match &r.config {
+        Some(c) => {
+            writeln!(out, "host configuration:")?;
+            for (depth, line) in super::context::lines(c) {
+                writeln!(out, "{:indent$}{line}", "", indent = 2 * (depth + 1))?;
+            }
+        }
+        None => writeln!(out, "host configuration: {}", super::context::NOT_RECORDED)?,
+    }
     if let Some(w) = &r.workload {
         let end = match (w.exit_status, w.signal) {
             (Some(c), _) => format!("exit status {c}"),
@@ -31,9 +41,13 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         };
         let tx = match (w.transactions, &w.transactions_from) {
             (Some(n), Some(from)) => format!(", {n} transactions ({from})"),
+            (None, Some(why)) => format!(", transactions {why}"),
             _ => String::new(),
         };
         writeln!(out, "workload: {what}, {:.1} s, {end}{tx}", w.ended_unix_s - w.started_unix_s)?;
+        for line in super::context::workload_lines(w, r.host_share.as_ref()) {
+            writeln!(out, "  {line}")?;
+        }
     }
     if let Some(f) = &r.filter {
         writeln!(out, "flow filter (in the kernel): {f}")?;

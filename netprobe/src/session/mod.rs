@@ -3,12 +3,16 @@
 //! waiting, status line, output file), `top` and `serve` (live views of the
 //! same aggregates), `demo` (the demo topology with traffic), `probes`
 //! (what each hop attached as). Around them: `workload` (the processes a
-//! recording follows), `guests` (QEMU guests found in /proc) and `signals`
+//! recording follows, and `benchmark`, what its tool printed), `guests`
+//! (QEMU guests found in /proc), `hostconfig` (the host's configuration
+//! every recording keeps) and `signals`
 //! (the one way a session is told to stop). They print progress on
 //! stderr; results go back to the caller to render.
 
+pub mod benchmark;
 pub mod demo;
 pub mod guests;
+pub mod hostconfig;
 pub mod probes;
 pub mod record;
 pub mod serve;

@@ -15,6 +15,7 @@ use netprobe_common::{counter, hist::Hist, Backend, PairKey};
 use netprobe_testbed::netns;
 
 use super::guests;
+use super::hostconfig;
 use crate::{
     analyze::{analyze, percentiles, Analysis},
     model::{
@@ -87,6 +88,9 @@ pub struct Recorder {
     started: Instant,
     /// Names of the --iface devices that are guest-facing (macvtap, tap).
     guest_facing: Vec<String>,
+    /// The --iface devices (with their namespace's inode), whose
+    /// configuration the recording keeps besides the devices it saw.
+    ifaces: Vec<hostconfig::DeviceRef>,
     /// The time series: cumulative histograms at the last sample, and the
     /// intervals so far.
     last_sample: BTreeMap<PairKey, Hist>,
@@ -170,6 +174,7 @@ impl Recorder {
         let flow = opts.filter.as_deref().map(crate::probe::filter::compile).transpose()?;
         let mut resolved = Vec::new();
         let mut guest_facing = Vec::new();
+        let mut ifaces = Vec::new();
         for spec in &opts.ifaces {
             let (ns, name) = split_iface(spec);
             if name.is_empty() || name.len() > 15 {
@@ -181,6 +186,7 @@ impl Recorder {
                 guest_facing.push(name.to_owned());
             }
             resolved.push((name.to_owned(), inum, ifindex));
+            ifaces.push(hostconfig::DeviceRef { netns: inum, name: name.to_owned() });
         }
         let mut probe = attach::attach(&AttachOptions {
             btf_file: opts.btf_file.clone(),
@@ -205,6 +211,7 @@ impl Recorder {
             probe,
             started: Instant::now(),
             guest_facing,
+            ifaces,
             last_sample: BTreeMap::new(),
             last_cpu: BTreeMap::new(),
             last_softirq_ns: 0,
@@ -478,6 +485,18 @@ impl Recorder {
         if !last.pairs.is_empty() {
             rec.intervals.push(last);
         }
+        // The host's configuration, for the devices on the measured paths,
+        // read while they still exist.
+        let mut devices: Vec<hostconfig::DeviceRef> = rec
+            .devices
+            .iter()
+            .filter(|d| !d.name.is_empty())
+            .map(|d| hostconfig::DeviceRef { netns: d.netns, name: d.name.clone() })
+            .chain(self.ifaces.iter().cloned())
+            .collect();
+        devices.sort();
+        devices.dedup();
+        rec.meta.host_config = Some(hostconfig::capture(&devices, &rec.meta.guests));
         rec.samples = samples
             .iter()
             .map(|j| crate::recording::SampleRec { hops: j.iter().map(crate::recording::SampleHop::from).collect() })

@@ -1,7 +1,8 @@
 //! The workload a recording follows: a command netprobe runs (`record --
 //! CMD ARGS`), a process already running (`--pid`), or a cgroup's
 //! processes (`--cgroup`): which processes are its (their threads' CPU is
-//! the role `workload`), when it ends, and the transactions it reports.
+//! the role `workload`), when it ends, and what its tool reports (read
+//! by `benchmark`).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -19,8 +20,9 @@ pub struct WorkloadRun {
     done: Option<std::sync::mpsc::Receiver<()>>,
     /// Exit status and time of a command netprobe started.
     status: std::sync::Arc<std::sync::Mutex<Option<(std::process::ExitStatus, f64)>>>,
-    /// Transactions the workload's output reported (sockperf's summary).
-    reported: std::sync::Arc<std::sync::Mutex<Option<(u64, String)>>>,
+    /// The workload's standard output, read for its tool's figures when it
+    /// ends (`benchmark::read`).
+    output: std::sync::Arc<std::sync::Mutex<String>>,
     /// `--transactions N`: the user's count wins over the output's.
     named_transactions: Option<u64>,
 }
@@ -35,16 +37,9 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
-/// Transactions a benchmark's output line reports, and from what. sockperf
-/// (ping-pong, under-load) ends with `[Total Run] ... ReceivedMessages=N`:
-/// each reply received completes one request/response transaction.
-pub fn transactions_in(line: &str) -> Option<(u64, &'static str)> {
-    if line.contains("sockperf") && line.contains("[Total Run]") {
-        let n = line.split(';').find_map(|f| f.trim().strip_prefix("ReceivedMessages="))?;
-        return n.trim().parse().ok().map(|n| (n, "sockperf ReceivedMessages ([Total Run])"));
-    }
-    None
-}
+/// The most of a workload's standard output kept for reading its figures
+/// (an iperf3 -J report of 250 streams over minutes is a few MiB).
+const OUTPUT_KEPT: usize = 64 << 20;
 
 /// Parent PID of each process (from /proc/PID/stat).
 fn parents() -> Vec<(u32, u32)> {
@@ -111,18 +106,22 @@ impl WorkloadRun {
                 cgroup: None,
                 transactions: None,
                 transactions_from: None,
+                latency: None,
+                throughput: None,
+                notes: Vec::new(),
             },
             kind,
             done: None,
             status: std::sync::Arc::default(),
-            reported: std::sync::Arc::default(),
+            output: std::sync::Arc::default(),
             named_transactions,
         }
     }
 
     /// Starts `command`; its standard output goes to netprobe's standard
     /// error line by line (the report alone is on standard output) and is
-    /// read for the transaction count.
+    /// kept to be read for the tool's figures (transactions, latency,
+    /// throughput) when it ends.
     pub fn start(command: &[String], named_transactions: Option<u64>) -> Result<WorkloadRun> {
         use std::io::{BufRead, Write};
         let mut child = std::process::Command::new(&command[0])
@@ -133,13 +132,14 @@ impl WorkloadRun {
         let pid = child.id();
         let mut w = WorkloadRun::new(WorkloadKind::Command(pid), command.to_vec(), named_transactions);
         let stdout = child.stdout.take().context("workload stdout")?;
-        let reported = w.reported.clone();
+        let output = w.output.clone();
         let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = writeln!(std::io::stderr(), "{line}");
-                if let Some((n, from)) = transactions_in(&line) {
-                    if let Ok(mut g) = reported.lock() {
-                        *g = Some((n, from.to_owned()));
+                if let Ok(mut out) = output.lock() {
+                    if out.len() + line.len() < OUTPUT_KEPT {
+                        out.push_str(&line);
+                        out.push('\n');
                     }
                 }
             }
@@ -254,12 +254,28 @@ impl WorkloadRun {
         info.ended_unix_s = ended.map_or_else(unix_now, |(_, t)| t);
         info.exit_status = ended.and_then(|(s, _)| s.code());
         info.signal = ended.and_then(|(s, _)| s.signal());
-        let reported = self.reported.lock().ok().and_then(|g| g.clone());
-        (info.transactions, info.transactions_from) = match (self.named_transactions, reported) {
-            (Some(n), _) => (Some(n), Some("--transactions".to_owned())),
-            (None, Some((n, from))) => (Some(n), Some(from)),
-            (None, None) => (None, None),
-        };
+        let reading =
+            match self.kind {
+                WorkloadKind::Command(_) => self.output.lock().ok().and_then(|out| {
+                    super::benchmark::read(&info.command, &out, info.ended_unix_s - info.started_unix_s)
+                }),
+                WorkloadKind::Pid(_) | WorkloadKind::Cgroup(_) => None,
+            };
+        if let Some(r) = reading {
+            (info.transactions, info.transactions_from) = match r.transactions {
+                Some((n, from)) => (Some(n), Some(from)),
+                None if r.transactions_unreadable => {
+                    (None, Some(format!("unreadable: {}", r.unreadable.first().map_or("", String::as_str))))
+                }
+                None => (None, None),
+            };
+            info.latency = r.latency;
+            info.throughput = r.throughput;
+            info.notes = r.unreadable;
+        }
+        if let Some(n) = self.named_transactions {
+            (info.transactions, info.transactions_from) = (Some(n), Some("--transactions".to_owned()));
+        }
         info
     }
 }
@@ -267,15 +283,6 @@ impl WorkloadRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sockperf_transactions() {
-        let line = "sockperf: [Total Run] RunTime=3.000 sec; Warm up time=400 msec; SentMessages=41210; \
-                    ReceivedMessages=41209";
-        assert_eq!(transactions_in(line).map(|t| t.0), Some(41209));
-        assert_eq!(transactions_in("sockperf: [Valid Duration] RunTime=2.5 sec; ReceivedMessages=3"), None);
-        assert_eq!(transactions_in("iperf3: 1.2 Gbits/sec"), None);
-    }
 
     #[test]
     fn own_process_tree_and_unknown_pid() {
