@@ -1,0 +1,487 @@
+//! `serve --web-config FILE`: the web configuration file of the Prometheus
+//! exporter-toolkit, the one node_exporter reads with `--web.config.file`
+//! (`tls_server_config`, `http_server_config`, `basic_auth_users`). It is
+//! read and checked whole when `serve` starts, before anything is attached:
+//! every refusal names the file and the field. What it owns: the rustls
+//! server configuration (certificate and key, client certificates checked
+//! against the client CA) and the basic-auth check (bcrypt, with successful
+//! verifications remembered so a scrape every 15 s does not pay a bcrypt).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
+use rustls::{
+    crypto::{ring as provider, CryptoProvider},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    server::{danger::ClientCertVerifier, WebPkiClientVerifier},
+    RootCertStore, ServerConfig, SupportedProtocolVersion,
+};
+use serde::Deserialize;
+
+/// The file as written: unknown fields are refused, as exporter-toolkit
+/// does (a misspelt `cert_fiel` must not silently serve plain HTTP).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    tls_server_config: Option<TlsFile>,
+    http_server_config: Option<HttpFile>,
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, String>,
+    rate_limit: Option<serde_norway::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_auth_type: Option<String>,
+    client_ca_file: Option<PathBuf>,
+    client_allowed_sans: Option<Vec<String>>,
+    min_version: Option<String>,
+    max_version: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    prefer_server_cipher_suites: Option<bool>,
+    curve_preferences: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    /// netprobe speaks HTTP/1.1 only; Prometheus falls back to it.
+    #[serde(rename = "http2")]
+    _http2: Option<bool>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+/// The response headers `http_server_config.headers` may set, as in
+/// exporter-toolkit, with the values it allows (None: any).
+const HEADERS: &[(&str, Option<&[&str]>)] = &[
+    ("Content-Security-Policy", None),
+    ("X-Frame-Options", Some(&["deny", "sameorigin"])),
+    ("X-Content-Type-Options", Some(&["nosniff"])),
+    ("X-XSS-Protection", None),
+    ("Strict-Transport-Security", None),
+];
+
+/// A checked web configuration (the default: plain HTTP, no auth).
+#[derive(Default)]
+pub struct WebConfig {
+    /// TLS on every connection, if `tls_server_config` is given.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Basic auth, if `basic_auth_users` is not empty.
+    pub auth: Option<BasicAuth>,
+    /// Extra response headers (`http_server_config.headers`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl WebConfig {
+    /// Reads and checks `path`; relative file names in it are taken from
+    /// the file's directory (as exporter-toolkit does).
+    pub fn load(path: &Path) -> Result<WebConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("{}", path.display()))
+    }
+
+    fn parse(text: &str, dir: &Path) -> Result<WebConfig> {
+        // An empty file (or one of comments) is a valid, empty configuration.
+        let file = serde_norway::from_str::<Option<FileConfig>>(text)?.unwrap_or_default();
+        if file.rate_limit.is_some() {
+            bail!("rate_limit: not supported by netprobe (each scrape reads the kernel's maps once)");
+        }
+        let tls = file.tls_server_config.map(|t| tls_config(&t, dir)).transpose()?;
+        let auth = (!file.basic_auth_users.is_empty()).then(|| BasicAuth::new(file.basic_auth_users)).transpose()?;
+        let headers = file.http_server_config.map(|h| checked_headers(h.headers)).transpose()?.unwrap_or_default();
+        Ok(WebConfig { tls: tls.map(Arc::new), auth, headers })
+    }
+}
+
+fn checked_headers(headers: BTreeMap<String, String>) -> Result<Vec<(String, String)>> {
+    headers
+        .into_iter()
+        .map(|(k, v)| {
+            let Some((_, allowed)) = HEADERS.iter().find(|(name, _)| *name == k) else {
+                bail!(
+                    "http_server_config.headers.{k}: not a header netprobe sets (one of {})",
+                    HEADERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                );
+            };
+            if let Some(values) = allowed.filter(|vals| !vals.contains(&v.to_ascii_lowercase().as_str())) {
+                bail!("http_server_config.headers.{k}: {v:?} is not one of {}", values.join(", "));
+            }
+            if v.contains(['\r', '\n']) {
+                bail!("http_server_config.headers.{k}: a header value has no line breaks");
+            }
+            Ok((k, v))
+        })
+        .collect()
+}
+
+/// A PEM item, from a file (`*_file`) or inline, with the field it came
+/// from.
+fn pem_source(field: &str, inline: Option<&str>, file: Option<&Path>, dir: &Path) -> Result<Option<(String, Vec<u8>)>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => bail!("tls_server_config: give {field} or {field}_file, not both"),
+        (Some(text), None) => Ok(Some((field.to_owned(), text.as_bytes().to_vec()))),
+        (None, Some(f)) => {
+            let path = dir.join(f);
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("tls_server_config.{field}_file: cannot read {}", path.display()))?;
+            Ok(Some((format!("{field}_file"), bytes)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn certificates(field: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("tls_server_config.{field}: not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        bail!("tls_server_config.{field}: no PEM certificate in it");
+    }
+    Ok(certs)
+}
+
+/// `TLS12` -> 2, `TLS13` -> 3.
+fn tls_version(field: &str, v: Option<&str>, default: u8) -> Result<u8> {
+    match v {
+        None => Ok(default),
+        Some("TLS12") => Ok(2),
+        Some("TLS13") => Ok(3),
+        Some(v @ ("TLS10" | "TLS11")) => bail!("tls_server_config.{field}: {v} is not supported (TLS12 or TLS13)"),
+        Some(v) => bail!("tls_server_config.{field}: unknown TLS version {v:?} (TLS12 or TLS13)"),
+    }
+}
+
+fn tls_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig> {
+    for (field, set) in [
+        ("cipher_suites", t.cipher_suites.is_some()),
+        ("curve_preferences", t.curve_preferences.is_some()),
+        ("client_allowed_sans", t.client_allowed_sans.is_some()),
+    ] {
+        if set {
+            bail!("tls_server_config.{field}: not supported by netprobe (it uses rustls' safe defaults)");
+        }
+    }
+    let required = client_auth(t)?;
+    let min = tls_version("min_version", t.min_version.as_deref(), 2)?;
+    let max = tls_version("max_version", t.max_version.as_deref(), 3)?;
+    if min > max {
+        bail!("tls_server_config: min_version is above max_version");
+    }
+    let versions: Vec<&'static SupportedProtocolVersion> = [(2, &rustls::version::TLS12), (3, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| (min..=max).contains(v))
+        .map(|(_, p)| p)
+        .collect();
+
+    let (cert_field, cert_pem) = pem_source("cert", t.cert.as_deref(), t.cert_file.as_deref(), dir)?
+        .context("tls_server_config: missing one of cert or cert_file")?;
+    let (key_field, key_pem) = pem_source("key", t.key.as_deref(), t.key_file.as_deref(), dir)?
+        .context("tls_server_config: missing one of key or key_file")?;
+    let chain = certificates(&cert_field, &cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| anyhow!("tls_server_config.{key_field}: no PEM private key in it ({e})"))?;
+    let client_ca = pem_source("client_ca", t.client_ca.as_deref(), t.client_ca_file.as_deref(), dir)?;
+    let provider = Arc::new(provider::default_provider());
+    let verifier = client_verifier(required, client_ca, &provider)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .context("tls_server_config: min_version/max_version")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow!("tls_server_config: the certificate and key do not make a server identity: {e}"))?;
+    config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `client_auth_type`: None (no client certificate asked for) or whether
+/// one is required. The two values that accept a certificate without
+/// verifying it are refused: exporter-toolkit's own documentation calls
+/// every value but RequireAndVerifyClientCert insecure.
+fn client_auth(t: &TlsFile) -> Result<Option<bool>> {
+    let has_ca = t.client_ca.is_some() || t.client_ca_file.is_some();
+    let required = match t.client_auth_type.as_deref().unwrap_or("NoClientCert") {
+        "NoClientCert" if has_ca => {
+            bail!("tls_server_config: client_ca_file is given but client_auth_type is NoClientCert")
+        }
+        "NoClientCert" => return Ok(None),
+        "VerifyClientCertIfGiven" => false,
+        "RequireAndVerifyClientCert" => true,
+        v @ ("RequestClientCert" | "RequireAnyClientCert" | "RequireClientCert") => bail!(
+            "tls_server_config.client_auth_type: {v} accepts client certificates without verifying them; \
+             netprobe supports NoClientCert, VerifyClientCertIfGiven and RequireAndVerifyClientCert"
+        ),
+        v => bail!(
+            "tls_server_config.client_auth_type: unknown value {v:?} (NoClientCert, RequestClientCert, \
+             RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert)"
+        ),
+    };
+    if !has_ca {
+        bail!("tls_server_config: client_auth_type verifies client certificates: client_ca_file is missing");
+    }
+    Ok(Some(required))
+}
+
+/// The client certificate check: against the client CA, required or not.
+fn client_verifier(
+    required: Option<bool>,
+    client_ca: Option<(String, Vec<u8>)>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let (Some(required), Some((field, ca))) = (required, client_ca) else {
+        return Ok(WebPkiClientVerifier::no_client_auth());
+    };
+    let mut roots = RootCertStore::empty();
+    let (_, ignored) = roots.add_parsable_certificates(certificates(&field, &ca)?);
+    if roots.is_empty() {
+        bail!("tls_server_config.{field}: none of its {ignored} certificates is a usable CA");
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
+    let builder = if required { builder } else { builder.allow_unauthenticated() };
+    builder.build().map_err(|e| anyhow!("tls_server_config.{field}: {e}"))
+}
+
+/// `basic_auth_users`: user -> bcrypt hash. bcrypt is slow by design, so a
+/// verified (user, password) is remembered as a keyed hash (HMAC-SHA256
+/// under a key drawn at start: the passwords themselves are not kept).
+pub struct BasicAuth {
+    users: BTreeMap<String, String>,
+    key: ring::hmac::Key,
+    verified: Mutex<HashSet<Vec<u8>>>,
+}
+
+/// Verified pairs remembered at most (then forgotten all at once).
+const VERIFIED_MAX: usize = 256;
+
+impl BasicAuth {
+    fn new(users: BTreeMap<String, String>) -> Result<BasicAuth> {
+        for (user, hash) in &users {
+            if user.contains(':') {
+                bail!("basic_auth_users.{user}: a user name has no ':' in basic auth");
+            }
+            hash.parse::<bcrypt::HashParts>().map_err(|e| {
+                anyhow!("basic_auth_users.{user}: not a bcrypt hash ({e}); make one with htpasswd -nBC 10 \"\"")
+            })?;
+        }
+        let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| anyhow!("no random numbers for the basic-auth cache key"))?;
+        Ok(BasicAuth { users, key, verified: Mutex::new(HashSet::new()) })
+    }
+
+    /// Whether the `Authorization` header's value names a user with the
+    /// right password.
+    pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
+        let Some((user, password)) = authorization.and_then(basic_credentials) else { return false };
+        let mut msg = Vec::with_capacity(user.len() + password.len() + 8);
+        msg.extend_from_slice(&(user.len() as u64).to_le_bytes());
+        msg.extend_from_slice(user.as_bytes());
+        msg.extend_from_slice(&password);
+        let tag = ring::hmac::sign(&self.key, &msg).as_ref().to_vec();
+        if self.verified.lock().unwrap_or_else(|e| e.into_inner()).contains(&tag) {
+            return true;
+        }
+        let Some(hash) = self.users.get(&user) else {
+            // As slow as a known user's, so the answer does not tell
+            // which users exist.
+            let any = self.users.values().next().map_or("", String::as_str);
+            let _ = bcrypt::verify(&password, any);
+            return false;
+        };
+        if !bcrypt::verify(&password, hash).unwrap_or(false) {
+            return false;
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(tag);
+        true
+    }
+}
+
+/// `Basic base64(user:password)` -> (user, password).
+fn basic_credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some((String::from_utf8(decoded[..colon].to_vec()).ok()?, decoded[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own per test, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let d = std::env::temp_dir().join(format!("netprobe-webconfig-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// PEM framing around bytes that are no real certificate: enough for
+    /// the checks that come before rustls looks inside.
+    const FAKE_CERT: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+
+    /// Asserts that `config` is refused with the file and every one of
+    /// `says` in the message.
+    fn refused(name: &str, config: &str, says: &[&str]) {
+        let d = Dir::new(name);
+        d.file("cert.pem", FAKE_CERT);
+        d.file("garbage.key", "not a key\n");
+        let path = d.file("web.yml", config);
+        let err = match WebConfig::load(&path) {
+            Ok(_) => panic!("{config} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(&path.display().to_string()), "the file is not named: {err}");
+        for part in says {
+            assert!(err.contains(part), "{part:?} not in: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        refused("unknown", "tls_server_config:\n  cert_fiel: cert.pem\n", &["cert_fiel"]);
+        refused("unknown-top", "basic_auth_user:\n  a: b\n", &["basic_auth_user"]);
+    }
+
+    #[test]
+    fn a_missing_cert_file_is_refused_by_name() {
+        refused(
+            "missing-cert",
+            "tls_server_config:\n  cert_file: nowhere.pem\n  key_file: garbage.key\n",
+            &["tls_server_config.cert_file", "nowhere.pem"],
+        );
+        refused("no-cert", "tls_server_config:\n  key_file: garbage.key\n", &["missing one of cert or cert_file"]);
+    }
+
+    #[test]
+    fn an_unreadable_key_is_refused_by_name() {
+        refused(
+            "bad-key",
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: garbage.key\n",
+            &["tls_server_config.key_file", "no PEM private key"],
+        );
+        refused(
+            "gone-key",
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: gone.key\n",
+            &["tls_server_config.key_file: cannot read"],
+        );
+    }
+
+    #[test]
+    fn a_hash_that_is_not_bcrypt_is_refused_by_user() {
+        refused(
+            "not-bcrypt",
+            "basic_auth_users:\n  alice: plaintext\n",
+            &["basic_auth_users.alice", "not a bcrypt hash"],
+        );
+    }
+
+    #[test]
+    fn unsupported_client_auth_types_are_refused_by_name() {
+        let base = "tls_server_config:\n  cert_file: cert.pem\n  key_file: garbage.key\n";
+        refused(
+            "any-cert",
+            &format!("{base}  client_auth_type: RequireAnyClientCert\n"),
+            &["client_auth_type: RequireAnyClientCert accepts"],
+        );
+        refused(
+            "typo-auth",
+            &format!("{base}  client_auth_type: RequireAndVerify\n"),
+            &["client_auth_type: unknown value \"RequireAndVerify\""],
+        );
+        refused(
+            "no-ca",
+            &format!("{base}  client_auth_type: RequireAndVerifyClientCert\n"),
+            &["client_ca_file is missing"],
+        );
+        refused(
+            "ca-no-auth",
+            &format!("{base}  client_ca_file: cert.pem\n"),
+            &["client_ca_file is given but client_auth_type is NoClientCert"],
+        );
+    }
+
+    #[test]
+    fn other_unsupported_settings_are_refused_by_name() {
+        let base = "tls_server_config:\n  cert_file: cert.pem\n  key_file: garbage.key\n";
+        refused(
+            "tls10",
+            &format!("{base}  min_version: TLS10\n"),
+            &["tls_server_config.min_version: TLS10 is not supported"],
+        );
+        refused("curves", &format!("{base}  curve_preferences: [X25519]\n"), &["tls_server_config.curve_preferences"]);
+        refused("rate", "rate_limit:\n  interval: 1s\n  burst: 2\n", &["rate_limit"]);
+        refused(
+            "header",
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
+            &["http_server_config.headers.X-Frame-Options"],
+        );
+    }
+
+    #[test]
+    fn basic_auth_checks_the_password_and_remembers_a_success() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let d = Dir::new("auth");
+        let path =
+            d.file("web.yml", &format!("basic_auth_users:\n  alice: {hash}\nhttp_server_config:\n  http2: false\n"));
+        let config = WebConfig::load(&path).unwrap();
+        assert!(config.tls.is_none());
+        let auth = config.auth.unwrap();
+        let header = |user_pass: &str| {
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass)).into_bytes()
+        };
+        assert!(!auth.allows(None));
+        assert!(!auth.allows(Some(&header("alice:wrong"))));
+        assert!(!auth.allows(Some(&header("bob:s3cret"))));
+        assert!(!auth.allows(Some(b"Bearer xyz")));
+        assert!(auth.verified.lock().unwrap().is_empty(), "a failure was remembered");
+        assert!(auth.allows(Some(&header("alice:s3cret"))));
+        assert_eq!(auth.verified.lock().unwrap().len(), 1);
+        assert!(auth.allows(Some(&header("alice:s3cret"))), "the remembered pair");
+        assert_eq!(auth.verified.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_empty_file_configures_nothing() {
+        let d = Dir::new("empty");
+        for text in ["", "# nothing yet\n"] {
+            let config = WebConfig::load(&d.file("web.yml", text)).unwrap();
+            assert!(config.tls.is_none() && config.auth.is_none() && config.headers.is_empty());
+        }
+    }
+}
