@@ -171,7 +171,8 @@ struct Request {
 
 /// Connections served at once; later ones are closed unanswered.
 const MAX_CONNECTIONS: usize = 64;
-/// A client gets this long to send its request and read the answer.
+/// A client gets this long for its handshake and request head together
+/// (and as long again for any one read or write).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The request head's size limit (a scrape sends a few hundred bytes).
 const MAX_HEAD: usize = 16 * 1024;
@@ -212,17 +213,20 @@ fn connection(tcp: TcpStream, web: &WebConfig, requests: &mpsc::Sender<Request>)
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = tcp.set_nodelay(true);
+    // A client sending a byte now and then must not hold a connection slot.
+    let deadline = Instant::now() + IO_TIMEOUT;
     let Some(tls) = &web.tls else {
         let mut tcp = tcp;
-        exchange(&mut tcp, web, requests)?;
+        exchange(&mut tcp, web, requests, deadline)?;
         linger(&tcp);
         return Ok(());
     };
     let mut stream = StreamOwned::new(ServerConnection::new(Arc::clone(tls)).map_err(io::Error::other)?, tcp);
     while stream.conn.is_handshaking() {
+        past(deadline)?;
         stream.conn.complete_io(&mut stream.sock)?;
     }
-    exchange(&mut stream, web, requests)?;
+    exchange(&mut stream, web, requests, deadline)?;
     stream.conn.send_close_notify();
     stream.conn.complete_io(&mut stream.sock)?;
     linger(&stream.sock);
@@ -242,8 +246,13 @@ fn linger(tcp: &TcpStream) {
 
 /// Reads the request head, checks basic auth, has the request answered
 /// and writes the answer.
-fn exchange(stream: &mut (impl Read + Write), web: &WebConfig, requests: &mpsc::Sender<Request>) -> io::Result<()> {
-    let head = read_head(stream)?;
+fn exchange(
+    stream: &mut (impl Read + Write),
+    web: &WebConfig,
+    requests: &mpsc::Sender<Request>,
+    deadline: Instant,
+) -> io::Result<()> {
+    let head = read_head(stream, deadline)?;
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let (resp, minor, head_only, challenge) = match (req.parse(&head), head.len() > MAX_HEAD) {
@@ -297,16 +306,25 @@ fn unavailable() -> Response {
 
 /// The bytes up to the blank line that ends the head (or a little past
 /// MAX_HEAD, or what came before the client stopped sending).
-fn read_head(stream: &mut impl Read) -> io::Result<Vec<u8>> {
+fn read_head(stream: &mut impl Read, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0; 4096];
     while head.len() <= MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        past(deadline)?;
         match stream.read(&mut buf)? {
             0 => break,
             n => head.extend_from_slice(&buf[..n]),
         }
     }
     Ok(head)
+}
+
+/// An error once `deadline` has passed.
+fn past(deadline: Instant) -> io::Result<()> {
+    if Instant::now() > deadline {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "the client took too long"));
+    }
+    Ok(())
 }
 
 fn reason(status: u16) -> &'static str {
@@ -319,5 +337,86 @@ fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client's bytes in, the answer out.
+    struct Duplex {
+        input: io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Duplex {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Duplex {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.write(buf)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The answer `exchange` writes for `request`; a request let through
+    /// is answered "seen PATH".
+    fn answer(web: &WebConfig, request: &str) -> String {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let loop_ = std::thread::spawn(move || {
+            for req in rx {
+                let _ = req.reply.send(Response::text(200, format!("seen {}", req.path)));
+            }
+        });
+        let mut stream = Duplex { input: io::Cursor::new(request.as_bytes().to_vec()), output: Vec::new() };
+        exchange(&mut stream, web, &tx, Instant::now() + IO_TIMEOUT).unwrap();
+        drop(tx);
+        loop_.join().unwrap();
+        String::from_utf8(stream.output).unwrap()
+    }
+
+    #[test]
+    fn requests_are_answered_once_with_a_length_and_close() {
+        let web = WebConfig::default();
+        let get = answer(&web, "GET /metrics?x=1 HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        assert!(get.contains("\r\nContent-Length: 17\r\nConnection: close\r\n"), "{get}");
+        assert!(get.ends_with("\r\n\r\nseen /metrics?x=1"), "{get}");
+        let head = answer(&web, "HEAD /health HTTP/1.0\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+        assert!(answer(&web, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+        assert!(answer(&web, "\x16\x03\x01 not http\r\n\r\n").starts_with("HTTP/1.1 400 "));
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(answer(&web, &huge).starts_with("HTTP/1.1 431 "));
+    }
+
+    #[test]
+    fn basic_auth_and_configured_headers_apply_to_every_answer() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let dir = std::env::temp_dir().join(format!("netprobe-serve-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("web.yml");
+        std::fs::write(
+            &path,
+            format!("basic_auth_users:\n  u: {hash}\nhttp_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"),
+        )
+        .unwrap();
+        let web = WebConfig::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let denied = answer(&web, "GET /health HTTP/1.1\r\n\r\n");
+        assert!(denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{denied}");
+        assert!(denied.contains("\r\nWWW-Authenticate: Basic realm=\"netprobe\"\r\n"), "{denied}");
+        assert!(denied.contains("\r\nX-Content-Type-Options: nosniff\r\n"), "{denied}");
+        // u:pw
+        let allowed = answer(&web, "GET /health HTTP/1.1\r\nAuthorization: Basic dTpwdw==\r\n\r\n");
+        assert!(allowed.starts_with("HTTP/1.1 200 OK\r\n") && allowed.ends_with("seen /health"), "{allowed}");
+        assert!(!allowed.contains("WWW-Authenticate") && allowed.contains("nosniff"), "{allowed}");
     }
 }
