@@ -422,7 +422,7 @@ fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
     std::fs::write(
         pki.dir.join("web.yml"),
         format!(
-            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\nbasic_auth_users:\n  prometheus: {hash}\n"
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n  curve_preferences: [X25519, CurveP256]\nbasic_auth_users:\n  prometheus: {hash}\n"
         ),
     )
     .unwrap();
@@ -440,6 +440,11 @@ fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
     let (status, _, text) = pki.curl(&serve.addr, "/metrics", &good).unwrap();
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("netprobe_hops_attached{host=\"testhost\"}"), "{text}");
+    // TLS 1.2 with the one suite the config allows.
+    let tls12 = [good.clone(), owned(&["--tls-max", "1.2"])].concat();
+    assert_eq!(pki.curl(&serve.addr, "/health", &tls12).unwrap().0, 200);
+    let other_suite = [tls12, owned(&["--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"])].concat();
+    assert!(pki.curl(&serve.addr, "/health", &other_suite).is_err(), "a TLS 1.2 suite outside cipher_suites");
     // The right certificate, no credentials or a wrong password: 401 with
     // a Basic challenge.
     let (status, head, _) = pki.curl(&serve.addr, "/metrics", &cert).unwrap();

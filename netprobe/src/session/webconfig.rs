@@ -19,7 +19,7 @@ use rustls::{
     crypto::{ring as provider, CryptoProvider},
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     server::{danger::ClientCertVerifier, WebPkiClientVerifier},
-    RootCertStore, ServerConfig, SupportedProtocolVersion,
+    NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
 };
 use serde::Deserialize;
 
@@ -164,14 +164,8 @@ fn tls_version(field: &str, v: Option<&str>, default: u8) -> Result<u8> {
 }
 
 fn tls_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig> {
-    for (field, set) in [
-        ("cipher_suites", t.cipher_suites.is_some()),
-        ("curve_preferences", t.curve_preferences.is_some()),
-        ("client_allowed_sans", t.client_allowed_sans.is_some()),
-    ] {
-        if set {
-            bail!("tls_server_config.{field}: not supported by netprobe (it uses rustls' safe defaults)");
-        }
+    if t.client_allowed_sans.is_some() {
+        bail!("tls_server_config.client_allowed_sans: not supported by netprobe (the client CA decides)");
     }
     let required = client_auth(t)?;
     let min = tls_version("min_version", t.min_version.as_deref(), 2)?;
@@ -193,7 +187,7 @@ fn tls_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig> {
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| anyhow!("tls_server_config.{key_field}: no PEM private key in it ({e})"))?;
     let client_ca = pem_source("client_ca", t.client_ca.as_deref(), t.client_ca_file.as_deref(), dir)?;
-    let provider = Arc::new(provider::default_provider());
+    let provider = Arc::new(crypto_provider(t)?);
     let verifier = client_verifier(required, client_ca, &provider)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
@@ -204,6 +198,56 @@ fn tls_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig> {
     config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// TLS 1.3 suites by Go's names: exporter-toolkit accepts them in
+/// `cipher_suites`, and Go (like rustls) does not let them be chosen.
+const TLS13_SUITES: &[&str] = &["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"];
+
+/// `curve_preferences`: Go's names -> the key exchange groups.
+const CURVES: &[(&str, NamedGroup)] = &[
+    ("CurveP256", NamedGroup::secp256r1),
+    ("CurveP384", NamedGroup::secp384r1),
+    ("CurveP521", NamedGroup::secp521r1),
+    ("X25519", NamedGroup::X25519),
+];
+
+/// ring's provider with `cipher_suites` (the TLS 1.2 suites, in the
+/// order given, as Go does) and `curve_preferences` applied. An empty
+/// list, like an absent one, keeps the defaults.
+fn crypto_provider(t: &TlsFile) -> Result<CryptoProvider> {
+    let mut p = provider::default_provider();
+    if let Some(names) = t.cipher_suites.as_ref().filter(|n| !n.is_empty()) {
+        let offered = |s: &SupportedCipherSuite| s.version() == &rustls::version::TLS12;
+        let mut chosen = Vec::new();
+        for name in names.iter().filter(|n| !TLS13_SUITES.contains(&n.as_str())) {
+            let Some(suite) = p.cipher_suites.iter().find(|s| offered(s) && format!("{:?}", s.suite()) == *name) else {
+                let known: Vec<String> =
+                    p.cipher_suites.iter().filter(|s| offered(s)).map(|s| format!("{:?}", s.suite())).collect();
+                bail!("tls_server_config.cipher_suites: {name} is not offered (TLS 1.2: {})", known.join(", "));
+            };
+            chosen.push(*suite);
+        }
+        p.cipher_suites.retain(|s| !offered(s));
+        p.cipher_suites.extend(chosen);
+    }
+    if let Some(names) = t.curve_preferences.as_ref().filter(|n| !n.is_empty()) {
+        let mut groups = Vec::new();
+        for name in names {
+            let Some((_, group)) = CURVES.iter().find(|(n, _)| n == name) else {
+                bail!(
+                    "tls_server_config.curve_preferences: unknown curve {name} ({})",
+                    CURVES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                );
+            };
+            let Some(kx) = p.kx_groups.iter().find(|k| k.name() == *group) else {
+                bail!("tls_server_config.curve_preferences: {name} is not offered (ring has no {group:?})");
+            };
+            groups.push(*kx);
+        }
+        p.kx_groups = groups;
+    }
+    Ok(p)
 }
 
 /// `client_auth_type`: None (no client certificate asked for) or whether
@@ -444,7 +488,7 @@ mod tests {
             &format!("{base}  min_version: TLS10\n"),
             &["tls_server_config.min_version: TLS10 is not supported"],
         );
-        refused("curves", &format!("{base}  curve_preferences: [X25519]\n"), &["tls_server_config.curve_preferences"]);
+        refused("sans", &format!("{base}  client_allowed_sans: [a]\n"), &["tls_server_config.client_allowed_sans"]);
         refused("rate", "rate_limit:\n  interval: 1s\n  burst: 2\n", &["rate_limit"]);
         refused(
             "header",
@@ -483,5 +527,41 @@ mod tests {
             let config = WebConfig::load(&d.file("web.yml", text)).unwrap();
             assert!(config.tls.is_none() && config.auth.is_none() && config.headers.is_empty());
         }
+    }
+
+    #[test]
+    fn cipher_suites_and_curves_use_go_names_and_refuse_what_ring_lacks() {
+        let t = |suites: &[&str], curves: &[&str]| TlsFile {
+            cipher_suites: Some(suites.iter().map(|s| (*s).to_owned()).collect()),
+            curve_preferences: Some(curves.iter().map(|s| (*s).to_owned()).collect()),
+            ..TlsFile::default()
+        };
+        let names = |p: &CryptoProvider| p.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect::<Vec<_>>();
+        let p = crypto_provider(&t(
+            &[
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            ],
+            &["CurveP384", "X25519"],
+        ))
+        .unwrap();
+        let tls12: Vec<String> = names(&p).into_iter().filter(|n| !n.starts_with("TLS13_")).collect();
+        assert_eq!(tls12, ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"]);
+        assert_eq!(names(&p).iter().filter(|n| n.starts_with("TLS13_")).count(), 3, "TLS 1.3 suites are kept");
+        let groups: Vec<NamedGroup> = p.kx_groups.iter().map(|k| k.name()).collect();
+        assert_eq!(groups, [NamedGroup::secp384r1, NamedGroup::X25519]);
+        // Empty lists keep the defaults.
+        let p = crypto_provider(&t(&[], &[])).unwrap();
+        assert_eq!(names(&p), names(&provider::default_provider()));
+
+        let err =
+            |suites: &[&str], curves: &[&str]| format!("{:#}", crypto_provider(&t(suites, curves)).err().unwrap());
+        let e = err(&["TLS_RSA_WITH_AES_128_CBC_SHA"], &[]);
+        assert!(e.contains("cipher_suites: TLS_RSA_WITH_AES_128_CBC_SHA is not offered"), "{e}");
+        let e = err(&[], &["CurveP521"]);
+        assert!(e.contains("curve_preferences: CurveP521 is not offered"), "{e}");
+        let e = err(&[], &["CurveP999"]);
+        assert!(e.contains("curve_preferences: unknown curve CurveP999"), "{e}");
     }
 }
