@@ -477,6 +477,16 @@ fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
     assert!(hops.is_some_and(|h| h >= 7.0), "netprobe_hops_attached {hops:?}: {}", prom.log());
     eprintln!("Prometheus over TLS: up 1, netprobe_hops_attached {}", hops.unwrap());
     drop(prom);
+    // A renewed certificate (here from the other CA) is served without a
+    // restart.
+    pki.leaf("renewed", "other-ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+    for ext in ["key", "pem"] {
+        std::fs::rename(pki.dir.join(format!("renewed.{ext}")), pki.dir.join(format!("server.{ext}"))).unwrap();
+    }
+    let trust_other = [good.clone(), owned(&["--cacert", &pki.path("other-ca.pem")])].concat();
+    let renewed = pki.curl(&serve.addr, "/health", &trust_other);
+    assert_eq!(renewed.as_ref().map(|r| r.0), Ok(200), "the renewed certificate is not served: {renewed:?}");
+    assert!(pki.curl(&serve.addr, "/health", &good).is_err(), "the old certificate is still served");
     serve.stop();
     drop(t);
 }

@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::SystemTime,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,7 +19,8 @@ use base64::Engine as _;
 use rustls::{
     crypto::{ring as provider, CryptoProvider},
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::{danger::ClientCertVerifier, WebPkiClientVerifier},
+    server::{danger::ClientCertVerifier, ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
     NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
 };
 use serde::Deserialize;
@@ -179,25 +181,96 @@ fn tls_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig> {
         .map(|(_, p)| p)
         .collect();
 
-    let (cert_field, cert_pem) = pem_source("cert", t.cert.as_deref(), t.cert_file.as_deref(), dir)?
-        .context("tls_server_config: missing one of cert or cert_file")?;
-    let (key_field, key_pem) = pem_source("key", t.key.as_deref(), t.key_file.as_deref(), dir)?
-        .context("tls_server_config: missing one of key or key_file")?;
-    let chain = certificates(&cert_field, &cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| anyhow!("tls_server_config.{key_field}: no PEM private key in it ({e})"))?;
     let client_ca = pem_source("client_ca", t.client_ca.as_deref(), t.client_ca_file.as_deref(), dir)?;
     let provider = Arc::new(crypto_provider(t)?);
+    let identity = Identity::load(t, dir, &provider)?;
     let verifier = client_verifier(required, client_ca, &provider)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
         .context("tls_server_config: min_version/max_version")?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| anyhow!("tls_server_config: the certificate and key do not make a server identity: {e}"))?;
+        .with_cert_resolver(Arc::new(identity));
     config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The server's certificate and key. Files are read again at a handshake
+/// when one of them changed, so a renewed certificate is served without a
+/// restart (exporter-toolkit reads them at every connection); a renewal
+/// that does not load (a key not written yet) keeps the previous identity
+/// and is said on stderr.
+#[derive(Debug)]
+struct Identity {
+    source: IdentitySource,
+    /// The files' modification times when the identity was read, and it.
+    current: Mutex<(Vec<Option<SystemTime>>, Arc<CertifiedKey>)>,
+}
+
+/// Where the certificate and key come from (file names already joined to
+/// the configuration file's directory).
+#[derive(Debug)]
+struct IdentitySource {
+    cert: Option<String>,
+    key: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Identity {
+    fn load(t: &TlsFile, dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Identity> {
+        let source = IdentitySource {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            cert_file: t.cert_file.as_ref().map(|f| dir.join(f)),
+            key_file: t.key_file.as_ref().map(|f| dir.join(f)),
+            provider: Arc::clone(provider),
+        };
+        // The times first: a change while reading is read at the next handshake.
+        let stamps = source.stamps();
+        let current = Mutex::new((stamps, Arc::new(source.read()?)));
+        Ok(Identity { source, current })
+    }
+}
+
+impl IdentitySource {
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        [&self.cert_file, &self.key_file]
+            .iter()
+            .map(|f| f.as_ref().and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()))
+            .collect()
+    }
+
+    fn read(&self) -> Result<CertifiedKey> {
+        let no_dir = Path::new("");
+        let (cert_field, cert_pem) = pem_source("cert", self.cert.as_deref(), self.cert_file.as_deref(), no_dir)?
+            .context("tls_server_config: missing one of cert or cert_file")?;
+        let (key_field, key_pem) = pem_source("key", self.key.as_deref(), self.key_file.as_deref(), no_dir)?
+            .context("tls_server_config: missing one of key or key_file")?;
+        let chain = certificates(&cert_field, &cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| anyhow!("tls_server_config.{key_field}: no PEM private key in it ({e})"))?;
+        CertifiedKey::from_der(chain, key, &self.provider)
+            .map_err(|e| anyhow!("tls_server_config: the certificate and key do not make a server identity: {e}"))
+    }
+}
+
+impl ResolvesServerCert for Identity {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let stamps = self.source.stamps();
+        if stamps != current.0 {
+            match self.source.read() {
+                Ok(renewed) => {
+                    *current = (stamps, Arc::new(renewed));
+                    crate::say!("netprobe: serving the renewed TLS certificate");
+                }
+                Err(e) => crate::say!("netprobe: keeping the previous TLS certificate: {e:#}"),
+            }
+        }
+        Some(Arc::clone(&current.1))
+    }
 }
 
 /// TLS 1.3 suites by Go's names: exporter-toolkit accepts them in
