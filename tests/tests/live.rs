@@ -329,8 +329,9 @@ fn prometheus_scrapes_a_hop_p99_and_packet_rate() {
 }
 
 /// A throwaway PKI made with Debian's openssl in a directory of its own
-/// (removed on drop): a CA, a server certificate for 127.0.0.1 and a client
-/// certificate it signed, and a client certificate from another CA.
+/// (removed on drop): a CA, a server certificate for 127.0.0.1 and two
+/// client certificates it signed (scraper.netprobe.test and another name),
+/// and a client certificate from another CA.
 struct Pki {
     dir: PathBuf,
 }
@@ -345,7 +346,8 @@ impl Pki {
             pki.openssl(&["req", "-x509", "-days", "1", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem")]);
         }
         pki.leaf("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
-        pki.leaf("client", "ca", "extendedKeyUsage=clientAuth\n");
+        pki.leaf("client", "ca", "subjectAltName=DNS:scraper.netprobe.test\nextendedKeyUsage=clientAuth\n");
+        pki.leaf("unnamed", "ca", "subjectAltName=DNS:other.netprobe.test\nextendedKeyUsage=clientAuth\n");
         pki.leaf("stranger", "other-ca", "extendedKeyUsage=clientAuth\n");
         pki
     }
@@ -422,7 +424,7 @@ fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
     std::fs::write(
         pki.dir.join("web.yml"),
         format!(
-            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n  curve_preferences: [X25519, CurveP256]\nbasic_auth_users:\n  prometheus: {hash}\n"
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n  curve_preferences: [X25519, CurveP256]\n  client_allowed_sans: [scraper.netprobe.test]\nbasic_auth_users:\n  prometheus: {hash}\n"
         ),
     )
     .unwrap();
@@ -461,6 +463,9 @@ fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
     let stranger = owned(&["--cert", &pki.path("stranger.pem"), "--key", &pki.path("stranger.key")]);
     let err = pki.curl(&serve.addr, "/metrics", &stranger).expect_err("a certificate of another CA was accepted");
     eprintln!("client certificate of another CA: {err}");
+    let unnamed = owned(&["--cert", &pki.path("unnamed.pem"), "--key", &pki.path("unnamed.key")]);
+    let err = pki.curl(&serve.addr, "/metrics", &unnamed).expect_err("a name outside client_allowed_sans was accepted");
+    eprintln!("client certificate of the CA for a name not allowed: {err}");
     // Plain HTTP gets no answer either.
     assert!(!matches!(http_get(&serve.addr, "/health"), Ok((200, _, _))), "plain HTTP answered");
 

@@ -17,11 +17,16 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use rustls::{
+    client::danger::HandshakeSignatureValid,
     crypto::{ring as provider, CryptoProvider},
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::{danger::ClientCertVerifier, ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    server::{
+        danger::{ClientCertVerified, ClientCertVerifier},
+        ClientHello, ResolvesServerCert, WebPkiClientVerifier,
+    },
     sign::CertifiedKey,
-    NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
+    CertificateError, DigitallySignedStruct, DistinguishedName, NamedGroup, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
 };
 use serde::Deserialize;
 
@@ -166,10 +171,8 @@ fn tls_version(field: &str, v: Option<&str>, default: u8) -> Result<u8> {
 }
 
 fn tls_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig> {
-    if t.client_allowed_sans.is_some() {
-        bail!("tls_server_config.client_allowed_sans: not supported by netprobe (the client CA decides)");
-    }
     let required = client_auth(t)?;
+    let sans = allowed_sans(t.client_allowed_sans.as_deref(), required)?;
     let min = tls_version("min_version", t.min_version.as_deref(), 2)?;
     let max = tls_version("max_version", t.max_version.as_deref(), 3)?;
     if min > max {
@@ -184,7 +187,10 @@ fn tls_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig> {
     let client_ca = pem_source("client_ca", t.client_ca.as_deref(), t.client_ca_file.as_deref(), dir)?;
     let provider = Arc::new(crypto_provider(t)?);
     let identity = Identity::load(t, dir, &provider)?;
-    let verifier = client_verifier(required, client_ca, &provider)?;
+    let mut verifier = client_verifier(required, client_ca, &provider)?;
+    if let Some(names) = sans {
+        verifier = Arc::new(AllowedSans { inner: verifier, names });
+    }
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
         .context("tls_server_config: min_version/max_version")?
@@ -349,6 +355,87 @@ fn client_auth(t: &TlsFile) -> Result<Option<bool>> {
         bail!("tls_server_config: client_auth_type verifies client certificates: client_ca_file is missing");
     }
     Ok(Some(required))
+}
+
+/// `client_allowed_sans` as names to match: DNS names and IP addresses.
+/// Like exporter-toolkit, only where a verified certificate is required.
+fn allowed_sans(sans: Option<&[String]>, required: Option<bool>) -> Result<Option<Vec<ServerName<'static>>>> {
+    let Some(sans) = sans else { return Ok(None) };
+    if required != Some(true) {
+        bail!("tls_server_config.client_allowed_sans: needs client_auth_type RequireAndVerifyClientCert");
+    }
+    if sans.is_empty() {
+        bail!("tls_server_config.client_allowed_sans: an empty list would refuse every client");
+    }
+    sans.iter()
+        .map(|san| {
+            ServerName::try_from(san.clone()).map_err(|_| {
+                anyhow!("tls_server_config.client_allowed_sans: {san:?} is not a DNS name or IP address (e-mail and URI names are not supported)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// `client_allowed_sans`: after the CA's check, the client certificate
+/// must name one of these (a DNS name or IP address subject alternative
+/// name; a wildcard in the certificate matches as in server names).
+#[derive(Debug)]
+struct AllowedSans {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ClientCertVerifier for AllowedSans {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self.names.iter().any(|n| cert.verify_is_valid_for_subject_name(n).is_ok()) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The client certificate check: against the client CA, required or not.
@@ -561,7 +648,11 @@ mod tests {
             &format!("{base}  min_version: TLS10\n"),
             &["tls_server_config.min_version: TLS10 is not supported"],
         );
-        refused("sans", &format!("{base}  client_allowed_sans: [a]\n"), &["tls_server_config.client_allowed_sans"]);
+        refused(
+            "sans",
+            &format!("{base}  client_allowed_sans: [a]\n"),
+            &["client_allowed_sans: needs client_auth_type"],
+        );
         refused("rate", "rate_limit:\n  interval: 1s\n  burst: 2\n", &["rate_limit"]);
         refused(
             "header",
@@ -636,5 +727,21 @@ mod tests {
         assert!(e.contains("curve_preferences: CurveP521 is not offered"), "{e}");
         let e = err(&[], &["CurveP999"]);
         assert!(e.contains("curve_preferences: unknown curve CurveP999"), "{e}");
+    }
+
+    #[test]
+    fn client_allowed_sans_are_dns_names_or_addresses_with_a_required_certificate() {
+        let sans = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let ok = allowed_sans(Some(&sans(&["scraper.example", "127.0.0.1"])), Some(true)).unwrap().unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(allowed_sans(None, None).unwrap().is_none());
+        for (names, required, says) in [
+            (sans(&["a"]), Some(false), "needs client_auth_type RequireAndVerifyClientCert"),
+            (sans(&[]), Some(true), "an empty list would refuse every client"),
+            (sans(&["ops@example.com"]), Some(true), "\"ops@example.com\" is not a DNS name or IP address"),
+        ] {
+            let e = format!("{:#}", allowed_sans(Some(&names), required).err().unwrap());
+            assert!(e.contains(says), "{e}");
+        }
     }
 }
