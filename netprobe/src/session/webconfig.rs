@@ -3,9 +3,11 @@
 //! (`tls_server_config`, `http_server_config`, `basic_auth_users`). It is
 //! read and checked whole when `serve` starts, before anything is attached:
 //! every refusal names the file and the field. What it owns: the rustls
-//! server configuration (certificate and key, client certificates checked
-//! against the client CA) and the basic-auth check (bcrypt, with successful
-//! verifications remembered so a scrape every 15 s does not pay a bcrypt).
+//! server configuration (certificate and key, read again when renewed;
+//! client certificates checked against the client CA and, if given, the
+//! allowed names; versions, suites, curves) and the basic-auth check
+//! (bcrypt, with successful verifications remembered so a scrape every 15 s
+//! does not pay a bcrypt).
 
 use std::{
     collections::{BTreeMap, HashSet},
