@@ -203,6 +203,11 @@ enum Cmd {
         /// (openvswitch, qeth... loaded), hops not attached yet are tried again.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         rescan_every: Duration,
+        /// TLS, client certificates and basic auth: a web configuration file
+        /// in the Prometheus exporter-toolkit's format (node_exporter's
+        /// --web.config.file).
+        #[arg(long, value_name = "FILE")]
+        web_config: Option<PathBuf>,
         #[command(flatten)]
         probe: ProbeArgs,
     },
@@ -308,13 +313,13 @@ fn run(cli: Cli) -> Result<()> {
             drop(rec);
             res
         }
-        Cmd::Serve { listen, ifaces, host, max_series, rescan_every, probe } => {
-            let opts =
-                ServeOptions { listen, host: host.unwrap_or_else(session::serve::hostname), max_series, rescan_every };
-            let server = session::serve::listen(&opts)?;
+        Cmd::Serve { listen, ifaces, host, max_series, rescan_every, web_config, probe } => {
+            let host = host.unwrap_or_else(session::serve::hostname);
+            let opts = ServeOptions { listen, host, max_series, rescan_every, web_config };
+            let listener = session::serve::listen(&opts)?;
             let stop = Stop::install();
             let mut rec = session::record::Recorder::start(&options(&probe, ifaces, true)?)?;
-            let res = session::serve::run(&server, &mut rec, &opts, stop);
+            let res = session::serve::run(listener, &mut rec, &opts, stop);
             drop(rec);
             res
         }

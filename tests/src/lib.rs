@@ -252,17 +252,31 @@ pub fn netprobe_programs_of(pid: u32) -> Vec<String> {
     loaded_programs().into_iter().filter(|(id, _)| ids.iter().any(|&i| u64::from(i) == *id)).map(|(_, n)| n).collect()
 }
 
-/// Those of `ids` still loaded in the kernel (bpftool).
+/// Those of `ids` still loaded in the kernel (bpftool), after waiting up
+/// to 3 s for them to go: as in `netprobe_programs`, the kernel frees a
+/// program a grace period after its process exits (seen: two of a serve's
+/// programs still listed right after it was reaped).
 pub fn still_loaded(ids: &[u32]) -> Vec<u32> {
-    ids.iter()
-        .copied()
-        .filter(|id| {
-            Command::new("bpftool")
-                .args(["prog", "show", "id", &id.to_string()])
-                .output()
-                .expect("bpftool (Debian's bpftool)")
-                .status
-                .success()
-        })
-        .collect()
+    let loaded = |ids: &[u32]| -> Vec<u32> {
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                Command::new("bpftool")
+                    .args(["prog", "show", "id", &id.to_string()])
+                    .output()
+                    .expect("bpftool (Debian's bpftool)")
+                    .status
+                    .success()
+            })
+            .collect()
+    };
+    let mut left = loaded(ids);
+    for _ in 0..30 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = loaded(&left);
+    }
+    left
 }

@@ -28,14 +28,20 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (status, head, body) = split_response(&raw);
     let ctype = head
         .lines()
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim()))
         .unwrap_or_default()
         .to_owned();
-    Ok((status, ctype, body.to_owned()))
+    Ok((status, ctype, body))
+}
+
+/// An HTTP response: (status, head, body).
+fn split_response(raw: &str) -> (u16, String, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// Percent-encoding for a query parameter.
@@ -73,18 +79,25 @@ struct Serve {
 
 impl Serve {
     fn start(t: &Topology) -> Serve {
+        Serve::start_with(t, &[], |addr| http_get(addr, "/health").ok().map(|(status, _, body)| (status, body)))
+    }
+
+    /// Starts it with `args` added and waits until `health(addr)` (status
+    /// and body of /health) says ok.
+    fn start_with(t: &Topology, args: &[&str], health: impl Fn(&str) -> Option<(u16, String)>) -> Serve {
         let addr = format!("127.0.0.1:{}", free_port());
         let ifaces = t.ifaces();
         let child = Command::new(netprobe_bin())
             .args(["serve", "--listen", &addr, "--host", "testhost", "--max-series", "50"])
             .args(["--iface", &ifaces[0], "--iface", &ifaces[1], "--softirq-vectors"])
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
             .expect("start netprobe serve");
         let mut s = Serve { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _, body)) = http_get(&s.addr, "/health") {
+            if let Some((200, body)) = health(&s.addr) {
                 assert!(body.starts_with("ok"), "{body}");
                 break;
             }
@@ -207,7 +220,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: &str) -> Prometheus {
+    /// `job` is added to the scrape job's configuration (YAML lines
+    /// indented by four spaces).
+    fn start(target: &str, job: &str) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("netprobe-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -215,7 +230,7 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: netprobe\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: netprobe\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n{job}"
             ),
         )
         .unwrap();
@@ -240,6 +255,16 @@ impl Prometheus {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Waits until the target is up (Prometheus applies new targets a few
+    /// seconds after it is ready).
+    fn wait_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query("up{job=\"netprobe\"}") != Some(1.0) {
+            assert!(Instant::now() < deadline, "Prometheus never scraped netprobe serve: {}", self.log());
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// The value of an instant query's single result, if it has one.
@@ -269,13 +294,8 @@ fn prometheus_scrapes_a_hop_p99_and_packet_rate() {
     }
     let t = Topology::create().unwrap();
     let serve = Serve::start(&t);
-    let prom = Prometheus::start(&serve.addr);
-    // Prometheus applies new targets a few seconds after it is ready.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while prom.query("up{job=\"netprobe\"}") != Some(1.0) {
-        assert!(Instant::now() < deadline, "Prometheus never scraped netprobe serve: {}", prom.log());
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let prom = Prometheus::start(&serve.addr, "");
+    prom.wait_up();
     let sel = format!("{{job=\"netprobe\",host=\"testhost\",{}}}", macvtap_pair(&t.macvtap));
     let p99_query =
         format!("histogram_quantile(0.99, sum by (le) (rate(netprobe_hop_latency_seconds_bucket{sel}[5s])))");
@@ -306,6 +326,198 @@ fn prometheus_scrapes_a_hop_p99_and_packet_rate() {
     drop(prom);
     serve.stop();
     drop(t);
+}
+
+/// A throwaway PKI made with Debian's openssl in a directory of its own
+/// (removed on drop): a CA, a server certificate for 127.0.0.1 and two
+/// client certificates it signed (scraper.netprobe.test and another name),
+/// and a client certificate from another CA.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = std::env::temp_dir().join(format!("netprobe-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = Pki { dir };
+        for ca in ["ca", "other-ca"] {
+            pki.openssl(&["req", "-x509", "-days", "1", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem")]);
+        }
+        pki.leaf("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+        pki.leaf("client", "ca", "subjectAltName=DNS:scraper.netprobe.test\nextendedKeyUsage=clientAuth\n");
+        pki.leaf("unnamed", "ca", "subjectAltName=DNS:other.netprobe.test\nextendedKeyUsage=clientAuth\n");
+        pki.leaf("stranger", "other-ca", "extendedKeyUsage=clientAuth\n");
+        pki
+    }
+
+    /// `openssl` in the PKI's directory; new keys are P-256 without a passphrase.
+    fn openssl(&self, args: &[&str]) {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(&self.dir);
+        if args[0] == "req" {
+            let cn = format!("/CN=netprobe test {}", args.last().unwrap());
+            cmd.args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", &cn]);
+        }
+        let out = cmd.output().expect("openssl (Debian's openssl package; cargo xtask test installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// NAME.pem and NAME.key, signed by CA, with the extensions `ext`.
+    fn leaf(&self, name: &str, ca: &str, ext: &str) {
+        std::fs::write(self.dir.join(format!("{name}.ext")), ext).unwrap();
+        self.openssl(&["req", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// curl over TLS (the server checked against the CA), with `args`
+    /// added: Ok((status, head, body)) or Err(curl's complaint).
+    fn curl(&self, addr: &str, path: &str, args: &[String]) -> Result<(u16, String, String), String> {
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10", "--cacert", &self.path("ca.pem")])
+            .args(args)
+            .arg(format!("https://{addr}{path}"))
+            .output()
+            .expect("curl (Debian's curl package; cargo xtask test installs it)");
+        if !out.status.success() {
+            return Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(split_response(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
+    if !require_root("prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth") {
+        return;
+    }
+    let pki = Pki::new();
+    let hash = bcrypt::hash("scrape-secret", 4).unwrap();
+    // Relative names: taken from the configuration file's directory.
+    std::fs::write(
+        pki.dir.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n  curve_preferences: [X25519, CurveP256]\n  client_allowed_sans: [scraper.netprobe.test]\nbasic_auth_users:\n  prometheus: {hash}\n"
+        ),
+    )
+    .unwrap();
+    let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let cert = owned(&["--cert", &pki.path("client.pem"), "--key", &pki.path("client.key")]);
+    let good = [cert.clone(), owned(&["-u", "prometheus:scrape-secret"])].concat();
+    let wrong = [cert.clone(), owned(&["-u", "prometheus:not-it"])].concat();
+
+    let t = Topology::create().unwrap();
+    let serve = Serve::start_with(&t, &["--web-config", &pki.path("web.yml")], |addr| {
+        pki.curl(addr, "/health", &good).ok().map(|(status, _, body)| (status, body))
+    });
+
+    // The right certificate and password: the metrics.
+    let (status, _, text) = pki.curl(&serve.addr, "/metrics", &good).unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("netprobe_hops_attached{host=\"testhost\"}"), "{text}");
+    // TLS 1.2 with the one suite the config allows.
+    let tls12 = [good.clone(), owned(&["--tls-max", "1.2"])].concat();
+    assert_eq!(pki.curl(&serve.addr, "/health", &tls12).unwrap().0, 200);
+    let other_suite = [tls12, owned(&["--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"])].concat();
+    assert!(pki.curl(&serve.addr, "/health", &other_suite).is_err(), "a TLS 1.2 suite outside cipher_suites");
+    // The right certificate, no credentials or a wrong password: 401 with
+    // a Basic challenge.
+    let (status, head, _) = pki.curl(&serve.addr, "/metrics", &cert).unwrap();
+    assert_eq!(status, 401, "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\nwww-authenticate: basic"), "{head}");
+    eprintln!("no credentials: {}", head.lines().next().unwrap());
+    let (status, head, _) = pki.curl(&serve.addr, "/metrics", &wrong).unwrap();
+    assert_eq!(status, 401, "{head}");
+    eprintln!("wrong password: {}", head.lines().next().unwrap());
+    // No client certificate, or one another CA signed: no HTTP at all.
+    let no_cert = pki.curl(&serve.addr, "/metrics", &owned(&["-u", "prometheus:scrape-secret"]));
+    let err = no_cert.expect_err("a client without a certificate was answered");
+    eprintln!("no client certificate: {err}");
+    let stranger = owned(&["--cert", &pki.path("stranger.pem"), "--key", &pki.path("stranger.key")]);
+    let err = pki.curl(&serve.addr, "/metrics", &stranger).expect_err("a certificate of another CA was accepted");
+    eprintln!("client certificate of another CA: {err}");
+    let unnamed = owned(&["--cert", &pki.path("unnamed.pem"), "--key", &pki.path("unnamed.key")]);
+    let err = pki.curl(&serve.addr, "/metrics", &unnamed).expect_err("a name outside client_allowed_sans was accepted");
+    eprintln!("client certificate of the CA for a name not allowed: {err}");
+    // Plain HTTP gets no answer either.
+    assert!(!matches!(http_get(&serve.addr, "/health"), Ok((200, _, _))), "plain HTTP answered");
+
+    // Prometheus scrapes it as a fleet's Prometheus would.
+    let job = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n    basic_auth:\n      username: prometheus\n      password: scrape-secret\n",
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key")
+    );
+    let prom = Prometheus::start(&serve.addr, &job);
+    prom.wait_up();
+    let hops = prom.query("netprobe_hops_attached{job=\"netprobe\",host=\"testhost\"}");
+    assert!(hops.is_some_and(|h| h >= 7.0), "netprobe_hops_attached {hops:?}: {}", prom.log());
+    eprintln!("Prometheus over TLS: up 1, netprobe_hops_attached {}", hops.unwrap());
+    drop(prom);
+    // A renewed certificate (here from the other CA) is served without a
+    // restart.
+    pki.leaf("renewed", "other-ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+    for ext in ["key", "pem"] {
+        std::fs::rename(pki.dir.join(format!("renewed.{ext}")), pki.dir.join(format!("server.{ext}"))).unwrap();
+    }
+    let trust_other = [good.clone(), owned(&["--cacert", &pki.path("other-ca.pem")])].concat();
+    let renewed = pki.curl(&serve.addr, "/health", &trust_other);
+    assert_eq!(renewed.as_ref().map(|r| r.0), Ok(200), "the renewed certificate is not served: {renewed:?}");
+    assert!(pki.curl(&serve.addr, "/health", &good).is_err(), "the old certificate is still served");
+    serve.stop();
+    drop(t);
+}
+
+#[test]
+fn serve_with_a_bad_web_config_fails_before_attaching() {
+    let dir = std::env::temp_dir().join(format!("netprobe-bad-web-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("web.yml");
+    for (text, field) in [
+        ("tls_server_config:\n  cert_file: server.pem\n  key_fil: server.key\n", "key_fil"),
+        ("tls_server_config:\n  cert_file: nowhere.pem\n  key_file: server.key\n", "tls_server_config.cert_file"),
+        ("basic_auth_users:\n  alice: hunter2\n", "basic_auth_users.alice"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(netprobe_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--web-config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&config.display().to_string()) && err.contains(field), "{field}: {err}");
+        assert!(!err.contains("serving metrics"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A tmux session on its own server socket, killed on drop.

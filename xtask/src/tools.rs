@@ -18,9 +18,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// Debian packages the test suite needs on top of the demo's: sockperf
 /// (request/response workload), QEMU (a real guest to boot and discover), Prometheus
-/// and tmux (the exporter and `top`), chromium (renders the HTML report
-/// headless), HdrHistogram's Java HistogramLogProcessor and a JRE (read
-/// the hlog output).
+/// and tmux (the exporter and `top`), openssl and curl (a throwaway PKI and
+/// a TLS client for `serve --web-config`), chromium (renders the HTML
+/// report headless), HdrHistogram's Java HistogramLogProcessor and a JRE
+/// (read the hlog output).
 pub(crate) const TEST_DEBS: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -30,6 +31,8 @@ pub(crate) const TEST_DEBS: &[&str] = &[
     "qemu-system-x86",
     "prometheus",
     "tmux",
+    "openssl",
+    "curl",
     "chromium",
     "libhdrhistogram-java",
     "default-jre-headless",

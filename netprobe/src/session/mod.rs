@@ -1,7 +1,7 @@
 //! Sessions: the loops that run probes over time and hand their results
 //! on. `record` (the recorder, and the `record` command's run: workload,
 //! waiting, status line, output file), `top` and `serve` (live views of the
-//! same aggregates), `demo` (the demo topology with traffic), `probes`
+//! same aggregates; `webconfig`, serve's TLS and basic auth), `demo` (the demo topology with traffic), `probes`
 //! (what each hop attached as). Around them: `workload` (the processes a
 //! recording follows, and `benchmark`, what its tool printed), `guests`
 //! (QEMU guests found in /proc), `hostconfig` (the host's configuration
@@ -18,6 +18,7 @@ pub mod record;
 pub mod serve;
 pub mod signals;
 pub mod top;
+pub mod webconfig;
 pub mod workload;
 
 use std::{
