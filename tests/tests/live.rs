@@ -722,13 +722,8 @@ fn kill_terminal_and_wait_for_exit(tm: Tmux) {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     assert!((last - before) * 1000 / hz < 500, "netprobe burnt {} ticks while its terminal was gone", last - before);
-    // The kernel frees programs after a grace period.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut left = still_loaded(&ids);
-    while !left.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        left = still_loaded(&ids);
-    }
+    // (still_loaded waits out the kernel's grace period.)
+    let left = still_loaded(&ids);
     assert!(left.is_empty(), "programs still loaded after netprobe's terminal went away: {left:?}");
 }
 
