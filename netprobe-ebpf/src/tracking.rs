@@ -66,12 +66,11 @@ pub(crate) fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev
         let impossible = at_device
             && ((prev & hop_flags::NEXT_XMIT != 0 && !(hop == hop::NET_DEV_START_XMIT && devkey == st.dev))
                 || (prev & hop_flags::NEXT_RECEIVE != 0 && hop != hop::NETIF_RECEIVE_SKB));
-        let direct_gap = config::get(|c| &c.direct_gap_ns);
-        let late = at_device
-            && prev & hop_flags::DIRECT != 0
-            && flags & hop_flags::START != 0
-            && direct_gap != 0
-            && gap > direct_gap;
+        // (The config is read only where the rule applies.)
+        let late = at_device && prev & hop_flags::DIRECT != 0 && flags & hop_flags::START != 0 && {
+            let direct_gap = config::get(|c| &c.direct_gap_ns);
+            direct_gap != 0 && gap > direct_gap
+        };
         let restart = if reused {
             counter::TRACK_REUSED
         } else if impossible {

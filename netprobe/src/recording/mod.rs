@@ -233,7 +233,7 @@ pub struct CpuRec {
 }
 
 /// A NUL-padded kernel name as a string.
-fn cstr(b: &[u8; 16]) -> String {
+pub(crate) fn cstr(b: &[u8; 16]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }

@@ -242,7 +242,7 @@ impl Recorder {
     /// Closes one interval of the time series: what each hop pair saw
     /// since the previous sample (call about once a second).
     pub fn sample(&mut self) -> Result<()> {
-        guests::merge(&mut self.guests, guests::discover(), self.started.elapsed().as_secs_f64());
+        self.look_for_guests();
         let snap = self.kernel_snapshot()?;
         let mut iv = self.close_interval(&snap);
         if let Some(spool) = &mut self.spool {
@@ -275,7 +275,7 @@ impl Recorder {
     /// idle pairs out of the kernel's hash map (call every few seconds).
     pub fn maintain(&mut self) -> Result<()> {
         // The guests running now (gone ones are not kept: no series).
-        guests::merge(&mut self.guests, guests::discover(), self.started.elapsed().as_secs_f64());
+        self.look_for_guests();
         self.guests.retain(|g| g.gone_after_s.is_none());
         let snap = self.kernel_snapshot()?;
         self.retire_idle(&snap)
@@ -312,7 +312,7 @@ impl Recorder {
     /// For live views (`top`): closes an interval like [`Recorder::sample`],
     /// but hands it back analysed instead of keeping it.
     pub fn next_interval(&mut self) -> Result<LiveInterval> {
-        guests::merge(&mut self.guests, guests::discover(), self.started.elapsed().as_secs_f64());
+        self.look_for_guests();
         let snap = self.kernel_snapshot()?;
         let iv = self.close_interval(&snap);
         self.retire_idle(&snap)?;
@@ -330,6 +330,11 @@ impl Recorder {
     /// The kernel's cumulative aggregates now, analysed (for `serve`).
     pub fn live(&self) -> Result<Analysis> {
         analyze(&self.assemble(&self.kernel_snapshot()?, false, BTreeMap::new()))
+    }
+
+    /// Looks for QEMU guests again: new ones are added, gone ones marked.
+    fn look_for_guests(&mut self) {
+        guests::merge(&mut self.guests, guests::discover(), self.started.elapsed().as_secs_f64());
     }
 
     /// Time since the probes were attached.
@@ -436,7 +441,7 @@ impl Recorder {
         // ask that host's /sys.
         let mut guest_facing = self.guest_facing.clone();
         for d in snap.devs.values() {
-            let name = crate::recording::DevRec::from((0, d)).name;
+            let name = crate::recording::cstr(&d.name);
             if d.kind[0] == 0 && !guest_facing.contains(&name) && is_guest_facing_sysfs(&name) {
                 guest_facing.push(name);
             }
