@@ -110,6 +110,8 @@ pub(crate) fn build_ebpf(triple: &str) -> Result<PathBuf> {
         .arg(&obj)
         .arg(&lib))
     .context("bpf-linker failed to link the BPF object")?;
+    let (before, after) = crate::bpfobj::slim(&obj)?;
+    eprintln!("BPF object: {after} bytes ({before} before its debug info was removed)");
     Ok(obj)
 }
 

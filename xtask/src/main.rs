@@ -4,6 +4,7 @@
 //! so a fresh machine needs nothing but stable Rust.
 
 mod bench;
+mod bpfobj;
 mod build;
 mod lab;
 mod tools;
