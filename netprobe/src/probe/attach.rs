@@ -7,7 +7,10 @@
 //! the journey ring's reader), whose `Ebpf` no other module sees. Dropping
 //! it detaches everything.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -190,10 +193,12 @@ pub struct Probe {
     config: Config,
     /// Function hop id -> its program slot.
     slots: BTreeMap<u8, usize>,
+    /// aya's parse of the kernel's BTF, for loading tp_btf and fentry
+    /// programs: held only while attaching (a rescan parses it again, so a
+    /// long-running serve does not keep ~10 MB it rarely needs).
     btf: Option<Btf>,
+    btf_file: Option<PathBuf>,
     plan_opts: PlanOptions,
-    /// The BTF used to load tp_btf programs (kept until attach is done).
-    btf_for_load: Option<Btf>,
     /// CPU accounting programs attached, and what could not be.
     cpu_backends: Vec<String>,
     cpu_notes: Vec<String>,
@@ -224,7 +229,6 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     }
     check_privileges()?;
     let facts = KernelFacts::live()?;
-    let btf_rs = kernel::load_btf(opts.btf_file.as_deref())?;
     let mut config = Config::zeroed();
     config.max_gap_ns = opts.max_gap_ns;
     config.direct_gap_ns = super::catalog::DIRECT_GAP_NS;
@@ -240,12 +244,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     }
     let mut drop_reasons = BTreeMap::new();
     let mut global_notes = Vec::new();
-    if let Some(btf) = &btf_rs {
-        match kernel::offsets(btf) {
+    // btf-rs's parse (about 28 MB for a distribution kernel) is dropped here,
+    // before aya parses the same BTF for loading.
+    if let Some(btf) = kernel::load_btf(opts.btf_file.as_deref())? {
+        match kernel::offsets(&btf) {
             Ok(o) => config.off = o,
             Err(e) => global_notes.push(format!("struct offsets unavailable from BTF: {e:#}")),
         }
-        drop_reasons = kernel::drop_reasons_from_btf(btf);
+        drop_reasons = kernel::drop_reasons_from_btf(&btf);
     }
     if let Some(flow) = opts.flow {
         if config.off.valid == 0 {
@@ -255,13 +261,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         }
         config.flow = flow;
     }
-    let aya_btf = match &opts.btf_file {
-        Some(p) => Some(
-            Btf::parse_file(p, aya::Endianness::default())
-                .with_context(|| format!("parsing BTF file {}", p.display()))?,
-        ),
-        None => Btf::from_sys_fs().ok(),
-    };
+    let aya_btf = aya_btf(opts.btf_file.as_deref())?;
     let tracefs = kernel::tracefs();
     let plans = plan::plan(
         &facts,
@@ -362,9 +362,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         facts,
         config,
         slots,
-        btf: aya_btf.clone(),
+        btf: aya_btf,
+        btf_file: opts.btf_file.clone(),
         plan_opts,
-        btf_for_load: aya_btf,
         cpu_backends: Vec::new(),
         cpu_notes: Vec::new(),
     };
@@ -383,7 +383,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         }
         let mut why = Vec::new();
         let ok = Backend::TRACEPOINT.into_iter().find(|&b| {
-            match attach_tracepoint(&mut att.ebpf, b, category, name, att.btf_for_load.as_ref()) {
+            match attach_tracepoint(&mut att.ebpf, b, category, name, att.btf.as_ref()) {
                 Ok(()) => true,
                 Err(e) => {
                     why.push(format!("{}: {}", b.label(), e.brief()));
@@ -415,10 +415,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         let why: Vec<String> = att.coverage.iter().flat_map(|c| c.notes.clone()).collect();
         bail!("no hop could be attached on this kernel: {}", why.join("; "));
     }
-    att.btf_for_load = None;
-    if !opts.rescan {
-        att.btf = None;
-    }
+    att.btf = None;
     // Parsing BTF (vmlinux and module BTF, twice: btf-rs and aya) peaks at
     // ~90 MiB of heap that is free again now; hand it back to the system so
     // a long recording's RSS is what it really holds.
@@ -561,6 +558,9 @@ impl Probe {
         let facts = KernelFacts::live()?;
         let plans = plan::plan(&facts, self.plan_opts);
         let mut added = Vec::new();
+        if plans.iter().any(|p| !p.candidates.is_empty() && !self.attached(p.hop.label)) {
+            self.btf = aya_btf(self.btf_file.as_deref())?;
+        }
         for p in &plans {
             let Some(i) = self.coverage.iter().position(|c| c.hop == p.hop.label) else {
                 continue;
@@ -575,8 +575,25 @@ impl Probe {
             self.coverage[i] = c;
         }
         self.facts = facts;
+        self.btf = None;
         Ok(added)
     }
+
+    fn attached(&self, hop: &str) -> bool {
+        self.coverage.iter().any(|c| c.hop == hop && c.backend.is_some())
+    }
+}
+
+/// aya's parse of the BTF file given, or of the running kernel's (none
+/// where the kernel has no BTF).
+fn aya_btf(file: Option<&Path>) -> Result<Option<Btf>> {
+    Ok(match file {
+        Some(p) => Some(
+            Btf::parse_file(p, aya::Endianness::default())
+                .with_context(|| format!("parsing BTF file {}", p.display()))?,
+        ),
+        None => Btf::from_sys_fs().ok(),
+    })
 }
 
 fn attach_tracepoint(
