@@ -56,6 +56,10 @@ pub(crate) struct BenchOpts {
     /// The memory soak only (e.g. `--soak-only --soak-seconds 600`).
     #[arg(long, conflicts_with = "quick")]
     soak_only: bool,
+    /// The footprint only: record's peak RSS, serve's steady RSS, the
+    /// binary's size with and without debuginfo.
+    #[arg(long, conflicts_with_all = ["quick", "soak_only"])]
+    footprint_only: bool,
 }
 
 /// Where a flood goes: sender namespace and interface, receiver namespace and address.
@@ -391,6 +395,13 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
         }
     }
     let traced: Vec<&String> = opts.modes.iter().filter(|m| *m != "untraced").collect();
+    let mut results = serde_json::Map::new();
+    let mut table = Vec::new();
+    let fp = footprint(&bin, &mut table)?;
+    results.insert("footprint".into(), fp);
+    if opts.footprint_only {
+        return finish(&out_dir, &results, &table, opts);
+    }
 
     let veth = VethPair::create()?;
     let topo = Topology::create_kind(Kind::Macvtap)?;
@@ -407,8 +418,6 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
     .into_iter()
     .filter(|p| !opts.soak_only && opts.paths.iter().any(|n| n == p.name))
     .collect();
-    let mut results = serde_json::Map::new();
-    let mut table = Vec::new();
     for p in &paths {
         let mut pps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         // Each traced window relative to the untraced windows just before
@@ -451,12 +460,23 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
             }
         }
         let mut modes = serde_json::Map::new();
+        // Each repetition's ratio to untraced, divided by the same
+        // repetition's empty-program ratio: the rate kept of what the
+        // tracepoints alone leave.
+        let to_floor = |mode: &str| -> Option<Vec<f64>> {
+            let (r, e) = (ratios.get(mode)?, ratios.get("empty")?);
+            Some(r.iter().zip(e).map(|(r, e)| r / e).collect())
+        };
         for mode in &opts.modes {
             let v = &pps[mode];
             let r = ratios.get(mode).cloned().unwrap_or_else(|| vec![1.0]);
-            modes.insert(mode.to_string(), json!({"pps": stats(v), "ratio_to_untraced": stats(&r)}));
+            let f = to_floor(mode).filter(|_| mode != "empty");
+            modes.insert(
+                mode.to_string(),
+                json!({"pps": stats(v), "ratio_to_untraced": stats(&r), "ratio_to_floor": f.as_deref().map(stats)}),
+            );
             table.push(format!(
-                "{:<8} {:<20} {:>10.0} pps  ratio median {:.2} (min {:.2}, max {:.2}, {} windows)",
+                "{:<8} {:<20} {:>10.0} pps  ratio median {:.2} (min {:.2}, max {:.2}, {} windows){}",
                 p.name,
                 mode_label(mode),
                 median(v),
@@ -464,7 +484,25 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
                 r.iter().cloned().fold(f64::INFINITY, f64::min),
                 r.iter().cloned().fold(0.0, f64::max),
                 v.len(),
+                f.map(|f| format!("; of the floor {:.2}", median(&f))).unwrap_or_default(),
             ));
+        }
+        // Cost above the floor (1 - rate/floor), netprobe's against bpftrace's.
+        for mode in ["aggregate", "aggregate_bt_hops", "trace"] {
+            if let (Some(a), Some(b)) = (to_floor(mode), to_floor("bpftrace")) {
+                let (ca, cb) = (1.0 - median(&a), 1.0 - median(&b));
+                if cb > 0.0 {
+                    table.push(format!(
+                        "{:<8} {:<20} cost above the floor {:.1}% against bpftrace's {:.1}%: {:.2} of it",
+                        p.name,
+                        mode_label(mode),
+                        ca * 100.0,
+                        cb * 100.0,
+                        ca / cb
+                    ));
+                    modes.insert(format!("{mode}_cost_over_bpftrace_cost"), json!(ca / cb));
+                }
+            }
         }
         if let (Some(a), Some(b)) = (ratios.get("aggregate"), ratios.get("bpftrace")) {
             let (a, b) = (median(a), median(b));
@@ -668,6 +706,77 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
     drop(topo);
     drop(veth);
     finish(&out_dir, &results, &table, opts)
+}
+
+/// What an always-on agent costs in memory and disk: `record`'s peak RSS
+/// over a one-second recording, `serve`'s RSS after a few scrapes, and the
+/// binary with and without its debuginfo.
+fn footprint(bin: &Path, table: &mut Vec<String>) -> Result<Value> {
+    let child = Command::new(bin)
+        .args(["record", "--duration", "1s", "--format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        bail!("waiting for netprobe record: {}", std::io::Error::last_os_error());
+    }
+    let record_peak_kib = usage.ru_maxrss as u64;
+
+    let listen = "127.0.0.1:19465";
+    let mut serve =
+        Command::new(bin).args(["serve", "--listen", listen]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let stderr = serve.stderr.take();
+    let ready = stderr.map(|e| {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(e), &mut line);
+        line
+    });
+    let mut scrape_bytes = 0;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        if let Ok(mut c) = std::net::TcpStream::connect(listen) {
+            use std::io::{Read, Write};
+            let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut body = Vec::new();
+            let _ = c.read_to_end(&mut body);
+            scrape_bytes = body.len();
+        }
+    }
+    let serve_rss_kib = rss_kib(serve.id());
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(serve.id() as i32, libc::SIGINT) };
+    serve.wait()?;
+    if scrape_bytes == 0 {
+        bail!("netprobe serve answered no scrape on {listen} ({})", ready.unwrap_or_default().trim());
+    }
+
+    let binary = std::fs::metadata(bin)?.len();
+    let stripped_path = bin.with_extension("stripped");
+    run(Command::new("strip").arg("-o").arg(&stripped_path).arg(bin))?;
+    let stripped = std::fs::metadata(&stripped_path)?.len();
+    let _ = std::fs::remove_file(&stripped_path);
+    let mib = |b: u64| b as f64 / 1048576.0;
+    table.push(format!(
+        "footprint record --duration 1s peak RSS {:.1} MiB (target 64); serve steady RSS {:.1} MiB after 5 scrapes (target 32)",
+        record_peak_kib as f64 / 1024.0,
+        serve_rss_kib as f64 / 1024.0
+    ));
+    table.push(format!(
+        "footprint binary {:.1} MiB with debuginfo, {:.1} MiB stripped (what the packages ship)",
+        mib(binary),
+        mib(stripped)
+    ));
+    Ok(json!({
+        "record_peak_rss_kib": record_peak_kib,
+        "serve_rss_kib": serve_rss_kib,
+        "serve_scrape_bytes": scrape_bytes,
+        "binary_bytes": binary,
+        "stripped_bytes": stripped,
+    }))
 }
 
 fn finish(out_dir: &Path, results: &serde_json::Map<String, Value>, table: &[String], opts: &BenchOpts) -> Result<()> {
