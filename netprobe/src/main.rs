@@ -264,6 +264,12 @@ enum Cmd {
         /// and sockperf.
         #[arg(long, value_name = "DIR", conflicts_with = "topology")]
         guest: Option<PathBuf>,
+        /// Build the topology, print where it is (NETPROBE_GUEST_NS=...,
+        /// NETPROBE_PEER_NS=..., NETPROBE_IFACES=... for `record --iface`)
+        /// and keep it, with no traffic and no recording, until Ctrl-C or
+        /// SIGTERM: for benchmark runs of one's own (a sweep).
+        #[arg(long, conflicts_with_all = ["guest", "output"])]
+        hold: bool,
         /// Also write the recording to FILE.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -352,7 +358,8 @@ fn run(cli: Cli) -> Result<()> {
             drop(rec);
             res
         }
-        Cmd::Demo { topology, guest, output, probe } => {
+        Cmd::Demo { topology, hold: true, .. } => session::demo::hold(topology),
+        Cmd::Demo { topology, guest, output, probe, hold: false } => {
             let opts = options(&probe, Vec::new(), false)?;
             let rec = match guest {
                 Some(dir) => session::demo::run_guest(&dir, output.as_deref(), &opts)?,
