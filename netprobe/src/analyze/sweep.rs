@@ -107,9 +107,12 @@ impl Sweep {
             .collect()
     }
 
-    /// A point's column heading: its labels but the group-by key, else its file.
+    /// A point's column heading: the group-by value, then the labels that
+    /// vary across the sweep (the swept one first); a label every
+    /// recording has alike says nothing of a column. Its file when none.
     pub fn heading(&self, p: &Point) -> String {
-        let mut l = p.labels.clone();
+        let varies = |k: &String| self.points.iter().any(|q| q.labels.get(k) != p.labels.get(k));
+        let mut l: Labels = p.labels.iter().filter(|(k, _)| varies(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         if let Some(g) = &self.group_by {
             l.remove(g);
         }
@@ -152,12 +155,15 @@ pub fn sweep(inputs: &[(String, Report)], group_by: Option<&str>, swept: Option<
         (None, [k]) => Some((*k).clone()),
         (None, many) => {
             let names: Vec<&str> = many.iter().map(|k| k.as_str()).collect();
+            // The example puts a numeric label (connections) on the x axis.
+            let numeric =
+                |k: &str| inputs.iter().all(|(_, r)| r.labels.get(k).is_none_or(|v| v.parse::<f64>().is_ok()));
+            let x = names.iter().copied().find(|k| numeric(k)).unwrap_or(names[0]);
+            let g = names.iter().copied().find(|k| *k != x).unwrap_or(names[1]);
             bail!(
                 "the labels {} all vary across these recordings: name the x axis with --sweep KEY and the lines \
-                 with --group-by KEY (e.g. --sweep {} --group-by {})",
-                names.join(", "),
-                names[0],
-                names[1]
+                 with --group-by KEY (e.g. --sweep {x} --group-by {g})",
+                names.join(", ")
             );
         }
     };
@@ -260,12 +266,17 @@ mod tests {
     #[test]
     fn bad_keys_say_what_to_do() {
         let e = sweep(&six(), None, None).unwrap_err().to_string();
-        assert!(e.contains("config, conns all vary") && e.contains("--group-by"), "{e}");
+        assert!(e.contains("config, conns all vary") && e.contains("--sweep conns --group-by config"), "{e}");
         let e = sweep(&six(), Some("size"), None).unwrap_err().to_string();
         assert!(e.contains("has no label \"size\"") && e.contains("--label size=VALUE"), "{e}");
         let e = sweep(&six(), Some("config"), Some("config")).unwrap_err().to_string();
         assert!(e.contains("two different labels"), "{e}");
         let s = sweep(&six()[..2], None, None).unwrap();
         assert_eq!((s.swept.as_deref(), s.points.len()), (Some("config"), 2));
+        // A label alike in every recording stays out of the headings.
+        let bridge: Vec<_> = six().into_iter().filter(|(_, r)| r.labels["config"] == "bridge").collect();
+        let s = sweep(&bridge, None, None).unwrap();
+        let heads: Vec<String> = s.points.iter().map(|p| s.heading(p)).collect();
+        assert_eq!(heads, ["conns=1", "conns=10", "conns=50"]);
     }
 }

@@ -391,7 +391,17 @@ pub(crate) fn xy(
                 esc(&label(b.round() as u64))
             );
         }
-        swatch(&mut s, LEFT + PLOT_W + 16.0, TOP + 16.0 * i as f64 + 8.0, colour, &ser.name);
+        // The legend draws the line itself: solid p50, dashed p99.
+        let (lx, ly) = (LEFT + PLOT_W + 16.0, TOP + 16.0 * i as f64 + 8.0);
+        let _ = write!(
+            s,
+            r#"<line x1="{lx:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{colour}" stroke-width="2"{dash}/><text x="{:.1}" y="{ly:.1}" class="legend">{}</text>"#,
+            ly - 4.0,
+            lx + 22.0,
+            ly - 4.0,
+            lx + 28.0,
+            esc(&ser.name)
+        );
     }
     s.push_str("</svg>");
     s
