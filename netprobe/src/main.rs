@@ -11,8 +11,8 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use netprobe::{
-    analyze::{analyze, compare::compare},
-    model::report::Report,
+    analyze::{self, analyze, compare::compare},
+    model::{labels, report::Report},
     probe::{attach::BenchSwitches, catalog::HopSet},
     recording::{codec::looks_like_recording, Recording},
     render::{self, Format},
@@ -165,6 +165,11 @@ enum Cmd {
         /// output when it is the workload.
         #[arg(long, value_name = "N")]
         transactions: Option<u64>,
+        /// A label the recording carries, KEY=VALUE (repeatable), e.g.
+        /// --label conns=50 --label config=macvtap: what a benchmark sweep
+        /// varies; `compare` orders and charts recordings by them.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
         /// A workload to run: the recording lasts exactly as long as it runs
         /// (and at most --duration), and is tagged with it.
         #[arg(last = true, value_name = "CMD")]
@@ -218,13 +223,24 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// Compare two recordings hop by hop (e.g. macvtap vs ovs): matching
-    /// hop pairs side by side, the rest by path stage.
+    /// Compare recordings hop by hop. Two unlabelled ones (e.g. macvtap
+    /// vs ovs): matching hop pairs side by side, the rest by path stage.
+    /// More, or labelled ones (`record --label conns=10 --label
+    /// config=macvtap`): a sweep, one column per recording in label order
+    /// and, in HTML, one chart per hop pair of latency against the label.
     Compare {
-        a: PathBuf,
-        b: PathBuf,
+        #[arg(required = true, num_args = 2.., value_name = "RECORDING")]
+        files: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "table")]
         format: CompareFormat,
+        /// A sweep's lines: the label whose values are set against each
+        /// other across the sweep (e.g. --group-by config).
+        #[arg(long, value_name = "KEY")]
+        group_by: Option<String>,
+        /// A sweep's x axis: the label it varies (default: the one label
+        /// besides --group-by whose value differs between recordings).
+        #[arg(long, value_name = "KEY")]
+        sweep: Option<String>,
     },
     /// Show, for every hop of the catalog, the backend this kernel allows
     /// (proved by loading and attaching it for a moment) or why none.
@@ -248,6 +264,12 @@ enum Cmd {
         /// and sockperf.
         #[arg(long, value_name = "DIR", conflicts_with = "topology")]
         guest: Option<PathBuf>,
+        /// Build the topology, print where it is (NETPROBE_GUEST_NS=...,
+        /// NETPROBE_PEER_NS=..., NETPROBE_IFACES=... for `record --iface`)
+        /// and keep it, with no traffic and no recording, until Ctrl-C or
+        /// SIGTERM: for benchmark runs of one's own (a sweep).
+        #[arg(long, conflicts_with_all = ["guest", "output"])]
+        hold: bool,
         /// Also write the recording to FILE.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -295,8 +317,21 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Record { duration, ifaces, wait_for_modules, output, probe, pid, cgroup, transactions, command } => {
-            let run = RecordRun { duration, command, pid, cgroup, transactions, output, status: !probe.quiet };
+        Cmd::Record {
+            duration,
+            ifaces,
+            wait_for_modules,
+            output,
+            probe,
+            pid,
+            cgroup,
+            transactions,
+            labels,
+            command,
+        } => {
+            // Before anything is attached: a bad label fails at once.
+            let labels = labels::parse_all(&labels)?;
+            let run = RecordRun { duration, command, pid, cgroup, transactions, output, status: !probe.quiet, labels };
             let rec = session::record(&options(&probe, ifaces, wait_for_modules)?, &run)?;
             print(&rec, probe.format)
         }
@@ -323,7 +358,8 @@ fn run(cli: Cli) -> Result<()> {
             drop(rec);
             res
         }
-        Cmd::Demo { topology, guest, output, probe } => {
+        Cmd::Demo { topology, hold: true, .. } => session::demo::hold(topology),
+        Cmd::Demo { topology, guest, output, probe, hold: false } => {
             let opts = options(&probe, Vec::new(), false)?;
             let rec = match guest {
                 Some(dir) => session::demo::run_guest(&dir, output.as_deref(), &opts)?,
@@ -331,17 +367,29 @@ fn run(cli: Cli) -> Result<()> {
             };
             print(&rec, probe.format)
         }
-        Cmd::Compare { a, b, format } => {
-            let (ra, rb) = (load(&a)?.report()?, load(&b)?.report()?);
-            let c = compare(&a.display().to_string(), &ra, &b.display().to_string(), &rb);
+        Cmd::Compare { files, format, group_by, sweep } => {
+            let mut reports = Vec::new();
+            for f in &files {
+                reports.push((f.display().to_string(), load(f)?.report()?));
+            }
+            let unlabelled = reports.iter().all(|(_, r)| r.labels.is_empty());
             let mut out = std::io::stdout().lock();
-            let res = match format {
-                CompareFormat::Json => serde_json::to_writer_pretty(&mut out, &c)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|()| writeln!(out).map_err(Into::into)),
-                CompareFormat::Table => render::compare_table::write(&c, &mut out),
-                CompareFormat::Html => render::compare_html::write(&c, &mut out),
-            };
+            let res =
+                if let ([(na, ra), (nb, rb)], true, None, None) = (reports.as_slice(), unlabelled, &group_by, &sweep) {
+                    let c = compare(na, ra, nb, rb);
+                    match format {
+                        CompareFormat::Json => json(&mut out, &c),
+                        CompareFormat::Table => render::compare_table::write(&c, &mut out),
+                        CompareFormat::Html => render::compare_html::write(&c, &mut out),
+                    }
+                } else {
+                    let s = analyze::sweep::sweep(&reports, group_by.as_deref(), sweep.as_deref())?;
+                    match format {
+                        CompareFormat::Json => json(&mut out, &s),
+                        CompareFormat::Table => render::sweep_table::write(&s, &mut out),
+                        CompareFormat::Html => render::sweep_html::write(&s, &mut out),
+                    }
+                };
             ignore_broken_pipe(res)
         }
         Cmd::Report { file, format } => match load(&file)? {
@@ -411,6 +459,13 @@ fn load(file: &std::path::Path) -> Result<Loaded> {
             .map(|r| Loaded::Report(Box::new(r)))
             .with_context(|| format!("{} is neither a netprobe recording nor a JSON report", file.display()))
     }
+}
+
+/// `value` as pretty JSON and a newline.
+fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// A closed pipe (`| head`) is a normal end of output, not an error.

@@ -115,9 +115,9 @@ fn kinds(r: &Report) -> BTreeMap<String, String> {
 /// two configurations name their devices differently; the stage keeps a
 /// guest-side `queue -> xmit` apart from the uplink's. Pairs that still
 /// coincide are merged (packets added, the busiest one's latencies).
-type PairIndex = BTreeMap<(Direction, Stage, String, String), Side>;
+pub(crate) type PairIndex = BTreeMap<(Direction, Stage, String, String), Side>;
 
-fn index(r: &Report) -> PairIndex {
+pub(crate) fn index(r: &Report) -> PairIndex {
     let k = kinds(r);
     let mut out = PairIndex::new();
     for d in &r.directions {

@@ -5,11 +5,13 @@
 //! interval's histograms and the packet journeys come along for the
 //! printers that draw them. It reads nothing but the recording (no /sys,
 //! no clock), so a recording gives the same analysis on any host.
-//! `compare` sets two analyses side by side; `share` estimates the host's
-//! share of the workload's own round trip.
+//! `compare` sets two analyses side by side, `sweep` any number of them
+//! along a label; `share` estimates the host's share of the workload's own
+//! round trip.
 
 pub mod compare;
 pub mod share;
+pub mod sweep;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -297,6 +299,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         duration_s: rec.meta.duration_s,
         interrupted: rec.meta.interrupted,
         workload: rec.meta.workload.clone(),
+        labels: rec.meta.labels.clone(),
         config: rec.meta.host_config.clone(),
         host_share: share::host_share(&directions, &devices, rec.meta.workload.as_ref()),
         filter: rec.meta.filter.clone(),

@@ -1,10 +1,12 @@
 //! The words every layer shares, depending on nothing else of netprobe's:
 //! a packet's direction, how a hop pair is named, the role of a thread,
 //! where softirq time comes from, the guests and the workload a recording
-//! is about, the host's configuration (`host`), and (in `report`) the
+//! is about, the host's configuration (`host`), a recording's labels
+//! (`labels`: what a benchmark sweep varies), and (in `report`) the
 //! report model every format renders.
 
 pub mod host;
+pub mod labels;
 pub mod report;
 
 use std::collections::BTreeMap;

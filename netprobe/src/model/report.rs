@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{at, host::HostConfig, Direction, Guest, GuestNames, Workload, SOFTIRQ_FROM_BPF};
+use super::{at, host::HostConfig, labels::Labels, Direction, Guest, GuestNames, Workload, SOFTIRQ_FROM_BPF};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -18,6 +18,9 @@ pub struct Report {
     /// or attached to it (`--pid`, `--cgroup`).
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// The recording's labels (`record --label KEY=VALUE`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// The host's configuration when the recording was made (absent in
     /// older recordings).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,7 +18,7 @@ use netprobe_common::{counter, hist::Hist, CpuTime, DevInfo, DropKey, PairKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{host::HostConfig, report::CoverageEntry, report::IntervalLoad, Guest, Workload},
+    model::{host::HostConfig, labels::Labels, report::CoverageEntry, report::IntervalLoad, Guest, Workload},
     probe::{collect::Snapshot, trace::Sighting},
 };
 
@@ -57,6 +57,10 @@ pub struct Meta {
     /// recordings made before netprobe captured it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_config: Option<HostConfig>,
+    /// `record --label KEY=VALUE`: what a benchmark sweep varies
+    /// (`conns=50`, `config=macvtap`); `compare` orders a sweep by them.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 impl Meta {
@@ -81,6 +85,7 @@ impl Meta {
             filter: None,
             guests: Vec::new(),
             host_config: None,
+            labels: Labels::new(),
         }
     }
 }

@@ -108,6 +108,48 @@ fn golden_compare_formats() {
     check("compare.html", &html);
 }
 
+/// A sweep: the macvtap and bridge fixtures each labelled as three
+/// connection counts (given out of order), grouped by configuration; the
+/// bridge's transactions and CPU per transaction set by hand so the CPU
+/// table has figures.
+#[test]
+fn golden_sweep_formats() {
+    let bridge = analyze(&Recording::read(&data("recordings/bridge.rec")).unwrap()).unwrap().report;
+    let macvtap = analyze(&fixture()).unwrap().report;
+    let mut runs = Vec::new();
+    for conns in ["50", "1", "10"] {
+        for (config, r) in [("macvtap", &macvtap), ("bridge", &bridge)] {
+            let mut r = r.clone();
+            r.labels = [("config".to_owned(), config.to_owned()), ("conns".to_owned(), conns.to_owned())].into();
+            if let (Some(cpu), "bridge") = (r.cpu.as_mut(), config) {
+                let n: u64 = conns.parse::<u64>().unwrap() * 1000;
+                cpu.transactions = Some(n);
+                cpu.per_transaction_ns =
+                    cpu.by_role_ns.iter().map(|(k, v)| (k.clone(), *v as f64 / n as f64)).collect();
+            }
+            runs.push((format!("{config}-{conns}.rec"), r));
+        }
+    }
+    let s = crate::analyze::sweep::sweep(&runs, Some("config"), None).unwrap();
+    let mut table = Vec::new();
+    super::sweep_table::write(&s, &mut table).unwrap();
+    check("sweep.txt", &table);
+    let mut html = Vec::new();
+    super::sweep_html::write(&s, &mut html).unwrap();
+    check("sweep.html", &html);
+    check("sweep.json", &serde_json::to_vec_pretty(&s).unwrap());
+    // One column per recording, one chart per hop pair, a p50 line per
+    // configuration that has the pair.
+    let page = String::from_utf8(html).unwrap();
+    let directions = page.matches("<section class=\"direction\"").count();
+    assert_eq!(directions, 2);
+    assert_eq!(page.matches("<th class=\"point\">").count(), 6 * (directions + 1), "6 columns per hop table and CPU");
+    assert_eq!(page.matches("<svg class=\"chart sweep-latency\"").count(), s.rows.len());
+    let lines: usize = s.rows.iter().map(|r| s.lines(r).len()).sum();
+    assert_eq!(page.matches("class=\"line p50\"").count(), lines);
+    assert!(!page.contains("<script"), "script-free");
+}
+
 /// Format-1 files still load: same histograms and report, no samples, and
 /// the formats that need format 2's data fall back (hlog: whole run).
 #[test]

@@ -44,6 +44,9 @@ pub fn write(a: &Analysis, out: &mut dyn std::io::Write) -> Result<()> {
         r.duration_s,
         if r.interrupted { " (interrupted)" } else { "" }
     );
+    if !r.labels.is_empty() {
+        let _ = writeln!(h, "<p class=\"meta labels\">labels: {}</p>", esc(&crate::model::labels::describe(&r.labels)));
+    }
     if let Some(w) = &r.workload {
         let _ = writeln!(
             h,

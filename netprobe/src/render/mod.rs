@@ -1,7 +1,8 @@
 //! The printers: one module per output format, each a function of the
 //! analysis (or, for table, JSON and CSV, of its report model alone) and
 //! nothing else. `top` draws the live view, `openmetrics` encodes what
-//! `serve` answers, `compare_table` and `compare_html` show a comparison;
+//! `serve` answers, `compare_table` and `compare_html` show a comparison,
+//! `sweep_table` and `sweep_html` a sweep of many recordings;
 //! `context` is what both table and HTML open with (host configuration,
 //! the workload's own figures).
 
@@ -17,6 +18,8 @@ pub mod json;
 pub mod openmetrics;
 pub mod perfetto;
 mod svg;
+pub mod sweep_html;
+pub mod sweep_table;
 pub mod table;
 pub mod top;
 

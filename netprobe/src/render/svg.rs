@@ -1,5 +1,6 @@
-//! Inline SVG charts for the HTML reports (`html`, `compare_html`): grouped
-//! horizontal bars and line charts on linear or logarithmic axes, written
+//! Inline SVG charts for the HTML reports (`html`, `compare_html`,
+//! `sweep_html`): grouped horizontal bars and line charts on linear,
+//! logarithmic or categorical axes, written
 //! as text with every label escaped. No script, no external resource: the
 //! page is one file that renders offline.
 
@@ -56,6 +57,31 @@ impl Axis {
         let ticks =
             (0..=((max / step).round() as u64)).map(|i| (i as f64 * step, label((i as f64 * step) as u64))).collect();
         Axis { log: false, min: 0.0, max, ticks }
+    }
+
+    /// An axis over a sweep's label values (distinct, in order), and each
+    /// value's position on it: numbers at their value (log10 where all are
+    /// positive and they span a decade or more, as 1, 10, 50 connections
+    /// do), words evenly spaced in order; a tick at every value.
+    pub(crate) fn values(vals: &[String]) -> (Axis, Vec<f64>) {
+        let nums: Option<Vec<f64>> = vals.iter().map(|v| v.parse::<f64>().ok().filter(|x| x.is_finite())).collect();
+        let ticks_at = |pos: &[f64]| pos.iter().zip(vals).map(|(p, v)| (*p, v.clone())).collect();
+        match nums {
+            Some(n) if !n.is_empty() => {
+                let (lo, hi) = n.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+                let axis = if lo > 0.0 && hi / lo >= 10.0 {
+                    Axis { log: true, min: lo / 1.25, max: hi * 1.25, ticks: ticks_at(&n) }
+                } else {
+                    let pad = if hi > lo { (hi - lo) * 0.06 } else { lo.abs().max(1.0) * 0.5 };
+                    Axis { log: false, min: lo - pad, max: hi + pad, ticks: ticks_at(&n) }
+                };
+                (axis, n)
+            }
+            _ => {
+                let pos: Vec<f64> = (0..vals.len()).map(|i| i as f64).collect();
+                (Axis { log: false, min: -0.5, max: vals.len() as f64 - 0.5, ticks: ticks_at(&pos) }, pos)
+            }
+        }
     }
 
     /// Position of `v` in `0.0..=1.0` along the axis (clamped).
@@ -283,6 +309,104 @@ pub(crate) fn lines(class: &str, series: &[(String, Vec<(f64, f64)>)], x: &Axis,
     s
 }
 
+/// One line of an x/y chart: its legend name, CSS class, colour (index
+/// into the palette), dashed or solid, and its points.
+pub(crate) struct Series {
+    pub name: String,
+    pub class: &'static str,
+    pub colour: usize,
+    pub dashed: bool,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A chart of lines with a marker at every point (its value in the
+/// marker's tooltip, labelled by `label`), axes titled.
+pub(crate) fn xy(
+    class: &str,
+    series: &[Series],
+    x: &Axis,
+    y: &Axis,
+    titles: (&str, &str),
+    label: fn(u64) -> String,
+) -> String {
+    const LEFT: f64 = 70.0;
+    const WIDTH: f64 = 960.0;
+    const TOP: f64 = 12.0;
+    const PLOT_W: f64 = 620.0;
+    const PLOT_H: f64 = 220.0;
+    let height = (TOP + PLOT_H + 40.0).max(16.0 * series.len() as f64 + TOP);
+    let mut s = String::new();
+    open(&mut s, class, WIDTH, height);
+    let px = |v: f64| LEFT + x.frac(v) * PLOT_W;
+    let py = |v: f64| TOP + (1.0 - y.frac(v)) * PLOT_H;
+    for (v, t) in &y.ticks {
+        let yy = py(*v);
+        let _ = write!(
+            s,
+            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
+            LEFT + PLOT_W,
+            LEFT - 6.0,
+            yy + 4.0,
+            esc(t)
+        );
+    }
+    for (v, t) in &x.ticks {
+        let xx = px(*v);
+        let _ = write!(
+            s,
+            r##"<line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{xx:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"##,
+            TOP + PLOT_H,
+            TOP + PLOT_H + 16.0,
+            esc(t)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text><text x="12" y="{:.1}" class="tick" text-anchor="middle" transform="rotate(-90 12 {:.1})">{}</text>"#,
+        LEFT + PLOT_W / 2.0,
+        TOP + PLOT_H + 34.0,
+        esc(titles.0),
+        TOP + PLOT_H / 2.0,
+        TOP + PLOT_H / 2.0,
+        esc(titles.1)
+    );
+    for (i, ser) in series.iter().enumerate() {
+        let colour = PALETTE[ser.colour % PALETTE.len()];
+        let dash = if ser.dashed { r#" stroke-dasharray="6 4""# } else { "" };
+        let points: Vec<String> = ser.points.iter().map(|&(a, b)| format!("{:.1},{:.1}", px(a), py(b))).collect();
+        let _ = write!(
+            s,
+            r#"<polyline class="{}" fill="none" stroke="{colour}" stroke-width="1.8"{dash} points="{}"><title>{}</title></polyline>"#,
+            ser.class,
+            points.join(" "),
+            esc(&ser.name)
+        );
+        for &(a, b) in &ser.points {
+            let _ = write!(
+                s,
+                r#"<circle class="marker" cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"><title>{}: {}</title></circle>"#,
+                px(a),
+                py(b),
+                esc(&ser.name),
+                esc(&label(b.round() as u64))
+            );
+        }
+        // The legend draws the line itself: solid p50, dashed p99.
+        let (lx, ly) = (LEFT + PLOT_W + 16.0, TOP + 16.0 * i as f64 + 8.0);
+        let _ = write!(
+            s,
+            r#"<line x1="{lx:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{colour}" stroke-width="2"{dash}/><text x="{:.1}" y="{ly:.1}" class="legend">{}</text>"#,
+            ly - 4.0,
+            lx + 22.0,
+            ly - 4.0,
+            lx + 28.0,
+            esc(&ser.name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
 /// The page's shared style: system fonts, readable tables, chart text.
 pub(crate) const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1000px;color:#222;background:#fff}\
 h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ccc;padding-bottom:4px}h3{font-size:1.05em}\
@@ -325,5 +449,19 @@ mod tests {
         let l = Axis::linear(73.0, |v| v.to_string());
         assert_eq!(l.max, 80.0);
         assert_eq!(l.ticks.last().unwrap().1, "80");
+    }
+
+    #[test]
+    fn sweep_axes_place_numbers_by_value_and_words_in_order() {
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let (a, pos) = Axis::values(&v(&["1", "10", "50"]));
+        assert!(a.log, "1..50 spans more than a decade");
+        assert_eq!(pos, [1.0, 10.0, 50.0]);
+        assert!(a.frac(1.0) > 0.0 && a.frac(50.0) < 1.0 && (a.frac(10.0) - 0.5).abs() < 0.1);
+        assert_eq!(a.ticks.iter().map(|t| t.1.as_str()).collect::<Vec<_>>(), ["1", "10", "50"]);
+        let (l, _) = Axis::values(&v(&["2", "4"]));
+        assert!(!l.log && l.min < 2.0 && l.max > 4.0);
+        let (c, pos) = Axis::values(&v(&["macvtap", "bridge"]));
+        assert_eq!((pos, c.min, c.max), (vec![0.0, 1.0], -0.5, 1.5));
     }
 }

@@ -8,8 +8,8 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::model::fmt_ns;
 use crate::model::report::{CoverageEntry, GuestReport, Report};
+use crate::model::{fmt_ns, labels};
 
 pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     writeln!(
@@ -20,6 +20,9 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
         r.duration_s,
         if r.interrupted { " (interrupted)" } else { "" }
     )?;
+    if !r.labels.is_empty() {
+        writeln!(out, "labels: {}", labels::describe(&r.labels))?;
+    }
     match &r.config {
         Some(c) => {
             writeln!(out, "host configuration:")?;

@@ -63,7 +63,7 @@ pub fn read(command: &[String], output: &str, run_s: f64) -> Option<Reading> {
     let tool = Tool::of(command)?;
     Some(match tool {
         Tool::Sockperf if words(command).any(|w| w == "throughput" || w == "tp") => sockperf_throughput(&output),
-        Tool::Sockperf => sockperf(&output),
+        Tool::Sockperf => sockperf_clients(&output),
         Tool::Uperf => uperf(&output),
         Tool::Netperf => netperf(command, &output, run_s),
         Tool::Iperf3 => iperf3(&output),
@@ -96,6 +96,51 @@ fn us_to_ns(us: f64) -> u64 {
 
 fn unreadable_transactions(why: String) -> Reading {
     Reading { unreadable: vec![why], transactions_unreadable: true, ..Reading::default() }
+}
+
+/// Several sockperf clients run in parallel (one connection each, a
+/// sweep's `conns=N`), their outputs one after the other: a summary per
+/// client, each starting at its `[Total Run]` line. The transactions are
+/// their sum, the mean latency their mean weighted by each client's
+/// messages, min and max over all; percentiles of different clients do
+/// not merge, so none is given. One summary reads as `sockperf`.
+fn sockperf_clients(out: &str) -> Reading {
+    let starts: Vec<usize> =
+        out.match_indices("[Total Run]").map(|(i, _)| out[..i].rfind('\n').map_or(0, |n| n + 1)).collect();
+    if starts.len() <= 1 {
+        return sockperf(out);
+    }
+    let ends = starts.iter().skip(1).copied().chain([out.len()]);
+    let mut r = Reading::default();
+    let (mut total, mut weighted, mut lat) = (0u64, 0f64, WorkloadLatency::default());
+    for (s, e) in starts.iter().zip(ends) {
+        let one = sockperf(&out[*s..e]);
+        let Some((n, _)) = one.transactions else { return one };
+        total += n;
+        let Some(l) = one.latency else {
+            r.unreadable.push(format!("a sockperf client printed no latency statistics ({} clients)", starts.len()));
+            continue;
+        };
+        lat.round_trip = l.round_trip;
+        weighted += l.mean_ns.unwrap_or(0) as f64 * n as f64;
+        lat.min_ns = match (lat.min_ns, l.min_ns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        lat.max_ns = lat.max_ns.max(l.max_ns);
+    }
+    r.transactions =
+        Some((total, format!("sockperf ReceivedMessages ([Total Run]), summed over {} clients", starts.len())));
+    if r.unreadable.is_empty() && total > 0 {
+        lat.mean_ns = Some((weighted / total as f64).round() as u64);
+        lat.from = format!(
+            "sockperf, {} clients (valid duration, {}; mean weighted by messages, percentiles per client not merged)",
+            starts.len(),
+            if lat.round_trip { "--full-rtt: round trip" } else { "half round trip: RTT/2" }
+        );
+        r.latency = Some(lat);
+    }
+    r
 }
 
 /// sockperf (ping-pong, under-load), as sockperf 3.x prints its summary:
@@ -538,6 +583,20 @@ sockperf: ---> <MIN> observation =    3.162
             (l.p90_ns, l.p999_ns, l.min_ns, l.max_ns),
             (Some(4303), Some(1_291_956), Some(3162), Some(7_545_104))
         );
+        // Three clients in parallel, their outputs one after the other.
+        let two = SOCKPERF
+            .replace("ReceivedMessages=77147", "ReceivedMessages=22853")
+            .replace("avg-latency=7.334", "avg-latency=3.000");
+        let three = format!("{SOCKPERF}{two}{SOCKPERF}");
+        let r = read(&cmd("sh -c 'sockperf pp -i x & sockperf pp -i x & wait'"), &three, 1.0).unwrap();
+        let (n, from) = r.transactions.unwrap();
+        assert_eq!(n, 77147 * 2 + 22853);
+        assert!(from.contains("summed over 3 clients"), "{from}");
+        let l = r.latency.unwrap();
+        let mean = (7334.0 * 77147.0 * 2.0 + 3000.0 * 22853.0) / (n as f64);
+        assert_eq!(l.mean_ns, Some(mean.round() as u64));
+        assert_eq!((l.p50_ns, l.p99_ns, l.min_ns, l.max_ns), (None, None, Some(3162), Some(7_545_104)));
+        assert!(l.from.contains("3 clients"), "{}", l.from);
         // Killed before its summary: said so, never zero.
         let cut = read(&cmd("sockperf ping-pong"), "sockperf: Starting test...\n", 1.0).unwrap();
         assert!(cut.transactions.is_none() && cut.transactions_unreadable);

@@ -3,9 +3,9 @@
 //! iperf3 is installed, UDP datagrams to a blackholed address for the drop
 //! path), and tears it down on every way out. With `--guest`, a real QEMU
 //! guest on a macvtap takes the guest stand-in's place and sends its own
-//! traffic.
+//! traffic. With `--hold`, the topology alone, kept for one's own runs.
 
-use std::{path::Path, time::Duration};
+use std::{io::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use netprobe_testbed::{
@@ -124,6 +124,31 @@ pub fn run_guest(image_dir: &Path, output: Option<&Path>, opts: &RecordOptions) 
         traffic?;
     }
     Ok(recording)
+}
+
+/// `netprobe demo --hold`: builds the topology, prints where it is as
+/// shell assignments on standard output (namespaces, the devices to
+/// `record --iface`, the peer's address), and keeps it, guest stand-in
+/// relaying, until Ctrl-C or SIGTERM; then removes it. For runs of one's
+/// own through the topology, such as a benchmark sweep (README).
+pub fn hold(kind: Kind) -> Result<()> {
+    let stop = Stop::install();
+    let topo = Topology::create_kind(kind)?;
+    if kind == Kind::Ovs {
+        topo.add_ovs_flows()?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "NETPROBE_GUEST_NS={}", topo.guest_ns)?;
+    writeln!(out, "NETPROBE_PEER_NS={}", topo.peer_ns)?;
+    writeln!(out, "NETPROBE_PEER_ADDR={}", topology::PEER_ADDR)?;
+    writeln!(out, "NETPROBE_IFACES={}", topo.ifaces().join(","))?;
+    out.flush()?;
+    drop(out);
+    crate::say!("netprobe demo: {kind:?} topology up; Ctrl-C or SIGTERM removes it");
+    signals::wait_for(stop, None, None, None);
+    drop(topo);
+    crate::say!("netprobe demo: topology removed");
+    Ok(())
 }
 
 /// Records, a sample a second, until the traffic is over (`done` closes)

@@ -34,7 +34,7 @@ use self::{
     signals::Stop,
     workload::WorkloadRun,
 };
-use crate::recording::Recording;
+use crate::{model::labels::Labels, recording::Recording};
 
 /// What the `record` command follows besides its probe options: how long,
 /// what workload, where the recording goes.
@@ -54,6 +54,8 @@ pub struct RecordRun {
     pub output: Option<PathBuf>,
     /// Show a status line on stderr (when it is a terminal).
     pub status: bool,
+    /// Labels the recording carries (`--label KEY=VALUE`).
+    pub labels: Labels,
 }
 
 /// The `record` command: attaches the probes, runs or follows the
@@ -117,7 +119,8 @@ pub fn record(opts: &RecordOptions, run: &RecordRun) -> Result<Recording> {
     if let Some(w) = workload {
         rec.set_workload(w.finish());
     }
-    let recording = rec.recording(interrupted)?;
+    let mut recording = rec.recording(interrupted)?;
+    recording.meta.labels.clone_from(&run.labels);
     if let Some(path) = &run.output {
         recording.write(path)?;
         crate::say!("netprobe: recording written to {}", path.display());
