@@ -443,6 +443,11 @@ pub struct Config {
     /// The flow filter (`--filter`), applied where a packet's tracking
     /// would start.
     pub flow: FlowFilter,
+    /// `--sample N`: follow one packet in N (0 or 1: all), decided where
+    /// its tracking would start from a hash of header fields that differ
+    /// from packet to packet ([`FlowFields::sample_hash`]).
+    pub sample_every: u32,
+    pub _pad_sample: u32,
 }
 
 impl Config {
@@ -470,6 +475,8 @@ impl Config {
             softirq_vec_off: 0,
             bench: 0,
             flow: FlowFilter::zeroed(),
+            sample_every: 0,
+            _pad_sample: 0,
         }
     }
 }
@@ -586,6 +593,45 @@ pub struct FlowFields {
     pub dport: u32,
     pub saddr: [u32; 4],
     pub daddr: [u32; 4],
+    /// What changes from one packet of a flow to the next: the IPv4
+    /// identification (or IPv6 flow label word) and the 8 bytes after the
+    /// ports (TCP sequence and acknowledgement, UDP length and checksum).
+    pub ip_id: u32,
+    pub l4_words: [u32; 2],
+}
+
+impl FlowFields {
+    /// The hash `--sample` decides by: the same for a packet at every hop
+    /// where its tracking could start (no field a router rewrites), and
+    /// different for consecutive packets of one flow. `buffer` is the
+    /// packet's data buffer (`skb->head`), which with the skb is what
+    /// netprobe tells packets apart by: packets with identical headers (a
+    /// DF datagram's IP ID is 0; identical payloads) still differ in it, and
+    /// a packet whose buffer changes is a new journey anyway.
+    #[inline(always)]
+    pub fn sample_hash(&self, buffer: u64) -> u32 {
+        let words = [
+            buffer as u32,
+            (buffer >> 32) as u32,
+            self.saddr[0] ^ self.saddr[3],
+            self.daddr[0] ^ self.daddr[3],
+            (self.sport << 16) | self.dport,
+            self.ip_id ^ (self.proto << 24),
+            self.l4_words[0],
+            self.l4_words[1],
+        ];
+        // A multiply-xorshift mix (murmur3's finaliser) over the words.
+        let mut h: u32 = 0x9e37_79b9;
+        let mut i = 0;
+        while i < words.len() {
+            h ^= words[i];
+            h = h.wrapping_mul(0x85eb_ca6b);
+            h ^= h >> 13;
+            i += 1;
+        }
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
 }
 
 impl FlowLit {
@@ -894,7 +940,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowFilter>() == 8 + FLOW_TERMS + 36 * FLOW_TERMS * FLOW_LITS);
     assert!(
         core::mem::size_of::<Config>()
-            == 40 + 24 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8 + core::mem::size_of::<FlowFilter>()
+            == 40 + 24 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8 + core::mem::size_of::<FlowFilter>() + 8
     );
     assert!(core::mem::size_of::<TrackState>() == 56);
     assert!(core::mem::size_of::<PairKey>() == 32);

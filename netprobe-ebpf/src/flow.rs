@@ -1,7 +1,7 @@
 //! Which packets are followed: the device filter (`--iface`, `NP_FILTER`)
 //! and the flow filter (`--filter`), decided where a packet's tracking
-//! would start. This module parses the header fields the flow filter
-//! tests; the decision itself is `FlowFilter::passes` in netprobe-common,
+//! would start, and `--sample` there too. This module parses the header
+//! fields the flow filter tests and the sample hash reads; the decision itself is `FlowFilter::passes` in netprobe-common,
 //! the one the loader's tests run too.
 
 use netprobe_common::{counter, FlowFields};
@@ -29,21 +29,30 @@ fn filter_key(dev: Dev<'_>) -> u64 {
 }
 
 /// Whether a packet first seen on `dev` is to be followed: its device
-/// is among `--iface`'s, and its headers pass `--filter`.
+/// is among `--iface`'s, its headers pass `--filter`, and it is in the
+/// `--sample`.
 #[inline(always)]
 pub(crate) fn passes_filter(dev: Dev<'_>, skb: u64, head: u64) -> bool {
     let enabled = config::get(|c| &c.filter_enabled);
     if enabled != 0 && NP_FILTER.get_ptr(&filter_key(dev)).is_none() {
         return false;
     }
-    if config::get(|c| &c.flow.enabled) == 0 {
-        return true;
+    if config::get(|c| &c.flow.enabled) != 0 && flow_passes(skb, head) == 0 {
+        bump(counter::FLOW_EXCLUDED);
+        return false;
     }
-    if flow_passes(skb, head) != 0 {
-        return true;
-    }
-    bump(counter::FLOW_EXCLUDED);
-    false
+    let every = config::get(|c| &c.sample_every);
+    every <= 1 || in_sample(skb, head, every) != 0
+}
+
+/// `--sample N`: 1 for the one packet in N that is followed. A hash of
+/// its headers and its data buffer decides, so a packet gets the same
+/// answer at every hop where its tracking could start (headers that
+/// cannot be read, not IP or no BTF offsets, hash as zeros).
+#[inline(never)]
+fn in_sample(skb: u64, head: u64, every: u32) -> u32 {
+    let f = flow_fields(skb, head);
+    f.sample_hash(if head != 0 { head } else { skb }).is_multiple_of(every) as u32
 }
 
 #[inline(always)]
@@ -87,6 +96,7 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
         f.proto = ip[9] as u32;
         f.saddr[0] = word(&ip, 12);
         f.daddr[0] = word(&ip, 16);
+        f.ip_id = u16::from_be_bytes([ip[4], ip[5]]) as u32;
         if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
             return f; // a later fragment: no ports
         }
@@ -95,6 +105,7 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
         let Some(ip) = read_bytes::<40>(l3) else { return f };
         f.family = 6;
         f.proto = ip[6] as u32;
+        f.ip_id = word(&ip, 0);
         let mut i = 0;
         while i < 4 {
             f.saddr[i] = word(&ip, 8 + 4 * i);
@@ -106,7 +117,12 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
         return f;
     }
     if f.proto == 6 || f.proto == 17 || f.proto == 132 {
-        if let Some(p) = read_bytes::<4>(l4) {
+        if let Some(p) = read_bytes::<12>(l4) {
+            f.has_ports = 1;
+            f.sport = u16::from_be_bytes([p[0], p[1]]) as u32;
+            f.dport = u16::from_be_bytes([p[2], p[3]]) as u32;
+            f.l4_words = [word(&p, 4), word(&p, 8)];
+        } else if let Some(p) = read_bytes::<4>(l4) {
             f.has_ports = 1;
             f.sport = u16::from_be_bytes([p[0], p[1]]) as u32;
             f.dport = u16::from_be_bytes([p[2], p[3]]) as u32;

@@ -111,6 +111,12 @@ struct ProbeArgs {
     /// kernel offers.
     #[arg(long, value_name = "LABELS", value_delimiter = ',')]
     hops: Option<Vec<String>>,
+    /// Follow one packet in N, decided where its tracking would start from
+    /// a hash of its headers (so a flow's packets are neither all in nor all
+    /// out). Hops of packets not followed return after one lookup; packet
+    /// counts are scaled by N and the report says they are sampled.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    sample: u32,
     /// Benchmarks only (`cargo xtask bench`): the hop programs return at
     /// once, to measure what the tracepoints alone cost.
     #[arg(long, hide = true)]
@@ -302,6 +308,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
         trace: p.trace || p.samples.is_some(),
         samples: p.samples.unwrap_or(DEFAULT_SAMPLES),
         filter: p.filter.clone(),
+        sample_every: p.sample,
         softirq_vectors: p.softirq_vectors,
         hops,
         spool_dir: None,

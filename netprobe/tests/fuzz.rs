@@ -143,6 +143,7 @@ fn packet() -> impl Strategy<Value = FlowFields> {
                 dport: if has_ports { PORTS[dp] as u32 } else { 0 },
                 saddr,
                 daddr,
+                ..FlowFields::default()
             }
         },
     )

@@ -298,3 +298,42 @@ fn compare_macvtap_and_bridge_recordings_side_by_side() {
     assert!(pkts(own_b, "b") >= 100 && pkts(own_b, "a") * 100 < pkts(own_b, "b"), "{own_b}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--sample 4`: about one packet in four is followed, each from its first
+/// hop (the decision is the same at every hop where tracking could start,
+/// so no journey begins mid-path), and the report scales its counts by 4
+/// and says so.
+#[test]
+fn sample_follows_one_packet_in_n_and_scales_the_counts() {
+    if !require_root("sample_follows_one_packet_in_n_and_scales_the_counts") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let (m, u) = (t.macvtap.clone(), t.uplink.clone());
+    let ifaces = t.ifaces();
+    let rec = RunningRecord::start(&["--iface", &ifaces[0], "--iface", &ifaces[1], "--sample", "4"]);
+    // 2000 datagrams, blackholed at the peer: one journey each, no reply.
+    let sent = 2000;
+    t.udp_burst(demo::BLACKHOLE_ADDR, 9, sent, Duration::from_micros(200)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = rec.interrupt();
+
+    assert_eq!(r["sampled_one_in"], 4, "the report must say it is sampled");
+    let followed = r["tracking"]["track_started"].as_u64().unwrap();
+    assert!(
+        (350..=650).contains(&followed),
+        "{followed} packets followed of {sent} sent at --sample 4 (expected about 500)"
+    );
+    // Scaled counts: the guest's first pair and the uplink's carry about
+    // what was sent; the uplink, later on the path, no more than the first.
+    let first = pair(&r, "to-wire", &format!("queue@{m}"), &format!("xmit@{m}"))["packets"].as_u64().unwrap();
+    let later = pair(&r, "to-wire", &format!("queue@{u}"), &format!("xmit@{u}"))["packets"].as_u64().unwrap();
+    assert!((1400..=2600).contains(&first), "queue -> xmit at the macvtap: {first} (scaled) of {sent} sent");
+    assert!(
+        later <= first + 8,
+        "a later pair has more packets ({later}) than the first ({first}): journeys began mid-path"
+    );
+    assert_eq!(first % 4, 0, "scaled counts are multiples of 4");
+    let wrong = netprobe_tests::impossible_pairs(&r);
+    assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
+}

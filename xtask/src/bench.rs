@@ -44,8 +44,13 @@ pub(crate) struct BenchOpts {
     /// accounting programs), aggregate_bt_hops (only the five hops
     /// bench/hops.bt times, `--hops`), softirq_vectors (aggregate with
     /// --softirq-vectors), aggregate_probe (the skb laundered by a helper
-    /// call, as before), trace, bpftrace.
-    #[arg(long, value_delimiter = ',', default_value = "untraced,empty,aggregate,aggregate_bt_hops,trace,bpftrace")]
+    /// call, as before), trace, sample64 (aggregate with --sample 64),
+    /// bpftrace.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "untraced,empty,aggregate,aggregate_bt_hops,sample64,trace,bpftrace"
+    )]
     modes: Vec<String>,
     /// Paths to flood: veth, macvtap.
     #[arg(long, value_delimiter = ',', default_value = "veth,macvtap")]
@@ -803,6 +808,7 @@ fn mode_label(mode: &str) -> &str {
         "aggregate_probe" => "aggregate, helper",
         "softirq_vectors" => "aggregate+softirq",
         "trace" => "netprobe trace",
+        "sample64" => "aggregate, --sample 64",
         other => other,
     }
 }
@@ -821,6 +827,8 @@ fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
         "softirq_vectors" => |b, _| Tracer::netprobe(b, &["--softirq-vectors"]),
         "aggregate_probe" => |b, _| Tracer::netprobe(b, &["--bench-probe-launder"]),
         "trace" => |b, _| Tracer::netprobe(b, &["--trace"]),
+        // Always-on sampling: one packet in 64 followed.
+        "sample64" => |b, _| Tracer::netprobe(b, &["--sample", "64"]),
         "bpftrace" => |_, s| Tracer::bpftrace(s),
         _ => return None,
     };

@@ -291,7 +291,10 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
     let tracking = rec.counters.clone();
     let mut threads: Vec<&CpuRec> = rec.cpu_threads.iter().collect();
     threads.sort_by_key(|c| (c.tgid, c.tid));
-    let packets = tracking.get(counter::NAMES[counter::TRACK_STARTED as usize]).copied().unwrap_or(0);
+    // `--sample N`: the kernel followed one packet in N; counts are scaled
+    // here, once, and the report says so (percentiles need no scaling).
+    let scale = u64::from(rec.meta.sample_every.max(1));
+    let packets = scale * tracking.get(counter::NAMES[counter::TRACK_STARTED as usize]).copied().unwrap_or(0);
 
     let report = Report {
         netprobe_version: rec.meta.netprobe_version.clone(),
@@ -303,7 +306,8 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         config: rec.meta.host_config.clone(),
         host_share: share::host_share(&directions, &devices, rec.meta.workload.as_ref()),
         filter: rec.meta.filter.clone(),
-        guests: guest_reports(rec, &devs)?,
+        sampled_one_in: (scale > 1).then_some(scale as u32),
+        guests: guest_reports(rec, &devs, scale)?,
         intervals: intervals(&rec.intervals, &devs),
         cpu: cpu(rec, &threads, packets, rec.meta.workload.as_ref()),
         coverage: rec.coverage.clone(),
@@ -313,6 +317,18 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         devices,
         tracking,
     };
+    let mut report = report;
+    if scale > 1 {
+        for p in report.directions.iter_mut().flat_map(|d| d.pairs.iter_mut()) {
+            p.packets *= scale;
+        }
+        for d in &mut report.drops {
+            d.packets *= scale;
+        }
+        for p in report.intervals.iter_mut().flat_map(|i| i.pairs.iter_mut()) {
+            p.packets *= scale;
+        }
+    }
     Ok(Analysis {
         report,
         host: Host { arch: rec.meta.arch.clone(), cpus: rec.meta.cpus, started_unix_s: rec.meta.started_unix_s },
@@ -443,7 +459,7 @@ fn journeys(rec: &Recording, devs: &Devices<'_>) -> Vec<Journey> {
 /// packets of its devices: those whose tracking started on one of them
 /// (counted on the pair leaving the start hop) and those that came to one
 /// from another device.
-fn guest_reports(rec: &Recording, devs: &Devices<'_>) -> Result<Vec<GuestReport>> {
+fn guest_reports(rec: &Recording, devs: &Devices<'_>, scale: u64) -> Result<Vec<GuestReport>> {
     let mut out = Vec::new();
     for g in &rec.meta.guests {
         let ns_of = |tids: &[u32], own: bool| -> u64 {
@@ -458,6 +474,7 @@ fn guest_reports(rec: &Recording, devs: &Devices<'_>) -> Result<Vec<GuestReport>
                 packets += p.hist.to_hist()?.count;
             }
         }
+        packets *= scale;
         let (vcpu_ns, vhost_ns) = (ns_of(&g.vcpu_tids, true), ns_of(&g.vhost_tids, false));
         let per_packet = if packets > 0 { (vcpu_ns + vhost_ns) as f64 / packets as f64 } else { 0.0 };
         out.push(GuestReport { vcpu_ns, vhost_ns, packets, cpu_ns_per_packet: per_packet, guest: g.clone() });

@@ -32,6 +32,10 @@ pub struct Report {
     /// The flow filter (`--filter`) the kernel applied, if any.
     #[serde(default)]
     pub filter: Option<String>,
+    /// `--sample N`: one packet in N was followed, and every packet count
+    /// (hop pairs, drops, intervals, guests, CPU per packet) is scaled by N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_one_in: Option<u32>,
     /// QEMU guests found on the host during the recording, with the CPU
     /// time of their vCPU and vhost threads.
     #[serde(default)]

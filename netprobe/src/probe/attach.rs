@@ -157,6 +157,8 @@ pub struct AttachOptions {
     pub filter_enabled: bool,
     /// The compiled `--filter` expression, if any.
     pub flow: Option<netprobe_common::FlowFilter>,
+    /// `--sample N` (0 or 1: every packet).
+    pub sample_every: u32,
     /// Per-packet trace mode (events on `NP_EVENTS`).
     pub trace: bool,
     /// Keep what a later rescan needs (the parsed kernel BTF, ~30 MiB).
@@ -234,6 +236,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     config.direct_gap_ns = super::catalog::DIRECT_GAP_NS;
     config.filter_enabled = opts.filter_enabled as u32;
     config.trace = opts.trace as u32;
+    config.sample_every = opts.sample_every;
     // Bench switches (`cargo xtask bench`): the same programs on the same
     // tracepoints returning at once; the old pointer laundering.
     if opts.bench.empty_programs {

@@ -61,6 +61,13 @@ pub struct Meta {
     /// (`conns=50`, `config=macvtap`); `compare` orders a sweep by them.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// `--sample N`: the kernel followed one packet in N (0 or 1: all).
+    #[serde(default, skip_serializing_if = "unsampled")]
+    pub sample_every: u32,
+}
+
+fn unsampled(n: &u32) -> bool {
+    *n <= 1
 }
 
 impl Meta {
@@ -86,6 +93,7 @@ impl Meta {
             guests: Vec::new(),
             host_config: None,
             labels: Labels::new(),
+            sample_every: 0,
         }
     }
 }

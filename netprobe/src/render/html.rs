@@ -110,6 +110,12 @@ fn cards(h: &mut String, r: &Report, journeys: usize) {
         let _ = write!(h, "<div class=\"card\"><b>{}</b>{}</div>", esc(&value), esc(label));
     }
     h.push_str("</div>\n");
+    if let Some(n) = r.sampled_one_in {
+        let _ = writeln!(
+            h,
+            "<p class=\"note\">sampled: one packet in {n} followed (--sample {n}); packet counts are scaled by {n}, estimates</p>"
+        );
+    }
 }
 
 fn direction(

@@ -55,6 +55,12 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     if let Some(f) = &r.filter {
         writeln!(out, "flow filter (in the kernel): {f}")?;
     }
+    if let Some(n) = r.sampled_one_in {
+        writeln!(
+            out,
+            "sampled: one packet in {n} followed (--sample {n}); packet counts are scaled by {n}, estimates"
+        )?;
+    }
     write_coverage(r, out)?;
     if r.directions.iter().all(|d| d.pairs.is_empty()) {
         writeln!(out, "\nno packet was followed across two hops")?;

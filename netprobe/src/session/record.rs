@@ -47,6 +47,8 @@ pub struct RecordOptions {
     pub wait_for_modules: bool,
     /// Flow filter expression (`--filter`), applied in the kernel.
     pub filter: Option<String>,
+    /// `--sample N`: one packet in N followed (1: all).
+    pub sample_every: u32,
     /// NET_RX/NET_TX softirq time from BPF programs (`--softirq-vectors`)
     /// rather than all softirq time from /proc/stat.
     pub softirq_vectors: bool,
@@ -72,6 +74,7 @@ impl Default for RecordOptions {
             samples: DEFAULT_SAMPLES,
             wait_for_modules: false,
             filter: None,
+            sample_every: 1,
             softirq_vectors: false,
             hops: HopSet::ALL,
             spool_dir: None,
@@ -107,6 +110,7 @@ pub struct Recorder {
     /// The workload's processes so far (their threads' role is `workload`).
     workload: Option<Workload>,
     filter: Option<String>,
+    sample_every: u32,
     /// QEMU guests seen so far (looked for at start and every sample).
     guests: Vec<Guest>,
     /// Hop pairs moved out of the kernel's hash map after going idle
@@ -194,6 +198,7 @@ impl Recorder {
             max_gap_ns: opts.max_gap.as_nanos() as u64,
             filter_enabled: !resolved.is_empty(),
             flow,
+            sample_every: opts.sample_every,
             trace: opts.trace,
             rescan: opts.wait_for_modules,
             softirq_vectors: opts.softirq_vectors,
@@ -220,6 +225,7 @@ impl Recorder {
             spool: opts.spool_dir.as_deref().and_then(HistSpool::new),
             workload: None,
             filter: opts.filter.clone(),
+            sample_every: opts.sample_every,
             guests: guests::discover(),
             retired: BTreeMap::new(),
             hash_seen: BTreeMap::new(),
@@ -456,6 +462,7 @@ impl Recorder {
         );
         rec.meta.workload = self.workload.clone();
         rec.meta.filter = self.filter.clone();
+        rec.meta.sample_every = self.sample_every;
         rec.meta.guests = self.guests.clone();
         rec
     }
