@@ -65,16 +65,27 @@ pub(crate) struct BenchOpts {
     /// binary's size with and without debuginfo.
     #[arg(long, conflicts_with_all = ["quick", "soak_only"])]
     footprint_only: bool,
+    /// Rounds of the benchmark-effect runs (sockperf round trip, TCP
+    /// stream, CPU per delivered packet); each round runs every mode.
+    #[arg(long, default_value_t = 5)]
+    effect_rounds: usize,
+    /// The rate-limited flood's offered load (64-byte UDP packets/s): one
+    /// the MacVTap guest stand-in carries without drops.
+    #[arg(long, default_value_t = 20_000)]
+    carried_pps: u64,
+    /// Only the benchmark-effect runs (after the footprint).
+    #[arg(long, conflicts_with_all = ["quick", "soak_only", "footprint_only"])]
+    effect_only: bool,
 }
 
 /// Where a flood goes: sender namespace and interface, receiver namespace and address.
-struct Path2 {
-    name: &'static str,
-    from_ns: String,
+pub(crate) struct Path2 {
+    pub(crate) name: &'static str,
+    pub(crate) from_ns: String,
     /// The sender's interface, whose counter gives the rate.
-    from_dev: String,
-    to_ns: String,
-    to_addr: String,
+    pub(crate) from_dev: String,
+    pub(crate) to_ns: String,
+    pub(crate) to_addr: String,
 }
 
 struct VethPair;
@@ -184,7 +195,7 @@ fn num_cpus() -> usize {
 }
 
 /// A background tracer, started and confirmed attached.
-struct Tracer {
+pub(crate) struct Tracer {
     child: Child,
     kind: &'static str,
 }
@@ -214,7 +225,7 @@ impl Tracer {
     }
 
     /// SIGINT, then the netprobe JSON report (None for bpftrace).
-    fn stop(self) -> Result<Option<Value>> {
+    pub(crate) fn stop(self) -> Result<Option<Value>> {
         // SAFETY: kill on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let out = self.child.wait_with_output()?;
@@ -272,7 +283,7 @@ fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     match s.len() {
@@ -423,6 +434,21 @@ pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
     .into_iter()
     .filter(|p| !opts.soak_only && opts.paths.iter().any(|n| n == p.name))
     .collect();
+    // What tracing adds to a benchmark's own figures, and CPU per packet
+    // at a load the path carries.
+    if !opts.quick && !opts.soak_only {
+        for p in &paths {
+            let to_dev = if p.name == "veth" { "npbb".to_owned() } else { topo.peer_dev.clone() };
+            eprintln!("xtask bench: {} benchmark effect ({} rounds)", p.name, opts.effect_rounds);
+            let runs = crate::rtt::Runs { bin: &bin, script: &script, rounds: opts.effect_rounds, secs: opts.seconds };
+            let effect = crate::rtt::benchmark_effect(&runs, p, &mut table)?;
+            let cpu = crate::rtt::cpu_per_packet(&runs, p, &to_dev, opts.carried_pps, &mut table)?;
+            results.insert(format!("{}_effect", p.name), json!({"benchmark": effect, "carried_flood": cpu}));
+        }
+    }
+    if opts.effect_only {
+        return finish(&out_dir, &results, &table, opts);
+    }
     for p in &paths {
         let mut pps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         // Each traced window relative to the untraced windows just before
@@ -799,7 +825,7 @@ fn finish(out_dir: &Path, results: &serde_json::Map<String, Value>, table: &[Str
 const BT_HOPS: &str = "queue,xmit,netif_rx,receive,consumed";
 
 /// A bench mode as the table names it.
-fn mode_label(mode: &str) -> &str {
+pub(crate) fn mode_label(mode: &str) -> &str {
     match mode {
         "empty" => "empty programs",
         "aggregate" => "netprobe aggregate",
@@ -813,10 +839,10 @@ fn mode_label(mode: &str) -> &str {
     }
 }
 
-type StartTracer = fn(&Path, &Path) -> Result<Tracer>;
+pub(crate) type StartTracer = fn(&Path, &Path) -> Result<Tracer>;
 
 /// How a bench mode is traced: None for an unknown mode, Some(None) untraced.
-fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
+pub(crate) fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
     let start: StartTracer = match mode {
         "untraced" => return Some(None),
         "empty" => |b, _| Tracer::netprobe(b, &["--bench-empty-programs"]),

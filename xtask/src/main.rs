@@ -7,6 +7,7 @@ mod bench;
 mod bpfobj;
 mod build;
 mod lab;
+mod rtt;
 mod tools;
 
 use std::process::Command;
