@@ -52,6 +52,9 @@ pub struct RecordOptions {
     pub softirq_vectors: bool,
     /// The catalog hops to attach (`--hops`).
     pub hops: HopSet,
+    /// Also attach tracepoints defined in modules, which hold them loaded
+    /// (`--pin-modules`).
+    pub pin_modules: bool,
     /// Where the time series' histograms wait for the recording to be
     /// assembled (an unlinked file): the output file's directory, say.
     /// None: they stay in memory (consumers that keep no series: `serve`,
@@ -74,6 +77,7 @@ impl Default for RecordOptions {
             filter: None,
             softirq_vectors: false,
             hops: HopSet::ALL,
+            pin_modules: false,
             spool_dir: None,
             bench: BenchSwitches::default(),
         }
@@ -198,6 +202,7 @@ impl Recorder {
             rescan: opts.wait_for_modules,
             softirq_vectors: opts.softirq_vectors,
             hops: opts.hops,
+            pin_modules: opts.pin_modules,
             samples: opts.samples,
             // Journeys' times count from here (before any program runs).
             trace_base_ns: trace::monotonic_ns(),
@@ -430,7 +435,16 @@ impl Recorder {
     /// Attaches hops whose module appeared since (`--wait-for-modules`);
     /// returns the hops newly attached.
     pub fn rescan(&mut self) -> Result<Vec<&'static str>> {
-        self.probe.rescan()
+        let at = self.started.elapsed().as_secs_f64();
+        self.probe.rescan(at)
+    }
+
+    /// Detaches the hops of modules unloaded since the last look (call
+    /// about once a second; it reads /proc/modules). Returns each module
+    /// gone with its hops; what they measured stays.
+    pub fn release_gone_modules(&mut self) -> Vec<(String, Vec<&'static str>)> {
+        let at = self.started.elapsed().as_secs_f64();
+        self.probe.release_gone_modules(at)
     }
 
     /// The aggregates at `snap` as a recording of the session so far
