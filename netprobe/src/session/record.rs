@@ -118,6 +118,8 @@ pub struct Recorder {
     retired: BTreeMap<PairKey, Hist>,
     /// Sample count of each pair in the hash map, and since when unchanged.
     hash_seen: BTreeMap<PairKey, (u64, Instant)>,
+    /// Attach hops whose module loads (again) later (`--wait-for-modules`).
+    wait_for_modules: bool,
 }
 
 /// A hop pair in the kernel's hash map without a new sample for this long
@@ -228,6 +230,7 @@ impl Recorder {
             guests: guests::discover(),
             retired: BTreeMap::new(),
             hash_seen: BTreeMap::new(),
+            wait_for_modules: opts.wait_for_modules,
         })
     }
 
@@ -437,6 +440,17 @@ impl Recorder {
     pub fn rescan(&mut self) -> Result<Vec<&'static str>> {
         let at = self.started.elapsed().as_secs_f64();
         self.probe.rescan(at)
+    }
+
+    /// For live views that print nothing (`top`): detaches the hops of
+    /// modules gone and, with `--wait-for-modules`, attaches those of
+    /// modules loaded since (call about once a second).
+    pub fn follow_modules(&mut self) {
+        self.release_gone_modules();
+        if self.wait_for_modules {
+            // A failed rescan is tried again at the next module change.
+            let _ = self.rescan();
+        }
     }
 
     /// Detaches the hops of modules unloaded since the last look (call
