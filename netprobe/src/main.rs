@@ -117,6 +117,14 @@ struct ProbeArgs {
     /// counts are scaled by N and the report says they are sampled.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     sample: u32,
+    /// Also attach the tracepoints modules define (openvswitch's
+    /// ovs_action, ovs_upcall_tp). A program on a module's tracepoint holds
+    /// the module loaded: `rmmod openvswitch` fails "in use" while netprobe
+    /// runs. Without it those hops are left out (the module's function
+    /// hops see the same packets) and an unloaded module's hops are
+    /// detached, what they measured kept.
+    #[arg(long)]
+    pin_modules: bool,
     /// Benchmarks only (`cargo xtask bench`): the hop programs return at
     /// once, to measure what the tracepoints alone cost.
     #[arg(long, hide = true)]
@@ -311,6 +319,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
         sample_every: p.sample,
         softirq_vectors: p.softirq_vectors,
         hops,
+        pin_modules: p.pin_modules,
         spool_dir: None,
         bench: BenchSwitches {
             empty_programs: p.bench_empty_programs,

@@ -157,3 +157,137 @@ fn s390x_macvtap_hops_carry_counts_and_latencies() {
     assert_measured(pair(&r, "to-guest", "tap_enqueue", "copy_out"), 20, "s390x to-guest tap_enqueue -> copy_out");
     assert!(r["kernel"].as_str().unwrap().ends_with("-s390x"), "{}", r["kernel"]);
 }
+
+/// The `unload` scenario's text results (key=value log, /metrics scrapes).
+fn unload_text(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lab/amd64").join(format!("{name}.txt"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask lab --arch x86_64`)", p.display()))
+}
+
+fn log_value(log: &str, key: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the unload log:\n{log}"))
+        .trim()
+        .to_owned()
+}
+
+/// The sum of every OVS hop pair's packets in one /metrics scrape.
+fn ovs_packets_in_scrape(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with("netprobe_hop_latency_seconds_count{") && l.contains("path=\"ovs\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn openvswitch_unloaded_mid_run_keeps_what_was_measured_and_shows_the_gap() {
+    let Some(r) = lab_result("unload") else { return };
+    let log = unload_text("unload-log");
+    // netprobe adds no reference to the module (the datapath's vports
+    // hold it until it is deleted): rmmod succeeded while both ran.
+    assert_eq!(log_value(&log, "refcnt_with_dp_and_netprobe"), log_value(&log, "refcnt_with_dp"), "{log}");
+    assert_eq!(log_value(&log, "dp_deleted"), "0", "{log}");
+    assert_eq!(log_value(&log, "refcnt_with_netprobe"), "0", "{log}");
+    assert_eq!(log_value(&log, "rmmod_rc"), "0", "{log}");
+    assert_eq!(log_value(&log, "module_gone"), "1", "{log}");
+    assert_eq!(log_value(&log, "modprobe_rc"), "0", "{log}");
+    assert_eq!(log_value(&log, "dp_made_again"), "0", "{log}");
+    assert_eq!(log_value(&log, "record_rc"), "0", "{log}");
+    assert_eq!(log_value(&log, "serve_rc"), "0", "{log}");
+
+    // Every OVS function hop: detached at a time inside the run, attached
+    // again later, once.
+    let duration = r["duration_s"].as_f64().unwrap();
+    let ovs: Vec<&Value> = r["coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["site"].as_str().unwrap().contains("[openvswitch]") && !c["backend"].is_null())
+        .collect();
+    assert!(ovs.len() >= 5, "OVS hops attached at the end: {ovs:#?}");
+    let mut went = Vec::new();
+    for c in &ovs {
+        let d = c["detached"].as_array().unwrap_or_else(|| panic!("{} has no detachment: {c}", c["hop"]));
+        assert_eq!(d.len(), 1, "{c}");
+        assert_eq!(d[0]["module"], "openvswitch");
+        let (at, back) = (d[0]["detached_at_s"].as_f64().unwrap(), d[0]["reattached_at_s"].as_f64().unwrap());
+        assert!(0.0 < at && at < back && back < duration, "{}: detached {at}, back {back}, run {duration}", c["hop"]);
+        went.push((at, back));
+    }
+    // Built-in hops never went away.
+    let queue = r["coverage"].as_array().unwrap().iter().find(|c| c["hop"] == "queue").unwrap();
+    assert!(queue["detached"].is_null() && !queue["backend"].is_null(), "{queue}");
+    let (at, back) = went[0];
+
+    // The interval series: OVS packets before the unload (kept), none in
+    // the gap, some again after the module came back.
+    // An interval runs from the previous one's end to its own `t_s`.
+    let mut before = 0;
+    let mut in_gap = 0;
+    let mut after = 0;
+    let mut start = 0.0;
+    for iv in r["intervals"].as_array().unwrap() {
+        let end = iv["t_s"].as_f64().unwrap();
+        let n: u64 = iv["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["to"].as_str().unwrap_or_default().starts_with("ovs"))
+            .map(|p| p["packets"].as_u64().unwrap())
+            .sum();
+        if end <= at {
+            before += n;
+        } else if start >= at && end <= back {
+            in_gap += n;
+        } else if start >= back {
+            after += n;
+        }
+        start = end;
+    }
+    assert!(before > 0, "no OVS packets before the unload");
+    assert_eq!(in_gap, 0, "OVS packets counted while the module was gone");
+    assert!(after > 0, "no OVS packets after the module came back");
+    // The totals hold both: what was measured before is kept.
+    let total: u64 = r["directions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["pairs"].as_array().unwrap())
+        .filter(|p| p["to_hop"].as_str().unwrap_or_default().starts_with("ovs"))
+        .map(|p| p["packets"].as_u64().unwrap())
+        .sum();
+    assert!(total >= before + after, "total {total} < before {before} + after {after}");
+
+    // serve kept answering, its OVS counts kept through the unload, and
+    // said which hops went.
+    let (m1, m2, m3) = (
+        unload_text("unload-metrics-before"),
+        unload_text("unload-metrics-during"),
+        unload_text("unload-metrics-after"),
+    );
+    for (name, m) in [("before", &m1), ("during", &m2), ("after", &m3)] {
+        assert_eq!(log_value(&log, &format!("scrape_{name}_rc")), "0", "{log}");
+        assert!(m.trim_end().ends_with("# EOF"), "scrape {name} incomplete");
+    }
+    let (b, d, a) = (ovs_packets_in_scrape(&m1), ovs_packets_in_scrape(&m2), ovs_packets_in_scrape(&m3));
+    assert!(b > 0 && d >= b && a > d, "serve's OVS packets: before {b}, during {d}, after {a}");
+    assert!(m2.contains("netprobe_hop_detachments_total{") && m2.contains("module=\"openvswitch\""), "{m2}");
+
+    // Nothing leaks: no BPF program or map is left once both exited.
+    assert_eq!(log_value(&log, "netprobe_processes_after"), "0", "{log}");
+    assert_eq!(log_value(&log, "bpf_progs_after"), log_value(&log, "bpf_progs_before"), "{log}");
+    assert_eq!(log_value(&log, "bpf_maps_after"), log_value(&log, "bpf_maps_before"), "{log}");
+
+    // --pin-modules: the module's tracepoints attached, the module held
+    // (rmmod refused) while netprobe runs, let go when it exits.
+    for h in ["ovs_action", "ovs_upcall_tp"] {
+        assert!(!log_value(&log, &format!("pinned_backend_{h}")).is_empty(), "{h} not attached: {log}");
+    }
+    assert!(log_value(&log, "refcnt_pinned").parse::<u32>().unwrap() > 0, "{log}");
+    assert_ne!(log_value(&log, "rmmod_pinned_rc"), "0", "{log}");
+    assert_eq!(log_value(&log, "record_pinned_rc"), "0", "{log}");
+    assert_eq!(log_value(&log, "refcnt_pin_released"), "0", "{log}");
+    assert_eq!(log_value(&log, "rmmod_after_pin_rc"), "0", "{log}");
+}

@@ -42,8 +42,9 @@ pub(crate) struct LabOpts {
     #[arg(long, value_delimiter = ',', default_value = "x86_64,s390x")]
     pub(crate) arch: Vec<Arch>,
     /// Scenarios to run in the x86_64 VM (comma separated); the s390x VM
-    /// runs the macvtap scenario.
-    #[arg(long, value_delimiter = ',', default_value = "macvtap,bridge,ovs")]
+    /// runs the macvtap scenario. `unload`: openvswitch unloaded and
+    /// loaded again while `record` and `serve` run (see [`UNLOAD`]).
+    #[arg(long, value_delimiter = ',', default_value = "macvtap,bridge,ovs,unload")]
     pub(crate) scenarios: Vec<String>,
     /// Give up on the VM after this many seconds.
     #[arg(long, default_value_t = 900)]
@@ -87,8 +88,105 @@ const S390X_DEBS: &[&str] = &[
     "libzstd1",
 ];
 
-/// Host programs copied into the VM with their shared libraries.
-const PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/bin/ping", "/usr/bin/iperf3", "/usr/sbin/sysctl"];
+/// Host programs copied into the VM with their shared libraries (bpftool:
+/// the unload scenario counts the BPF programs and maps left after exit).
+const PROGRAMS: &[&str] =
+    &["/usr/sbin/ip", "/usr/bin/ping", "/usr/bin/iperf3", "/usr/sbin/sysctl", "/usr/sbin/bpftool"];
+
+/// The `unload` scenario's text results besides its record report
+/// (`unload.json`), each brought back as target/lab/amd64/NAME.txt.
+const UNLOAD_TEXTS: [&str; 6] = [
+    "unload-log",
+    "unload-metrics-before",
+    "unload-metrics-during",
+    "unload-metrics-after",
+    "unload-record-err",
+    "unload-serve-err",
+];
+
+/// Hops for the unload scenario: the generic ones a ping crosses and the
+/// OVS datapath's (fewer programs to load under TCG: a shorter VM run).
+const UNLOAD_HOPS: &str =
+    "queue,xmit,receive,consumed,ovs_rx_hook,ovs_vport_rx,ovs_flow_lookup,ovs_upcall,ovs_execute,ovs_output,ovs_vport_send";
+
+/// The `unload` scenario (issue 18): an OVS datapath between two veths
+/// (guest and peer namespaces, 198.18.0.0/24), a ping through it, `netprobe
+/// record --wait-for-modules` and `netprobe serve` running; then `rmmod
+/// openvswitch` (which destroys the datapath), a pause, the module loaded
+/// again and the datapath made anew, both ended with SIGINT. Brings back
+/// the record report, a /metrics scrape before, during and after, and a
+/// log of key=value lines: the module's reference count while netprobe
+/// runs, rmmod's exit code, the BPF programs and maps (bpftool) before and
+/// after. `{OVS_KO}` is the module's path.
+const UNLOAD: &str = r#"IP=/usr/sbin/ip
+t() { cut -d' ' -f1 /proc/uptime; }
+bpfcount() { echo "bpf_progs_$1=$(bpftool prog show | grep -c '^[0-9]*:')"; echo "bpf_maps_$1=$(bpftool map show | grep -c '^[0-9]*:')"; }
+dp() { $IP netns exec npu-h ovs-dpctl "$@"; }
+mkdp() { dp add-dp npudp && dp add-if npudp npug && dp add-if npudp npuu && dp add-flow npudp 'in_port(1),eth()' 2 && dp add-flow npudp 'in_port(2),eth()' 1; }
+scrape() { wget -q -O /tmp/unload-metrics-$1.txt http://127.0.0.1:9464/metrics; echo "scrape_$1_rc=$?"; }
+refcnt() { echo "refcnt_$1=$(grep '^openvswitch ' /proc/modules | cut -d' ' -f3)"; }
+L=/tmp/unload-log.txt
+bpfcount before > $L
+for n in npu-h npu-g npu-p; do $IP netns add $n; $IP -n $n link set lo up; done
+$IP -n npu-h link add npug type veth peer name npugv netns npu-g
+$IP -n npu-h link add npuu type veth peer name npupv netns npu-p
+$IP -n npu-g addr add 198.18.0.1/24 dev npugv; $IP -n npu-g link set npugv up
+$IP -n npu-p addr add 198.18.0.2/24 dev npupv; $IP -n npu-p link set npupv up
+$IP -n npu-h link set npug up; $IP -n npu-h link set npuu up
+mkdp; echo "dp_made=$?" >> $L
+refcnt with_dp >> $L
+echo "t_start=$(t)" >> $L
+/usr/bin/netprobe record --wait-for-modules --quiet --hops {HOPS} --format json > /tmp/unload.json 2>/tmp/unload-record-err.txt &
+RP=$!
+/usr/bin/netprobe serve --listen 127.0.0.1:9464 --rescan-every 1s --hops {HOPS} 2>/tmp/unload-serve-err.txt &
+SP=$!
+for i in $(seq 300); do grep -q recording /tmp/unload-record-err.txt && grep -q serving /tmp/unload-serve-err.txt && break; sleep 1; done
+echo "t_attached=$(t)" >> $L
+$IP netns exec npu-g ping -q -i 0.2 198.18.0.2 > /tmp/unload-ping.txt 2>&1 &
+PP=$!
+sleep 6
+scrape before >> $L
+refcnt with_dp_and_netprobe >> $L
+# Each vport holds the module (ovs_vport_add): the datapath goes first, as
+# when an operator stops OVS to reload its module.
+dp del-dp npudp; echo "dp_deleted=$?" >> $L
+refcnt with_netprobe >> $L
+echo "t_rmmod=$(t)" >> $L
+rmmod openvswitch 2>>$L; echo "rmmod_rc=$?" >> $L
+grep -q '^openvswitch ' /proc/modules && echo "module_gone=0" >> $L || echo "module_gone=1" >> $L
+sleep 5
+scrape during >> $L
+echo "t_modprobe=$(t)" >> $L
+insmod {OVS_KO} 2>>$L; echo "modprobe_rc=$?" >> $L
+mkdp; echo "dp_made_again=$?" >> $L
+sleep 6
+scrape after >> $L
+kill -INT $PP; wait $PP
+echo "ping: $(grep -E 'transmitted|received' /tmp/unload-ping.txt)" >> $L
+echo "t_stop=$(t)" >> $L
+kill -INT $RP $SP; wait $RP; echo "record_rc=$?" >> $L; wait $SP; echo "serve_rc=$?" >> $L
+dp del-dp npudp
+for n in npu-h npu-g npu-p; do $IP netns del $n; done
+# Programs and maps are freed after an RCU grace period once their last
+# file descriptor is closed.
+sleep 2
+bpfcount after >> $L
+echo "netprobe_processes_after=$(ps | grep -c '[n]etprobe ')" >> $L
+# --pin-modules: openvswitch's own tracepoints attached, the module held
+# while netprobe runs and let go when it exits.
+/usr/bin/netprobe record --pin-modules --quiet --hops queue,ovs_action,ovs_upcall_tp --format json > /tmp/unload-pin.json 2>/tmp/unload-pin.err &
+RP=$!
+for i in $(seq 120); do grep -q recording /tmp/unload-pin.err && break; sleep 1; done
+refcnt pinned >> $L
+rmmod openvswitch 2>>$L; echo "rmmod_pinned_rc=$?" >> $L
+kill -INT $RP; wait $RP; echo "record_pinned_rc=$?" >> $L
+for h in ovs_action ovs_upcall_tp; do
+  echo "pinned_backend_$h=$(sed -n "/\"hop\": \"$h\"/,/\"backend\"/p" /tmp/unload-pin.json | grep -o '"backend": [^,]*' | cut -d' ' -f2 | tr -d '"')" >> $L
+done
+sleep 1
+refcnt pin_released >> $L
+rmmod openvswitch 2>>$L; echo "rmmod_after_pin_rc=$?" >> $L
+"#;
 
 const BEGIN: &str = "=== NETPROBE-LAB BEGIN";
 const FACT_FILES: [&str; 4] = ["kernel.txt", "kallsyms.txt", "btf_funcs.txt", "tracepoints.txt"];
@@ -314,6 +412,20 @@ pub(crate) fn guest_image() -> Result<PathBuf> {
     Ok(work)
 }
 
+/// The shell text of the `unload` scenario, its results between markers.
+fn unload_scenario(release: &str, modules: &[String]) -> String {
+    let ko = modules
+        .iter()
+        .find(|m| m.ends_with("/openvswitch.ko"))
+        .map_or("openvswitch.ko".to_owned(), |m| format!("/lib/modules/{release}/{m}"));
+    let mut s = UNLOAD.replace("{HOPS}", UNLOAD_HOPS).replace("{OVS_KO}", &ko);
+    s += &format!("echo '{BEGIN} unload'\ncat /tmp/unload.json\necho '{END} unload'\n");
+    for name in UNLOAD_TEXTS {
+        s += &format!("echo '{BEGIN} {name}'\ncat /tmp/{name}.txt\necho '{END} {name}'\n");
+    }
+    s
+}
+
 fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> String {
     // (Same script for both architectures: busybox provides the basics.)
     let mut s = init_prologue(release, modules);
@@ -326,6 +438,10 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
         s += &format!("echo '{BEGIN} facts/{f}'\ncat /tmp/facts/{f}\necho '{END} facts/{f}'\n");
     }
     for sc in scenarios {
+        if sc == "unload" {
+            s += &unload_scenario(release, modules);
+            continue;
+        }
         s += &format!(
             "echo '{BEGIN} {sc}'\n/usr/bin/netprobe demo --topology {sc} --format json 2>/tmp/{sc}.err\nrc=$?\necho '{END} {sc}'\necho \"lab: scenario {sc} exit $rc\"; cat /tmp/{sc}.err\n"
         );
@@ -356,6 +472,7 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         "iperf3",
         "procps",
         "libxdp1",
+        "bpftool",
     ])?;
     let started = Instant::now();
     let host_bin = build::build_all(&build::BuildOpts::default())?;
@@ -492,6 +609,12 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         }
         let out = work.join(format!("{sc}.json"));
         std::fs::write(&out, &json)?;
+        if sc == "unload" {
+            for name in UNLOAD_TEXTS {
+                let text = section(&text, name).unwrap_or_default();
+                std::fs::write(work.join(format!("{name}.txt")), text)?;
+            }
+        }
         if sc != "probes" {
             eprintln!("\n===== lab {arch:?} scenario {sc} (Debian {release}) =====");
             let _ = Command::new(&host_bin).arg("report").arg(&out).status();

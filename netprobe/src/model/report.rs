@@ -215,6 +215,29 @@ pub struct CoverageEntry {
     pub time_inside: bool,
     /// Reasons better backends, or all, could not be used.
     pub notes: Vec<String>,
+    /// Times the hop was detached mid-run because its module was unloaded
+    /// (absent in older recordings and when it never happened).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detached: Vec<Detachment>,
+}
+
+/// A stretch of a run without a hop: its module was unloaded at
+/// `detached_at_s` (seconds since the probes were attached) and the hop
+/// attached again at `reattached_at_s`, if it was (`--wait-for-modules`,
+/// `serve`). What was measured before stays in the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Detachment {
+    pub module: String,
+    pub detached_at_s: f64,
+    #[serde(default)]
+    pub reattached_at_s: Option<f64>,
+}
+
+impl Detachment {
+    /// The time without the hop: until it came back, else until `end_s`.
+    pub fn gap_s(&self, end_s: f64) -> f64 {
+        (self.reattached_at_s.unwrap_or(end_s) - self.detached_at_s).max(0.0)
+    }
 }
 
 /// Time spent inside one hop function (entry to return).

@@ -14,7 +14,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
+    programs::{
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId, BtfTracePoint, FEntry, FExit, KProbe,
+        RawTracePoint, TracePoint,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use netprobe_common::{hop, hop_flags, names, Backend, Config, SlotConfig, CPU_TRACEPOINTS, MAX_SLOTS, SLOT_ARG};
@@ -28,7 +32,7 @@ use super::{
     plan::{self, HopPlan, PlanOptions, SkbSource},
     trace::{Journeys, TraceReader, TraceStats},
 };
-use crate::model::report::CoverageEntry;
+use crate::model::report::{CoverageEntry, Detachment};
 
 /// The BPF object built by `cargo xtask build`, embedded in the binary.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netprobe.bpf.o"));
@@ -45,6 +49,8 @@ pub struct Coverage {
     pub time_inside: bool,
     pub skb_from: SkbSource,
     pub notes: Vec<String>,
+    /// Times its module was unloaded mid-run (and when it came back).
+    pub detached: Vec<Detachment>,
 }
 
 impl From<&Coverage> for CoverageEntry {
@@ -56,6 +62,7 @@ impl From<&Coverage> for CoverageEntry {
             backend: c.backend.map(str::to_owned),
             time_inside: c.time_inside,
             notes: c.notes.clone(),
+            detached: c.detached.clone(),
         }
     }
 }
@@ -169,6 +176,9 @@ pub struct AttachOptions {
     pub softirq_vectors: bool,
     /// The catalog hops to attach (`--hops`).
     pub hops: HopSet,
+    /// Also attach tracepoints defined in modules, which hold them loaded
+    /// (`--pin-modules`).
+    pub pin_modules: bool,
     /// Trace mode: how many complete journeys the reader keeps, and the
     /// CLOCK_MONOTONIC ns their times count from.
     pub samples: usize,
@@ -204,6 +214,86 @@ pub struct Probe {
     /// CPU accounting programs attached, and what could not be.
     cpu_backends: Vec<String>,
     cpu_notes: Vec<String>,
+    /// Each attached hop's links, so a hop can be detached alone (its
+    /// module unloaded) and attached again later.
+    links: BTreeMap<u8, Vec<HopLink>>,
+    /// The loaded modules (/proc/modules: name -> state and load address)
+    /// at the last look for modules gone, and at the last rescan.
+    modules: BTreeMap<String, String>,
+    rescanned_modules: BTreeMap<String, String>,
+}
+
+/// One attachment of a hop's program: the program's name and aya's link.
+enum HopLink {
+    KProbe(String, KProbeLinkId),
+    FEntry(String, FEntryLinkId),
+    FExit(String, FExitLinkId),
+    TpBtf(String, BtfTracePointLinkId),
+    RawTp(String, RawTracePointLinkId),
+    Tracepoint(String, TracePointLinkId),
+}
+
+impl HopLink {
+    /// Detaches it. fentry/fexit and tp_btf programs are also unloaded:
+    /// they were loaded against the BTF of a module that is gone, and a
+    /// later attach loads them against the new one.
+    fn detach(self, ebpf: &mut Ebpf) -> Result<(), AttachError> {
+        fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, AttachError> {
+            ebpf.program_mut(name).ok_or_else(|| AttachError::MissingProgram(name.to_owned()))
+        }
+        match self {
+            HopLink::KProbe(n, id) => <&mut KProbe>::try_from(prog(ebpf, &n)?)?.detach(id)?,
+            HopLink::RawTp(n, id) => <&mut RawTracePoint>::try_from(prog(ebpf, &n)?)?.detach(id)?,
+            HopLink::Tracepoint(n, id) => <&mut TracePoint>::try_from(prog(ebpf, &n)?)?.detach(id)?,
+            HopLink::FEntry(n, id) => {
+                let p = <&mut FEntry>::try_from(prog(ebpf, &n)?)?;
+                p.detach(id)?;
+                p.unload()?;
+            }
+            HopLink::FExit(n, id) => {
+                let p = <&mut FExit>::try_from(prog(ebpf, &n)?)?;
+                p.detach(id)?;
+                p.unload()?;
+            }
+            HopLink::TpBtf(n, id) => {
+                let p = <&mut BtfTracePoint>::try_from(prog(ebpf, &n)?)?;
+                p.detach(id)?;
+                p.unload()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The loaded modules with their state and load address, from
+/// /proc/modules (`openvswitch 192512 0 - Live 0xffffffffc064f000`): an
+/// address that changed is a module unloaded and loaded again.
+pub fn loaded_modules() -> BTreeMap<String, String> {
+    parse_modules(&std::fs::read_to_string("/proc/modules").unwrap_or_default())
+}
+
+fn parse_modules(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.to_string(), f.get(4..).unwrap_or_default().join(" ")))
+        })
+        .collect()
+}
+
+/// Modules of `before` that are gone in `now`: absent, unloading, or
+/// loaded again at another address (between two looks). A module still
+/// loading then live is the same module.
+fn gone_modules(before: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+    let addr = |v: &str| v.split_whitespace().last().unwrap_or_default().to_owned();
+    before
+        .iter()
+        .filter(|(m, was)| match now.get(*m) {
+            None => true,
+            Some(v) => v.starts_with("Unloading") || addr(v) != addr(was),
+        })
+        .map(|(m, _)| m.clone())
+        .collect()
 }
 
 pub fn check_privileges() -> Result<(), AttachError> {
@@ -268,7 +358,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     let tracefs = kernel::tracefs();
     let plans = plan::plan(
         &facts,
-        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok(), hops: opts.hops },
+        PlanOptions {
+            only: opts.backend,
+            offsets: config.off.valid != 0,
+            tracefs: tracefs.is_ok(),
+            hops: opts.hops,
+            pin_modules: opts.pin_modules,
+        },
     );
 
     // Per-hop configuration, and classic tracepoint fields, before loading.
@@ -353,8 +449,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         None
     };
 
-    let plan_opts =
-        PlanOptions { only: opts.backend, offsets: config.off.valid != 0, tracefs: tracefs.is_ok(), hops: opts.hops };
+    let plan_opts = PlanOptions {
+        only: opts.backend,
+        offsets: config.off.valid != 0,
+        tracefs: tracefs.is_ok(),
+        hops: opts.hops,
+        pin_modules: opts.pin_modules,
+    };
+    let modules = loaded_modules();
     let mut att = Probe {
         ebpf,
         coverage: Vec::new(),
@@ -370,6 +472,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         plan_opts,
         cpu_backends: Vec::new(),
         cpu_notes: Vec::new(),
+        links: BTreeMap::new(),
+        rescanned_modules: modules.clone(),
+        modules,
     };
     for p in &plans {
         let c = att.attach_hop(p);
@@ -387,7 +492,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         let mut why = Vec::new();
         let ok = Backend::TRACEPOINT.into_iter().find(|&b| {
             match attach_tracepoint(&mut att.ebpf, b, category, name, att.btf.as_ref()) {
-                Ok(()) => true,
+                Ok(_) => true,
                 Err(e) => {
                     why.push(format!("{}: {}", b.label(), e.brief()));
                     false
@@ -512,14 +617,18 @@ impl Probe {
                         Err(AttachError::Unavailable("its tracefs format was unknown when netprobe loaded".into()))
                     } else {
                         attach_tracepoint(&mut self.ebpf, backend, t.category, t.name, self.btf.as_ref())
+                            .map(|link| self.links.entry(p.hop.id).or_default().push(link))
                     }
                 }
                 Site::Function { name, .. } => match self.slots.get(&p.hop.id) {
                     Some(&slot) => {
-                        attach_function(&mut self.ebpf, backend, slot, name, self.btf.as_ref()).map(|exit| {
+                        attach_function(&mut self.ebpf, backend, slot, name, self.btf.as_ref()).map(|(entry, exit)| {
+                            let links = self.links.entry(p.hop.id).or_default();
+                            links.push(entry);
                             time_inside = exit.is_ok();
-                            if let Err(e) = exit {
-                                notes.push(format!("{}: return side not attached: {e}", backend.label()));
+                            match exit {
+                                Ok(link) => links.push(link),
+                                Err(e) => notes.push(format!("{}: return side not attached: {e}", backend.label())),
                             }
                         })
                     }
@@ -552,12 +661,61 @@ impl Probe {
             time_inside,
             skb_from: p.skb_from,
             notes,
+            detached: Vec::new(),
         }
     }
 
+    /// Detaches the hops of modules unloaded since the last look (gone
+    /// from /proc/modules, or loaded again at another address), `at_s`
+    /// seconds into the run: their kprobes would never fire again, and
+    /// their slots are free for the module's next load. What they measured
+    /// stays in the maps. Returns each module gone with its hops.
+    pub fn release_gone_modules(&mut self, at_s: f64) -> Vec<(String, Vec<&'static str>)> {
+        let now = loaded_modules();
+        let gone = gone_modules(&self.modules, &now);
+        self.modules = now;
+        let mut released = Vec::new();
+        for m in gone {
+            let mut hops = Vec::new();
+            for c in &mut self.coverage {
+                let Some(hop) = super::catalog::HOPS.iter().find(|h| h.label == c.hop) else { continue };
+                if c.backend.is_none() || hop.module() != Some(m.as_str()) {
+                    continue;
+                }
+                let mut failed = Vec::new();
+                for link in self.links.remove(&hop.id).unwrap_or_default() {
+                    if let Err(e) = link.detach(&mut self.ebpf) {
+                        failed.push(e.brief());
+                    }
+                }
+                let was = c.backend.take().unwrap_or_default();
+                c.time_inside = false;
+                c.notes.push(format!("{was}: detached at +{at_s:.1} s, module {m} unloaded"));
+                if !failed.is_empty() {
+                    c.notes.push(format!("detaching: {}", failed.join("; ")));
+                }
+                c.detached.push(Detachment { module: m.clone(), detached_at_s: at_s, reattached_at_s: None });
+                hops.push(c.hop);
+            }
+            if !hops.is_empty() {
+                released.push((m, hops));
+            }
+        }
+        released
+    }
+
     /// Re-reads the kernel's facts and attaches the hops that could not be
-    /// before (a module loaded since). Returns the hops newly attached.
-    pub fn rescan(&mut self) -> Result<Vec<&'static str>> {
+    /// before (a module loaded since, also one unloaded mid-run: its
+    /// detachment gets `at_s` as the time it came back). Returns the hops
+    /// newly attached.
+    pub fn rescan(&mut self, at_s: f64) -> Result<Vec<&'static str>> {
+        // Reading the facts again (kallsyms, BTF) costs ~0.4 s of CPU: only
+        // when a module was loaded, unloaded or changed state since.
+        let modules = loaded_modules();
+        if modules == self.rescanned_modules {
+            return Ok(Vec::new());
+        }
+        self.rescanned_modules = modules;
         let facts = KernelFacts::live()?;
         let plans = plan::plan(&facts, self.plan_opts);
         let mut added = Vec::new();
@@ -571,9 +729,13 @@ impl Probe {
             if self.coverage[i].backend.is_some() || p.candidates.is_empty() {
                 continue;
             }
-            let c = self.attach_hop(p);
+            let mut c = self.attach_hop(p);
+            c.detached = std::mem::take(&mut self.coverage[i].detached);
             if c.backend.is_some() {
                 added.push(p.hop.label);
+                if let Some(d) = c.detached.last_mut().filter(|d| d.reattached_at_s.is_none()) {
+                    d.reattached_at_s = Some(at_s);
+                }
             }
             self.coverage[i] = c;
         }
@@ -605,28 +767,35 @@ fn attach_tracepoint(
     category: &str,
     name: &str,
     btf: Option<&Btf>,
-) -> Result<(), AttachError> {
+) -> Result<HopLink, AttachError> {
     let prog = format!("{}_{name}", backend.prefix());
-    let p = ebpf.program_mut(&prog).ok_or(AttachError::MissingProgram(prog))?;
-    match backend {
+    let p = ebpf.program_mut(&prog).ok_or_else(|| AttachError::MissingProgram(prog.clone()))?;
+    // A program stays loaded when its hop is detached (module unloaded),
+    // except where the load named the target's BTF (tp_btf): loaded again.
+    Ok(match backend {
         Backend::TpBtf => {
             let p: &mut BtfTracePoint = p.try_into()?;
-            p.load(name, btf.ok_or_else(no_btf)?)?;
-            p.attach()?;
+            if p.fd().is_err() {
+                p.load(name, btf.ok_or_else(no_btf)?)?;
+            }
+            HopLink::TpBtf(prog, p.attach()?)
         }
         Backend::RawTp => {
             let p: &mut RawTracePoint = p.try_into()?;
-            p.load()?;
-            p.attach(name)?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            HopLink::RawTp(prog, p.attach(name)?)
         }
         Backend::Tracepoint => {
             let p: &mut TracePoint = p.try_into()?;
-            p.load()?;
-            p.attach(category, name)?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            HopLink::Tracepoint(prog, p.attach(category, name)?)
         }
         other => return Err(AttachError::Unavailable(format!("{} is not a tracepoint backend", other.label()))),
-    }
-    Ok(())
+    })
 }
 
 /// A device name as the kernel keeps it: NUL-padded, at most 15 bytes.
@@ -642,14 +811,16 @@ fn no_btf() -> AttachError {
 }
 
 /// Attaches slot `slot`'s entry program to `func`; the outer result is the
-/// entry side (decides the backend), the inner one the return side.
+/// entry side (decides the backend), the inner one the return side. A
+/// program still loaded from an earlier attach (a kprobe slot whose module
+/// was unloaded) is attached again as it is.
 fn attach_function(
     ebpf: &mut Ebpf,
     backend: Backend,
     slot: usize,
     func: &str,
     btf: Option<&Btf>,
-) -> Result<Result<(), String>, AttachError> {
+) -> Result<(HopLink, Result<HopLink, String>), AttachError> {
     let entry = format!("{}_{slot}", backend.prefix());
     let Some(exit_prefix) = backend.exit_prefix() else {
         return Err(AttachError::Unavailable(format!("{} is not a function backend", backend.label())));
@@ -660,30 +831,42 @@ fn attach_function(
     };
     program(ebpf, &entry)?;
     program(ebpf, &exit)?;
-    let exit_side = |r: Result<(), AttachError>| r.map_err(|e| e.brief());
+    let exit_side = |r: Result<HopLink, AttachError>| r.map_err(|e| e.brief());
     match backend {
         Backend::Fentry => {
             let btf = btf.ok_or_else(no_btf)?;
             let p: &mut FEntry = ebpf.program_mut(&entry).expect("checked above").try_into()?;
-            p.load(func, btf)?;
-            p.attach()?;
-            let p: Result<&mut FExit, _> = ebpf.program_mut(&exit).expect("checked above").try_into();
-            Ok(exit_side(p.map_err(AttachError::from).and_then(|p| {
+            if p.fd().is_err() {
                 p.load(func, btf)?;
-                p.attach()?;
-                Ok(())
-            })))
+            }
+            let link = HopLink::FEntry(entry, p.attach()?);
+            let p: Result<&mut FExit, _> = ebpf.program_mut(&exit).expect("checked above").try_into();
+            Ok((
+                link,
+                exit_side(p.map_err(AttachError::from).and_then(|p| {
+                    if p.fd().is_err() {
+                        p.load(func, btf)?;
+                    }
+                    Ok(HopLink::FExit(exit.clone(), p.attach()?))
+                })),
+            ))
         }
         Backend::Kprobe => {
             let p: &mut KProbe = ebpf.program_mut(&entry).expect("checked above").try_into()?;
-            p.load()?;
-            p.attach(func, 0)?;
-            let p: Result<&mut KProbe, _> = ebpf.program_mut(&exit).expect("checked above").try_into();
-            Ok(exit_side(p.map_err(AttachError::from).and_then(|p| {
+            if p.fd().is_err() {
                 p.load()?;
-                p.attach(func, 0)?;
-                Ok(())
-            })))
+            }
+            let link = HopLink::KProbe(entry, p.attach(func, 0)?);
+            let p: Result<&mut KProbe, _> = ebpf.program_mut(&exit).expect("checked above").try_into();
+            Ok((
+                link,
+                exit_side(p.map_err(AttachError::from).and_then(|p| {
+                    if p.fd().is_err() {
+                        p.load()?;
+                    }
+                    Ok(HopLink::KProbe(exit.clone(), p.attach(func, 0)?))
+                })),
+            ))
         }
         other => Err(AttachError::Unavailable(format!("{} is not a function backend", other.label()))),
     }
@@ -697,5 +880,31 @@ fn page_size() -> u32 {
         n as u32
     } else {
         4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_gone_unloading_or_loaded_again_elsewhere() {
+        // /proc/modules lines as Debian's 6.1 kernel printed them in the lab.
+        let before = parse_modules(
+            "openvswitch 192512 0 - Live 0xffffffffc064f000\n\
+             tun 61440 1 vhost_net, Live 0xffffffffc0566000\n\
+             tap 32768 2 vhost_net,macvtap, Live 0xffffffffc054a000\n",
+        );
+        assert_eq!(before["openvswitch"], "Live 0xffffffffc064f000");
+        assert!(gone_modules(&before, &before).is_empty());
+        let mut now = before.clone();
+        now.remove("openvswitch");
+        now.insert("tun".into(), "Unloading 0xffffffffc0566000".into());
+        now.insert("tap".into(), "Live 0xffffffffc0700000".into());
+        assert_eq!(gone_modules(&before, &now), ["openvswitch", "tap", "tun"]);
+        // Loading, then live at the same address: the same module.
+        let loading = parse_modules("openvswitch 192512 0 - Loading 0xffffffffc064f000\n");
+        let live = parse_modules("openvswitch 192512 0 - Live 0xffffffffc064f000\n");
+        assert!(gone_modules(&loading, &live).is_empty());
     }
 }

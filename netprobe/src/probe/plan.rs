@@ -44,6 +44,9 @@ pub struct PlanOptions {
     /// The hops to attach (`--hops`); the others are planned with no
     /// candidate and say why.
     pub hops: catalog::HopSet,
+    /// Also attach tracepoints defined in modules (`--pin-modules`), which
+    /// hold their module loaded while attached.
+    pub pin_modules: bool,
 }
 
 pub fn plan(facts: &KernelFacts, opts: PlanOptions) -> Vec<HopPlan> {
@@ -125,6 +128,14 @@ fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
             }
         }
     }
+    if hop.is_module_tracepoint() && !candidates.is_empty() && !opts.pin_modules {
+        candidates.clear();
+        notes.push(format!(
+            "not attached: a program on a tracepoint of module {m} holds the module loaded (rmmod {m} would fail \
+             \"in use\" while netprobe runs); its function hops see the same packets; --pin-modules attaches it",
+            m = hop.module().unwrap_or_default()
+        ));
+    }
     if let Some(only) = opts.only {
         if candidates.contains(&only) {
             candidates.retain(|b| *b == only);
@@ -166,7 +177,7 @@ mod tests {
     }
 
     fn with_btf(f: &KernelFacts) -> PlanOptions {
-        PlanOptions { only: None, offsets: f.btf, tracefs: true, hops: catalog::HopSet::ALL }
+        PlanOptions { only: None, offsets: f.btf, tracefs: true, hops: catalog::HopSet::ALL, pin_modules: false }
     }
 
     #[test]
@@ -208,9 +219,21 @@ mod tests {
     fn debian_amd64_functions_fentry_first_then_kprobe_with_skb_from_btf() {
         let f = fixture("debian-6.1-amd64");
         let plans = plan(&f, with_btf(&f));
-        for tp in ["queue", "xmit", "receive", "copy_out", "dropped", "ovs_action", "ovs_upcall_tp"] {
+        for tp in ["queue", "xmit", "receive", "copy_out", "dropped"] {
             assert_eq!(chosen(&plans, tp).0, Some(Backend::TpBtf), "{tp}");
         }
+        // openvswitch's own tracepoints would hold the module loaded: left
+        // out unless asked, and said why.
+        for tp in ["ovs_action", "ovs_upcall_tp"] {
+            let (b, notes) = chosen(&plans, tp);
+            assert_eq!(b, None, "{tp}");
+            assert!(notes.iter().any(|n| n.contains("rmmod openvswitch") && n.contains("--pin-modules")), "{notes:?}");
+            let pinned = plan(&f, PlanOptions { pin_modules: true, ..with_btf(&f) });
+            assert_eq!(chosen(&pinned, tp).0, Some(Backend::TpBtf), "{tp} with --pin-modules");
+        }
+        // Function hops of a module do not pin it (kprobes are marked gone
+        // on unload): attached by default.
+        assert!(chosen(&plans, "ovs_upcall").0.is_some());
         for func in [
             "ip_rcv",
             "tap_enqueue",

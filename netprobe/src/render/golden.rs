@@ -269,3 +269,37 @@ fn workload_figures_and_host_share_are_shown() {
     let html = String::from_utf8(render(&rec, Format::Html)).unwrap();
     assert!(html.contains("host&#39;s share of the round trip (estimate)"));
 }
+
+/// Hops whose module was unloaded mid-run: the table says when they went,
+/// when they came back and the gap; JSON keeps the times per hop; a
+/// recording written before the field existed reads as never detached.
+#[test]
+fn hops_detached_by_a_module_unload_are_reported_with_the_gap() {
+    use crate::model::report::Detachment;
+    let mut rec = fixture();
+    assert!(rec.coverage.iter().all(|c| c.detached.is_empty()), "an older recording has no detachments");
+    let went = Detachment { module: "openvswitch".into(), detached_at_s: 2.0, reattached_at_s: Some(3.5) };
+    let gone = Detachment { module: "tap".into(), detached_at_s: 4.0, reattached_at_s: None };
+    rec.coverage[0].detached = vec![went.clone()];
+    rec.coverage[1].detached = vec![went];
+    rec.coverage[2].detached = vec![gone];
+    let (h0, h1, h2) = (rec.coverage[0].hop.clone(), rec.coverage[1].hop.clone(), rec.coverage[2].hop.clone());
+    let table = String::from_utf8(render(&rec, Format::Table)).unwrap();
+    let want = format!(
+        "  module openvswitch unloaded: 2 hop(s) detached at +2.0 s, re-attached at +3.5 s: 1.5 s without them \
+         ({h0}, {h1}); what they measured before is kept\n"
+    );
+    assert!(table.contains(&want), "{table}");
+    let end = (rec.meta.duration_s - 4.0).max(0.0);
+    let want = format!(
+        "  module tap unloaded: 1 hop(s) detached at +4.0 s, not attached again: {end:.1} s without them ({h2})"
+    );
+    assert!(table.contains(&want), "{table}");
+    let json: serde_json::Value = serde_json::from_slice(&render(&rec, Format::Json)).unwrap();
+    let d = &json["coverage"][2]["detached"][0];
+    assert_eq!(
+        (d["module"].as_str(), d["detached_at_s"].as_f64(), d["reattached_at_s"].is_null()),
+        (Some("tap"), Some(4.0), true)
+    );
+    assert!(json["coverage"][3].get("detached").is_none(), "never detached: no field");
+}

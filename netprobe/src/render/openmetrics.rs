@@ -79,6 +79,8 @@ struct Exposition {
     cpu_ns: Vec<(Labels, u64)>,
     softirq_ns: Vec<(Labels, u64)>,
     hops_attached: i64,
+    /// Hops detached because their module was unloaded, per module.
+    detached: Vec<(Labels, u64)>,
 }
 
 /// `guest`, last, names the QEMU guest behind the pair's (or the drop's)
@@ -111,6 +113,11 @@ fn exposition(a: &Analysis, cx: &mut Scrape<'_>) -> Exposition {
     let r = &a.report;
     let hops_attached = r.coverage.iter().filter(|c| c.backend.is_some()).count();
     let mut e = Exposition { hops_attached: hops_attached as i64, ..Exposition::default() };
+    let mut detached: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in r.coverage.iter().flat_map(|c| &c.detached) {
+        *detached.entry(&d.module).or_default() += 1;
+    }
+    e.detached = detached.into_iter().map(|(m, n)| (labelled(&["module"], vec![m.to_owned()]), n)).collect();
     // Hop pairs, busiest first, so the cap admits those first.
     let mut rows: Vec<_> = a.pairs.iter().collect();
     rows.sort_by_key(|p| std::cmp::Reverse(p.hist.count));
@@ -227,6 +234,12 @@ impl Collector for Exposition {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.hops_attached).encode(m)?;
+        counter_family(
+            &mut enc,
+            "netprobe_hop_detachments",
+            "Hops detached because their module was unloaded (what they measured is kept in the other series).",
+            self.detached.iter().map(|(l, n)| (l, *n)),
+        )?;
         Ok(())
     }
 }
@@ -300,6 +313,7 @@ mod tests {
             backend: Some("tp_btf".into()),
             time_inside: false,
             notes: Vec::new(),
+            detached: Vec::new(),
         };
         rec.coverage = vec![hop; 8];
         let text = scrape(&rec, 10);

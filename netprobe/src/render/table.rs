@@ -8,7 +8,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::model::report::{CoverageEntry, GuestReport, Report};
+use crate::model::report::{CoverageEntry, Detachment, GuestReport, Report};
 use crate::model::{fmt_ns, labels};
 
 pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
@@ -259,6 +259,39 @@ pub fn write_coverage(r: &Report, out: &mut dyn Write) -> Result<()> {
                 first.notes.join("; ")
             )?;
         }
+    }
+    write_detachments(r, out)
+}
+
+/// Hops detached mid-run because their module was unloaded: one line per
+/// module and time, with when they came back (or that they did not) and
+/// the gap; what they measured before is in the rows below.
+fn write_detachments(r: &Report, out: &mut dyn Write) -> Result<()> {
+    let mut stretches: Vec<(&Detachment, Vec<&str>)> = Vec::new();
+    for c in &r.coverage {
+        for d in &c.detached {
+            match stretches.iter_mut().find(|(s, _)| *s == d) {
+                Some((_, hops)) => hops.push(&c.hop),
+                None => stretches.push((d, vec![&c.hop])),
+            }
+        }
+    }
+    stretches.sort_by(|a, b| a.0.detached_at_s.total_cmp(&b.0.detached_at_s));
+    for (d, hops) in stretches {
+        let back = match d.reattached_at_s {
+            Some(t) => format!("re-attached at +{t:.1} s"),
+            None => "not attached again".to_owned(),
+        };
+        writeln!(
+            out,
+            "  module {} unloaded: {} hop(s) detached at +{:.1} s, {back}: {:.1} s without them ({}); \
+             what they measured before is kept",
+            d.module,
+            hops.len(),
+            d.detached_at_s,
+            d.gap_s(r.duration_s),
+            hops.join(", ")
+        )?;
     }
     Ok(())
 }

@@ -98,6 +98,7 @@ pub fn record(opts: &RecordOptions, run: &RecordRun) -> Result<Recording> {
         run.duration,
         done,
         Some(&mut || {
+            report_released(&rec.release_gone_modules());
             if opts.wait_for_modules {
                 report_rescan(rec.rescan());
             }
@@ -142,6 +143,13 @@ fn status_line(rec: &Recorder, duration: Option<Duration>) {
         p.lost,
         p.hops_attached
     );
+}
+
+/// Says which modules went away mid-run and which hops went with them.
+pub(crate) fn report_released(gone: &[(String, Vec<&'static str>)]) {
+    for (module, hops) in gone {
+        crate::say!("netprobe: module {module} unloaded: detached {} (what they measured is kept)", hops.join(", "));
+    }
 }
 
 /// Says which hops a rescan attached, or why it failed.

@@ -54,6 +54,9 @@ pub struct RecordOptions {
     pub softirq_vectors: bool,
     /// The catalog hops to attach (`--hops`).
     pub hops: HopSet,
+    /// Also attach tracepoints defined in modules, which hold them loaded
+    /// (`--pin-modules`).
+    pub pin_modules: bool,
     /// Where the time series' histograms wait for the recording to be
     /// assembled (an unlinked file): the output file's directory, say.
     /// None: they stay in memory (consumers that keep no series: `serve`,
@@ -77,6 +80,7 @@ impl Default for RecordOptions {
             sample_every: 1,
             softirq_vectors: false,
             hops: HopSet::ALL,
+            pin_modules: false,
             spool_dir: None,
             bench: BenchSwitches::default(),
         }
@@ -118,6 +122,8 @@ pub struct Recorder {
     retired: BTreeMap<PairKey, Hist>,
     /// Sample count of each pair in the hash map, and since when unchanged.
     hash_seen: BTreeMap<PairKey, (u64, Instant)>,
+    /// Attach hops whose module loads (again) later (`--wait-for-modules`).
+    wait_for_modules: bool,
 }
 
 /// A hop pair in the kernel's hash map without a new sample for this long
@@ -203,6 +209,7 @@ impl Recorder {
             rescan: opts.wait_for_modules,
             softirq_vectors: opts.softirq_vectors,
             hops: opts.hops,
+            pin_modules: opts.pin_modules,
             samples: opts.samples,
             // Journeys' times count from here (before any program runs).
             trace_base_ns: trace::monotonic_ns(),
@@ -229,6 +236,7 @@ impl Recorder {
             guests: guests::discover(),
             retired: BTreeMap::new(),
             hash_seen: BTreeMap::new(),
+            wait_for_modules: opts.wait_for_modules,
         })
     }
 
@@ -436,7 +444,27 @@ impl Recorder {
     /// Attaches hops whose module appeared since (`--wait-for-modules`);
     /// returns the hops newly attached.
     pub fn rescan(&mut self) -> Result<Vec<&'static str>> {
-        self.probe.rescan()
+        let at = self.started.elapsed().as_secs_f64();
+        self.probe.rescan(at)
+    }
+
+    /// For live views that print nothing (`top`): detaches the hops of
+    /// modules gone and, with `--wait-for-modules`, attaches those of
+    /// modules loaded since (call about once a second).
+    pub fn follow_modules(&mut self) {
+        self.release_gone_modules();
+        if self.wait_for_modules {
+            // A failed rescan is tried again at the next module change.
+            let _ = self.rescan();
+        }
+    }
+
+    /// Detaches the hops of modules unloaded since the last look (call
+    /// about once a second; it reads /proc/modules). Returns each module
+    /// gone with its hops; what they measured stays.
+    pub fn release_gone_modules(&mut self) -> Vec<(String, Vec<&'static str>)> {
+        let at = self.started.elapsed().as_secs_f64();
+        self.probe.release_gone_modules(at)
     }
 
     /// The aggregates at `snap` as a recording of the session so far

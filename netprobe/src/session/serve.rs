@@ -92,6 +92,9 @@ pub fn run(listener: Listener, rec: &mut Recorder, opts: &ServeOptions, stop: &S
         if last_rescan.elapsed() >= opts.rescan_every {
             let now = loaded_modules();
             if now != modules {
+                // A module gone takes its hops (kept: what they measured);
+                // one loaded (again) gets them attached.
+                super::report_released(&rec.release_gone_modules());
                 super::report_rescan(rec.rescan());
                 modules = now;
             }
@@ -133,13 +136,9 @@ pub fn run(listener: Listener, rec: &mut Recorder, opts: &ServeOptions, stop: &S
     Ok(())
 }
 
-/// Names of the loaded kernel modules (/proc/modules).
-fn loaded_modules() -> std::collections::BTreeSet<String> {
-    std::fs::read_to_string("/proc/modules")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect()
+/// The loaded kernel modules and their addresses (/proc/modules).
+fn loaded_modules() -> std::collections::BTreeMap<String, String> {
+    crate::probe::attach::loaded_modules()
 }
 
 /// An answer: status, content type, body.

@@ -118,6 +118,7 @@ pub fn run(rec: &mut Recorder, host: &str, stop: &Stop) -> Result<()> {
                 Input::Nothing => {}
             }
         }
+        rec.follow_modules();
         let live = rec.next_interval()?;
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
