@@ -105,6 +105,13 @@ struct ProbeArgs {
     /// in 10 ms units (tick-sampled without CONFIG_IRQ_TIME_ACCOUNTING).
     #[arg(long)]
     softirq_vectors: bool,
+    /// Count drops by kernel stack too (a BPF stack-trace map; nothing is
+    /// sent per packet): the reports show each drop reason's top stacks,
+    /// folded like `perf script | stackcollapse-perf.pl` (root first,
+    /// `;`-separated), with the function that freed the packets; frames
+    /// are named from /proc/kallsyms, module symbols as `name [module]`.
+    #[arg(long)]
+    drop_stacks: bool,
     /// Attach only these catalog hops (labels separated by commas, as
     /// `netprobe probes` lists them), e.g. --hops queue,xmit,consumed:
     /// fewer programs per packet, less overhead. Default: every hop this
@@ -281,6 +288,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
         samples: p.samples.unwrap_or(DEFAULT_SAMPLES),
         filter: p.filter.clone(),
         softirq_vectors: p.softirq_vectors,
+        drop_stacks: p.drop_stacks,
         hops,
         spool_dir: None,
         bench: BenchSwitches {

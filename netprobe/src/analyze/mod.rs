@@ -24,8 +24,8 @@ use crate::{
     model::{
         at,
         report::{
-            CpuReport, CpuThread, DeviceReport, DirectionReport, DropReport, FunctionReport, GuestReport,
-            IntervalPairReport, IntervalReport, PairReport, Report,
+            CpuReport, CpuThread, DeviceReport, DirectionReport, DropReport, DropStackReport, FunctionReport,
+            GuestReport, IntervalPairReport, IntervalReport, PairReport, Report,
         },
         Direction, PairName, Role, Workload, SOFTIRQ_FROM_BPF, SOFTIRQ_FROM_STAT,
     },
@@ -255,6 +255,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         })
         .collect();
     drops.sort_by_key(|d| std::cmp::Reverse(d.packets));
+    let drop_stacks = drop_stacks(rec);
 
     let mut funcs: Vec<(u8, Hist)> =
         rec.functions.iter().map(|(id, h)| h.to_hist().map(|h| (*id, h))).collect::<Result<_>>()?;
@@ -306,6 +307,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         coverage: rec.coverage.clone(),
         directions,
         drops,
+        drop_stacks,
         functions,
         devices,
         tracking,
@@ -324,6 +326,41 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
 /// direction's origins over (hop, device) nodes, a hop without a device
 /// staying on the device of the hop before it; the busiest first among
 /// pairs at the same depth.
+/// Stacks shown per drop reason (`--drop-stacks`).
+pub const TOP_STACKS_PER_REASON: usize = 5;
+
+/// `--drop-stacks`: per drop reason, its [`TOP_STACKS_PER_REASON`] stacks
+/// with the most packets (over every direction and previous hop); the
+/// reasons with the most packets first.
+fn drop_stacks(rec: &Recording) -> Vec<DropStackReport> {
+    let mut by: BTreeMap<u32, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
+    for d in &rec.drop_stacks {
+        by.entry(d.reason).or_default().entry(d.stack.as_str()).or_insert((d.freed_by.as_str(), 0)).1 += d.packets;
+    }
+    let mut reasons: Vec<(u64, u32, Vec<(&str, &str, u64)>)> = by
+        .into_iter()
+        .map(|(reason, stacks)| {
+            let mut v: Vec<(&str, &str, u64)> = stacks.into_iter().map(|(st, (f, n))| (st, f, n)).collect();
+            v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+            (v.iter().map(|x| x.2).sum(), reason, v)
+        })
+        .collect();
+    reasons.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    reasons
+        .into_iter()
+        .flat_map(|(_, reason, v)| {
+            let name = rec.drop_reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason {reason}"));
+            v.into_iter().take(TOP_STACKS_PER_REASON).map(move |(stack, freed_by, packets)| DropStackReport {
+                reason: name.clone(),
+                reason_code: reason,
+                packets,
+                freed_by: freed_by.to_owned(),
+                stack: stack.to_owned(),
+            })
+        })
+        .collect()
+}
+
 fn direction_report(
     dir: Direction,
     rows: &BTreeMap<(Direction, Node, Node), Hist>,

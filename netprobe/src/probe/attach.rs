@@ -170,6 +170,9 @@ pub struct AttachOptions {
     pub trace_base_ns: u64,
     /// Bench-only switches (`cargo xtask bench`).
     pub bench: BenchSwitches,
+    /// `--drop-stacks`: count drops by kernel stack too (a stack-trace map
+    /// read and named from /proc/kallsyms at each snapshot).
+    pub drop_stacks: bool,
 }
 
 /// netprobe's loaded and attached programs, and the one way to their maps;
@@ -197,6 +200,9 @@ pub struct Probe {
     /// CPU accounting programs attached, and what could not be.
     cpu_backends: Vec<String>,
     cpu_notes: Vec<String>,
+    /// `--drop-stacks`: names the stacks of drops (behind a lock: a
+    /// snapshot takes `&self` and caches the names it made).
+    stack_namer: Option<std::sync::Mutex<collect::StackNamer>>,
 }
 
 pub fn check_privileges() -> Result<(), AttachError> {
@@ -238,6 +244,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     if opts.bench.probe_launder {
         config.bench |= netprobe_common::bench::PROBE_LAUNDER;
     }
+    let stack_namer = if opts.drop_stacks {
+        check_stack_depth()?;
+        config.drop_stacks = 1;
+        Some(std::sync::Mutex::new(collect::StackNamer::new()?))
+    } else {
+        None
+    };
     let mut drop_reasons = BTreeMap::new();
     let mut global_notes = Vec::new();
     if let Some(btf) = &btf_rs {
@@ -340,8 +353,23 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
                 (false, _) => page_size(),
             },
         )
+        // The drop stacks' map holds ~8.5 MiB with --drop-stacks, one
+        // stack otherwise (never written then).
+        .map_max_entries(names::DROP_STACKS, if opts.drop_stacks { netprobe_common::DROP_STACK_ENTRIES } else { 1 })
         .load(BPF_OBJECT)
-        .map_err(AttachError::Object)?;
+        .map_err(AttachError::Object)
+        .map_err(|e| {
+            let e = anyhow::Error::from(e);
+            if opts.drop_stacks {
+                e.context(
+                    "--drop-stacks needs BPF stack-trace maps (BPF_MAP_TYPE_STACK_TRACE: CONFIG_PERF_EVENTS and \
+                     CONFIG_BPF_EVENTS) and ~9 MiB of locked memory for them; record without --drop-stacks if \
+                     this kernel has none",
+                )
+            } else {
+                e
+            }
+        })?;
     let trace = if opts.trace {
         let map = ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
         let ring = aya::maps::RingBuf::try_from(map)?;
@@ -367,6 +395,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         btf_for_load: aya_btf,
         cpu_backends: Vec::new(),
         cpu_notes: Vec::new(),
+        stack_namer,
     };
     for p in &plans {
         let c = att.attach_hop(p);
@@ -455,9 +484,20 @@ impl Probe {
         &self.facts
     }
 
-    /// The kernel's aggregates now.
+    /// The kernel's aggregates now (with `--drop-stacks`, the drops by
+    /// stack and each stack's frames, named).
     pub fn snapshot(&self) -> Result<Snapshot> {
-        collect::snapshot(&self.ebpf)
+        let mut s = collect::snapshot(&self.ebpf)?;
+        if let Some(namer) = &self.stack_namer {
+            let mut namer = namer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            collect::drop_stacks(&self.ebpf, &mut namer, &mut s)?;
+        }
+        Ok(s)
+    }
+
+    /// Whether drops are counted by kernel stack (`--drop-stacks`).
+    pub fn drop_stacks(&self) -> bool {
+        self.stack_namer.is_some()
     }
 
     /// Only the tracking and loss counters (cheap: for a status line).
@@ -668,6 +708,26 @@ fn attach_function(
         other => Err(AttachError::Unavailable(format!("{} is not a function backend", other.label()))),
     }
 }
+
+/// A stack-trace map of 127-frame stacks (aya's `StackTrace`) can only be
+/// made when `kernel.perf_event_max_stack` allows that depth.
+fn check_stack_depth() -> Result<()> {
+    let path = "/proc/sys/kernel/perf_event_max_stack";
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let depth: u32 = text.trim().parse().unwrap_or(0);
+    let need = STACK_DEPTH;
+    if depth < need {
+        bail!(
+            "--drop-stacks keeps kernel stacks of up to {need} frames, and this kernel allows {depth} \
+             ({path}): run `sysctl kernel.perf_event_max_stack={need}`, or record without --drop-stacks"
+        );
+    }
+    Ok(())
+}
+
+/// Frames per stack in `NP_DROP_STACKS`: PERF_MAX_STACK_DEPTH, the depth
+/// of aya-ebpf's `StackTrace` map.
+const STACK_DEPTH: u32 = 127;
 
 /// The smallest ring buffer the kernel takes: one page.
 fn page_size() -> u32 {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{host::HostConfig, report::CoverageEntry, report::IntervalLoad, Guest, Workload},
-    probe::{collect::Snapshot, trace::Sighting},
+    probe::{collect::Snapshot, stacks, trace::Sighting},
 };
 
 pub const MAGIC: &str = "netprobe-recording";
@@ -136,6 +136,24 @@ pub struct DropRec {
     pub packets: u64,
 }
 
+/// `--drop-stacks`: drops of one [`DropRec`] key that share one kernel
+/// stack, the stack kept named and folded (root first, `;`-separated, as
+/// `stackcollapse-perf.pl` writes it), so a report never needs the
+/// recording host's /proc/kallsyms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropStackRec {
+    pub origin: u64,
+    pub last_dev: u64,
+    pub reason: u32,
+    pub last_hop: u8,
+    pub origin_hop: u8,
+    pub stack: String,
+    /// The function that freed the packets (the innermost frame that is
+    /// not a generic free helper such as `kfree_skb_reason`).
+    pub freed_by: String,
+    pub packets: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DevRec {
     pub key: u64,
@@ -206,6 +224,10 @@ pub struct Recording {
     /// ended (format 2). Hops and times only, never packet contents.
     #[serde(default)]
     pub samples: Vec<SampleRec>,
+    /// `--drop-stacks`: drops by kernel stack (absent otherwise, and in
+    /// recordings made before netprobe kept them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_stacks: Vec<DropStackRec>,
 }
 
 /// One packet's journey: its hops in order, from first sighting to its
@@ -314,6 +336,32 @@ impl Recording {
             softirq_net_tx_ns: snap.softirq_tx.clone(),
             softirq_all_ns: snap.softirq_all.clone(),
             samples: Vec::new(),
+            drop_stacks: drop_stacks(snap),
         }
     }
+}
+
+/// The snapshot's drops by stack, each stack named and folded; drops of
+/// one key whose stacks fold alike (different return addresses in the
+/// same functions) are one row.
+fn drop_stacks(snap: &Snapshot) -> Vec<DropStackRec> {
+    let mut rows: BTreeMap<(u64, u64, u32, u8, u8, String), (String, u64)> = BTreeMap::new();
+    for (k, &n) in &snap.drop_stacks {
+        let frames = snap.stacks.get(&k.stack_id).map(Vec::as_slice).unwrap_or_default();
+        let d = &k.drop;
+        let key = (d.origin, d.last_dev, d.reason, d.last_hop, d.origin_hop, stacks::fold(frames));
+        rows.entry(key).or_insert_with(|| (stacks::freed_by(frames), 0)).1 += n;
+    }
+    rows.into_iter()
+        .map(|((origin, last_dev, reason, last_hop, origin_hop, stack), (freed_by, packets))| DropStackRec {
+            origin,
+            last_dev,
+            reason,
+            last_hop,
+            origin_hop,
+            stack,
+            freed_by,
+            packets,
+        })
+        .collect()
 }

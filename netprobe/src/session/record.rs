@@ -50,6 +50,8 @@ pub struct RecordOptions {
     /// NET_RX/NET_TX softirq time from BPF programs (`--softirq-vectors`)
     /// rather than all softirq time from /proc/stat.
     pub softirq_vectors: bool,
+    /// Drops counted by kernel stack too (`--drop-stacks`).
+    pub drop_stacks: bool,
     /// The catalog hops to attach (`--hops`).
     pub hops: HopSet,
     /// Where the time series' histograms wait for the recording to be
@@ -73,6 +75,7 @@ impl Default for RecordOptions {
             wait_for_modules: false,
             filter: None,
             softirq_vectors: false,
+            drop_stacks: false,
             hops: HopSet::ALL,
             spool_dir: None,
             bench: BenchSwitches::default(),
@@ -202,6 +205,7 @@ impl Recorder {
             // Journeys' times count from here (before any program runs).
             trace_base_ns: trace::monotonic_ns(),
             bench: opts.bench,
+            drop_stacks: opts.drop_stacks,
         })?;
         probe.restrict_to(&resolved)?;
         // Softirq time from /proc/stat counts from here.
