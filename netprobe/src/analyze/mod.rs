@@ -333,32 +333,31 @@ pub const TOP_STACKS_PER_REASON: usize = 5;
 /// with the most packets (over every direction and previous hop); the
 /// reasons with the most packets first.
 fn drop_stacks(rec: &Recording) -> Vec<DropStackReport> {
+    // reason -> stack -> (freed by, packets)
     let mut by: BTreeMap<u32, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
     for d in &rec.drop_stacks {
         by.entry(d.reason).or_default().entry(d.stack.as_str()).or_insert((d.freed_by.as_str(), 0)).1 += d.packets;
     }
-    let mut reasons: Vec<(u64, u32, Vec<(&str, &str, u64)>)> = by
+    let mut reasons: Vec<(u64, Vec<DropStackReport>)> = by
         .into_iter()
         .map(|(reason, stacks)| {
-            let mut v: Vec<(&str, &str, u64)> = stacks.into_iter().map(|(st, (f, n))| (st, f, n)).collect();
-            v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
-            (v.iter().map(|x| x.2).sum(), reason, v)
+            let name = rec.drop_reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason {reason}"));
+            let mut rows: Vec<DropStackReport> = stacks
+                .into_iter()
+                .map(|(stack, (freed_by, packets))| DropStackReport {
+                    reason: name.clone(),
+                    reason_code: reason,
+                    packets,
+                    freed_by: freed_by.to_owned(),
+                    stack: stack.to_owned(),
+                })
+                .collect();
+            rows.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.stack.cmp(&b.stack)));
+            (rows.iter().map(|r| r.packets).sum(), rows)
         })
         .collect();
-    reasons.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    reasons
-        .into_iter()
-        .flat_map(|(_, reason, v)| {
-            let name = rec.drop_reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason {reason}"));
-            v.into_iter().take(TOP_STACKS_PER_REASON).map(move |(stack, freed_by, packets)| DropStackReport {
-                reason: name.clone(),
-                reason_code: reason,
-                packets,
-                freed_by: freed_by.to_owned(),
-                stack: stack.to_owned(),
-            })
-        })
-        .collect()
+    reasons.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].reason_code.cmp(&b.1[0].reason_code)));
+    reasons.into_iter().flat_map(|(_, rows)| rows.into_iter().take(TOP_STACKS_PER_REASON)).collect()
 }
 
 fn direction_report(

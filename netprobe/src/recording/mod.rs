@@ -345,20 +345,18 @@ impl Recording {
 /// one key whose stacks fold alike (different return addresses in the
 /// same functions) are one row.
 fn drop_stacks(snap: &Snapshot) -> Vec<DropStackRec> {
-    let mut rows: BTreeMap<(u64, u64, u32, u8, u8, String), (String, u64)> = BTreeMap::new();
+    let mut rows: BTreeMap<(DropKey, String), (String, u64)> = BTreeMap::new();
     for (k, &n) in &snap.drop_stacks {
         let frames = snap.stacks.get(&k.stack_id).map(Vec::as_slice).unwrap_or_default();
-        let d = &k.drop;
-        let key = (d.origin, d.last_dev, d.reason, d.last_hop, d.origin_hop, stacks::fold(frames));
-        rows.entry(key).or_insert_with(|| (stacks::freed_by(frames), 0)).1 += n;
+        rows.entry((k.drop, stacks::fold(frames))).or_insert_with(|| (stacks::freed_by(frames), 0)).1 += n;
     }
     rows.into_iter()
-        .map(|((origin, last_dev, reason, last_hop, origin_hop, stack), (freed_by, packets))| DropStackRec {
-            origin,
-            last_dev,
-            reason,
-            last_hop,
-            origin_hop,
+        .map(|((d, stack), (freed_by, packets))| DropStackRec {
+            origin: d.origin,
+            last_dev: d.last_dev,
+            reason: d.reason,
+            last_hop: d.last_hop,
+            origin_hop: d.origin_hop,
             stack,
             freed_by,
             packets,
