@@ -131,6 +131,10 @@ fn assert_stack(r: &Value, reason: &str, min: u64, function: &str) {
         "the stack of {n} {reason} drops does not name {function} (freed by {freed_by}): {}",
         frames.join(";")
     );
+    // The tracing machinery's own frames (the BPF program, the tracepoint's
+    // glue) are cut: the stack ends where the kernel freed the packet.
+    let glue = ["[bpf]", "bpf_trace_run", "__traceiter_", "__bpf_trace_", "perf_trace_", "trace_call_bpf"];
+    assert!(!frames.iter().any(|f| glue.iter().any(|g| f.contains(g))), "tracing frames left in {}", frames.join(";"));
     // Folded root first: the innermost frame is the last, and the function
     // that freed the packets is in the stack.
     assert!(frames.contains(freed_by), "freed_by {freed_by} is not in its stack {}", frames.join(";"));

@@ -163,12 +163,19 @@ pub(super) struct StackNamer {
     kallsyms: Kallsyms,
     /// /proc/modules when `kallsyms` was read: reread when it changed.
     modules: String,
+    /// Whether `kallsyms` was read after netprobe's programs were loaded:
+    /// their frames (`bpf_prog_<tag>_<name> [bpf]`), the innermost of
+    /// every stack, are cut by name, and before they are listed they
+    /// would take the name of the kernel symbol below them.
+    after_load: bool,
     named: BTreeMap<u32, Vec<String>>,
 }
 
 impl StackNamer {
+    /// Reads the symbols once already, so a kernel that hides them fails
+    /// before anything is attached.
     pub(super) fn new() -> Result<StackNamer> {
-        Ok(StackNamer { kallsyms: Kallsyms::load()?, modules: modules(), named: BTreeMap::new() })
+        Ok(StackNamer { kallsyms: Kallsyms::load()?, modules: modules(), after_load: false, named: BTreeMap::new() })
     }
 }
 
@@ -192,12 +199,14 @@ pub(super) fn drop_stacks(ebpf: &Ebpf, namer: &mut StackNamer, s: &mut Snapshot)
             continue;
         }
         if !reread {
-            // A module loaded since the symbols were read would be named
-            // after its neighbour: read them again first.
+            // netprobe's programs, or a module loaded since the symbols
+            // were read, would be named after their neighbour: read them
+            // again first.
             let now = modules();
-            if now != namer.modules {
+            if now != namer.modules || !namer.after_load {
                 namer.kallsyms = Kallsyms::load()?;
                 namer.modules = now;
+                namer.after_load = true;
             }
             reread = true;
         }

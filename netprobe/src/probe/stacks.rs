@@ -69,13 +69,23 @@ impl Kallsyms {
     /// A stack's frames named, innermost first, with the innermost frames
     /// that belong to the tracing of the drop itself (the BPF program, the
     /// tracepoint's glue, the stack helper) removed: the first frame left
-    /// is the kernel function that hit the `kfree_skb` tracepoint.
+    /// is the kernel function that hit the `kfree_skb` tracepoint. They
+    /// are cut through the outermost glue frame among the innermost
+    /// [`TRACING_DEPTH`], so a BPF program the symbols do not list
+    /// (`net.core.bpf_jit_kallsyms=0`), named after whatever precedes it,
+    /// goes too.
     pub fn frames(&self, ips: &[u64]) -> Vec<String> {
         let named: Vec<String> = ips.iter().take_while(|&&ip| ip != 0).map(|&ip| self.name(ip)).collect();
-        let skip = named.iter().take_while(|f| is_tracing_frame(f)).count();
+        let skip = named.iter().take(TRACING_DEPTH).rposition(|f| is_tracing_frame(f)).map_or(0, |i| i + 1);
         named[skip..].to_vec()
     }
 }
+
+/// Innermost frames where the tracing machinery's own are looked for: a
+/// BPF program, the helper, and the tracepoint's glue (raw: `bpf_trace_run4`,
+/// `__traceiter_kfree_skb`; classic: `trace_call_bpf`,
+/// `perf_trace_run_bpf_submit`, `perf_trace_kfree_skb`), with room.
+const TRACING_DEPTH: usize = 8;
 
 /// Frames of the tracing machinery between the drop and netprobe's
 /// program: BPF programs and trampolines, tracepoint glue, the stack
@@ -180,6 +190,10 @@ ffffffffa0001000 t bpf_prog_0123456789abcdef_tp_kfree_skb\t[bpf]
         assert_eq!(frames, ["sk_skb_reason_drop", "ip_error", "ip_rcv_finish_core"]);
         assert_eq!(fold(&frames), "ip_rcv_finish_core;ip_error;sk_skb_reason_drop");
         assert_eq!(freed_by(&frames), "ip_error");
+        // A BPF program that kallsyms does not list takes its neighbour's
+        // name; the glue frames outside it still say where to cut.
+        let unlisted = k.frames(&[0xffffffff81a00900, 0xffffffff81b00120, 0xffffffff81a00010, 0xffffffff81a00220]);
+        assert_eq!(unlisted, ["sk_skb_reason_drop", "ip_error"]);
         let module = k.frames(&[0xffffffff81a00010, 0xffffffffc0a00001]);
         assert_eq!(fold(&module), "nft_do_chain [nf_tables];sk_skb_reason_drop");
         assert_eq!(freed_by(&["kfree_skb_reason".to_owned()]), "kfree_skb_reason");
