@@ -245,7 +245,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         config.bench |= netprobe_common::bench::PROBE_LAUNDER;
     }
     let stack_namer = if opts.drop_stacks {
-        check_stack_depth()?;
+        if let Some(why) = stack_depth_refused() {
+            bail!("--drop-stacks cannot keep kernel stacks: {why}");
+        }
         config.drop_stacks = 1;
         Some(std::sync::Mutex::new(collect::StackNamer::new()?))
     } else {
@@ -360,7 +362,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         .map_err(AttachError::Object)
         .map_err(|e| {
             let e = anyhow::Error::from(e);
-            if opts.drop_stacks {
+            if let Some(why) = stack_depth_refused() {
+                e.context(why)
+            } else if opts.drop_stacks {
                 e.context(
                     "--drop-stacks needs BPF stack-trace maps (BPF_MAP_TYPE_STACK_TRACE: CONFIG_PERF_EVENTS and \
                      CONFIG_BPF_EVENTS) and ~9 MiB of locked memory for them; record without --drop-stacks if \
@@ -709,20 +713,18 @@ fn attach_function(
     }
 }
 
-/// A stack-trace map of 127-frame stacks (aya's `StackTrace`) can only be
-/// made when `kernel.perf_event_max_stack` allows that depth.
-fn check_stack_depth() -> Result<()> {
+/// A stack-trace map of 127-frame stacks (aya's `StackTrace`, in the
+/// object whether `--drop-stacks` is given or not) can only be made when
+/// `kernel.perf_event_max_stack` allows that depth: what to do if not.
+fn stack_depth_refused() -> Option<String> {
     let path = "/proc/sys/kernel/perf_event_max_stack";
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let depth: u32 = text.trim().parse().unwrap_or(0);
-    let need = STACK_DEPTH;
-    if depth < need {
-        bail!(
-            "--drop-stacks keeps kernel stacks of up to {need} frames, and this kernel allows {depth} \
-             ({path}): run `sysctl kernel.perf_event_max_stack={need}`, or record without --drop-stacks"
-        );
-    }
-    Ok(())
+    let depth: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    (depth < STACK_DEPTH).then(|| {
+        format!(
+            "netprobe's BPF object has a stack-trace map of {STACK_DEPTH}-frame kernel stacks (--drop-stacks), \
+             and this kernel allows {depth} ({path}): run `sysctl kernel.perf_event_max_stack={STACK_DEPTH}`"
+        )
+    })
 }
 
 /// Frames per stack in `NP_DROP_STACKS`: PERF_MAX_STACK_DEPTH, the depth
