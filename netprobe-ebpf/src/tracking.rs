@@ -33,10 +33,7 @@ const EEXIST: i64 = 17;
 /// gives the kernel stack id of the program's context; it is called only
 /// for a counted drop with `--drop-stacks`.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one hop's facts, each read once by its program; a struct would be copied"
-)]
+#[expect(clippy::too_many_arguments, reason = "one hop as its program read it; always inlined, so no call passes them")]
 pub(crate) fn track(
     hop: u8,
     flags: u16,

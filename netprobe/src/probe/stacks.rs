@@ -74,10 +74,13 @@ impl Kallsyms {
     /// [`TRACING_DEPTH`], so a BPF program the symbols do not list
     /// (`net.core.bpf_jit_kallsyms=0`), named after whatever precedes it,
     /// goes too.
+    /// BPF trampolines (`bpf_trampoline_<id> [bpf]`: fentry/fexit
+    /// programs, netprobe's own function hops among them) are left out
+    /// wherever they are: they are not where the packet went.
     pub fn frames(&self, ips: &[u64]) -> Vec<String> {
         let named: Vec<String> = ips.iter().take_while(|&&ip| ip != 0).map(|&ip| self.name(ip)).collect();
         let skip = named.iter().take(TRACING_DEPTH).rposition(|f| is_tracing_frame(f)).map_or(0, |i| i + 1);
-        named[skip..].to_vec()
+        named[skip..].iter().filter(|f| !f.starts_with("bpf_trampoline_")).cloned().collect()
     }
 }
 
@@ -88,8 +91,9 @@ impl Kallsyms {
 const TRACING_DEPTH: usize = 8;
 
 /// Frames of the tracing machinery between the drop and netprobe's
-/// program: BPF programs and trampolines, tracepoint glue, the stack
-/// helper.
+/// program: BPF programs, tracepoint glue, the stack helper. (Not BPF
+/// trampolines: an fentry hop's trampoline sits in the middle of a stack,
+/// and cutting through it would cut the stack's innermost real frames.)
 fn is_tracing_frame(f: &str) -> bool {
     const PREFIXES: [&str; 12] = [
         "bpf_prog_",
@@ -105,7 +109,7 @@ fn is_tracing_frame(f: &str) -> bool {
         "get_perf_callchain",
         "trace_call_bpf",
     ];
-    f.ends_with(" [bpf]") || f.starts_with("0x") || PREFIXES.iter().any(|p| f.starts_with(p))
+    f.starts_with("0x") || PREFIXES.iter().any(|p| f.starts_with(p))
 }
 
 /// Functions that only free an sk_buff on someone else's behalf: the
@@ -155,13 +159,14 @@ ffffffff81b00100 T bpf_trace_run4
 ffffffffc0a00000 t nft_do_chain\t[nf_tables]
 ffffffffc0900000 T nf_hook_slow_mod\t[nf_hook]
 ffffffffa0001000 t bpf_prog_0123456789abcdef_tp_kfree_skb\t[bpf]
+ffffffffa0002000 t bpf_trampoline_6442485640\t[bpf]
 ";
 
     #[test]
     fn kallsyms_text_symbols_with_modules_sorted() {
         let k = Kallsyms::parse(FIXTURE);
         // Data and zero-address symbols are left out.
-        assert_eq!(k.syms.len(), 9);
+        assert_eq!(k.syms.len(), 10);
         assert!(k.syms.windows(2).all(|w| w[0].0 <= w[1].0));
         assert_eq!(k.name(0xffffffff81a00210), "ip_error");
         assert_eq!(k.name(0xffffffff81a00200), "ip_error");
@@ -190,6 +195,17 @@ ffffffffa0001000 t bpf_prog_0123456789abcdef_tp_kfree_skb\t[bpf]
         assert_eq!(frames, ["sk_skb_reason_drop", "ip_error", "ip_rcv_finish_core"]);
         assert_eq!(fold(&frames), "ip_rcv_finish_core;ip_error;sk_skb_reason_drop");
         assert_eq!(freed_by(&frames), "ip_error");
+        // An fentry hop's trampoline among the innermost frames (Debian's
+        // 6.1 in the lab: ip_rcv's) is left out, and cuts nothing.
+        let fentry = k.frames(&[
+            0xffffffffa0001010, // the BPF program
+            0xffffffff81b00120, // bpf_trace_run4
+            0xffffffff81a00010, // sk_skb_reason_drop
+            0xffffffff81a00220, // ip_error
+            0xffffffffa0002010, // a BPF trampoline
+            0xffffffff81a00410, // ip_rcv_finish_core
+        ]);
+        assert_eq!(fentry, ["sk_skb_reason_drop", "ip_error", "ip_rcv_finish_core"]);
         // A BPF program that kallsyms does not list takes its neighbour's
         // name; the glue frames outside it still say where to cut.
         let unlisted = k.frames(&[0xffffffff81a00900, 0xffffffff81b00120, 0xffffffff81a00010, 0xffffffff81a00220]);
