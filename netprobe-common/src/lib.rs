@@ -723,6 +723,10 @@ pub struct DropKey {
 /// frames are ~8.5 MiB, allocated only when asked for.
 pub const DROP_STACK_ENTRIES: u32 = 8192;
 
+/// (drop key, stack) counts `NP_DROP_STACK_COUNTS` holds with
+/// `--drop-stacks` (one entry otherwise: 0.5 MiB of per-CPU values saved).
+pub const DROP_STACK_COUNT_ENTRIES: u32 = 4096;
+
 /// Key of `NP_DROP_STACK_COUNTS` (`--drop-stacks`): a drop's
 /// [`DropKey`] and the id of its kernel stack in `NP_DROP_STACKS`.
 #[repr(C)]

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use netprobe_common::{
     bpf_map, counter, hist::Hist, CpuTime, DevInfo, DropKey, DropStackKey, EntryKey, JourneyRecord, PairKey, PairSlot,
-    TrackState, DROP_STACK_ENTRIES, EVENTS_BYTES, PAIR_SLOTS, TRACK_SLOTS,
+    TrackState, DROP_STACK_COUNT_ENTRIES, DROP_STACK_ENTRIES, EVENTS_BYTES, PAIR_SLOTS, TRACK_SLOTS,
 };
 
 bpf_map! {
@@ -54,8 +54,9 @@ bpf_map! {
 }
 
 bpf_map! {
-    /// `--drop-stacks`: drops per (drop key, stack id).
-    pub(crate) DROP_STACK_COUNTS: PerCpuHashMap<DropStackKey, u64> = PerCpuHashMap::with_max_entries(4096, 0)
+    /// `--drop-stacks`: drops per (drop key, stack id) (one entry otherwise).
+    pub(crate) DROP_STACK_COUNTS: PerCpuHashMap<DropStackKey, u64> =
+        PerCpuHashMap::with_max_entries(DROP_STACK_COUNT_ENTRIES, 0)
 }
 
 bpf_map! {

@@ -358,6 +358,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         // The drop stacks' map holds ~8.5 MiB with --drop-stacks, one
         // stack otherwise (never written then).
         .map_max_entries(names::DROP_STACKS, if opts.drop_stacks { netprobe_common::DROP_STACK_ENTRIES } else { 1 })
+        .map_max_entries(
+            names::DROP_STACK_COUNTS,
+            if opts.drop_stacks { netprobe_common::DROP_STACK_COUNT_ENTRIES } else { 1 },
+        )
         .load(BPF_OBJECT)
         .map_err(AttachError::Object)
         .map_err(|e| {
