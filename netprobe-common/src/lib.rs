@@ -260,6 +260,12 @@ object_symbols! {
     SOFTIRQ = NP_SOFTIRQ;
     /// Per-CPU scratch word: turns a BTF-typed pointer into a plain number.
     SCRATCH = NP_SCRATCH;
+    /// `--drop-stacks`: kernel stacks of drops (a `BPF_MAP_TYPE_STACK_TRACE`,
+    /// stack id -> return addresses, innermost first).
+    DROP_STACKS = NP_DROP_STACKS;
+    /// `--drop-stacks`: drops counted per [`crate::DropStackKey`] (the drop's
+    /// key and its stack id), per CPU.
+    DROP_STACK_COUNTS = NP_DROP_STACK_COUNTS;
 }
 
 /// `Config::bench` bits: what `cargo xtask bench` switches to separate
@@ -440,6 +446,10 @@ pub struct Config {
     pub softirq_vec_off: u32,
     /// Benchmark switches ([`bench`] bits; 0 in normal use).
     pub bench: u32,
+    /// Nonzero (`--drop-stacks`): each counted drop's kernel stack goes to
+    /// `NP_DROP_STACKS`, its count to `NP_DROP_STACK_COUNTS`.
+    pub drop_stacks: u32,
+    pub _pad: u32,
     /// The flow filter (`--filter`), applied where a packet's tracking
     /// would start.
     pub flow: FlowFilter,
@@ -474,6 +484,8 @@ impl Config {
             slots: [SlotConfig { hop: 0, skb_arg: SlotConfig::NO_SKB, skb_indirect: 0, _pad: 0 }; MAX_SLOTS],
             softirq_vec_off: 0,
             bench: 0,
+            drop_stacks: 0,
+            _pad: 0,
             flow: FlowFilter::zeroed(),
             sample_every: 0,
             _pad_sample: 0,
@@ -750,6 +762,27 @@ pub struct DropKey {
     pub _pad: [u8; 2],
 }
 
+/// Stacks `NP_DROP_STACKS` holds with `--drop-stacks` (one entry
+/// otherwise). The kernel keeps a stack in bucket `hash % entries` and
+/// refuses (-EEXIST, counted as `drop_stack_collision`) a different stack
+/// whose bucket is taken, so the map is made roomy: 8192 stacks of 127
+/// frames are ~8.5 MiB, allocated only when asked for.
+pub const DROP_STACK_ENTRIES: u32 = 8192;
+
+/// (drop key, stack) counts `NP_DROP_STACK_COUNTS` holds with
+/// `--drop-stacks` (one entry otherwise: 0.5 MiB of per-CPU values saved).
+pub const DROP_STACK_COUNT_ENTRIES: u32 = 4096;
+
+/// Key of `NP_DROP_STACK_COUNTS` (`--drop-stacks`): a drop's
+/// [`DropKey`] and the id of its kernel stack in `NP_DROP_STACKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropStackKey {
+    pub drop: DropKey,
+    pub stack_id: u32,
+    pub _pad: u32,
+}
+
 /// Hops a [`JourneyRecord`] carries after the one it starts from.
 pub const JOURNEY_HOPS: usize = 6;
 
@@ -890,7 +923,18 @@ pub mod counter {
     /// than `direct_gap_ns` after a hop that holds no packet (a transmit,
     /// a receive): another packet in a recycled sk_buff, restarted.
     pub const TRACK_LATE: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// `--drop-stacks`: a drop whose stack hashed to a bucket of
+    /// `NP_DROP_STACKS` another stack holds (-EEXIST): counted by reason,
+    /// without its stack.
+    pub const DROP_STACK_COLLISION: u32 = 13;
+    /// `--drop-stacks`: any other failure of `bpf_get_stackid` (no
+    /// callchain buffer, an empty stack): the drop is counted by reason,
+    /// without its stack.
+    pub const DROP_STACK_FAILED: u32 = 14;
+    /// `--drop-stacks`: a (drop, stack) count could not be created in
+    /// `NP_DROP_STACK_COUNTS` (map full).
+    pub const DROP_STACK_LOST: u32 = 15;
+    pub const COUNT: u32 = 16;
     // (Samples per pair are the histograms' counts: no counter on the
     // per-hop fast path for them.)
     pub const NAMES: [&str; COUNT as usize] = [
@@ -907,6 +951,9 @@ pub mod counter {
         "flow_excluded",
         "track_impossible",
         "track_late",
+        "drop_stack_collision",
+        "drop_stack_failed",
+        "drop_stack_lost",
     ];
 }
 
@@ -940,11 +987,12 @@ const _: () = {
     assert!(core::mem::size_of::<FlowFilter>() == 8 + FLOW_TERMS + 36 * FLOW_TERMS * FLOW_LITS);
     assert!(
         core::mem::size_of::<Config>()
-            == 40 + 24 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 8 + core::mem::size_of::<FlowFilter>() + 8
+            == 40 + 24 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 16 + core::mem::size_of::<FlowFilter>() + 8
     );
     assert!(core::mem::size_of::<TrackState>() == 56);
     assert!(core::mem::size_of::<PairKey>() == 32);
     assert!(core::mem::size_of::<DropKey>() == 24);
+    assert!(core::mem::size_of::<DropStackKey>() == 32);
     assert!(core::mem::size_of::<DevInfo>() == 40);
     assert!(core::mem::size_of::<EntryKey>() == 16);
     assert!(core::mem::size_of::<JourneyHop>() == 16);
@@ -963,6 +1011,7 @@ mod pod {
     unsafe impl aya::Pod for super::TrackState {}
     unsafe impl aya::Pod for super::PairKey {}
     unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DropStackKey {}
     unsafe impl aya::Pod for super::DevInfo {}
     unsafe impl aya::Pod for super::EntryKey {}
     unsafe impl aya::Pod for super::PairSlot {}

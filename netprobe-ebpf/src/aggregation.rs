@@ -1,5 +1,6 @@
 //! The always-on aggregates: hop-pair latency histograms (the per-CPU
-//! `NP_PAIRS` cache in front of `NP_HOPS`), drops by reason (`NP_DROPS`),
+//! `NP_PAIRS` cache in front of `NP_HOPS`), drops by reason (`NP_DROPS`)
+//! and, with `--drop-stacks`, by kernel stack too (`NP_DROP_STACK_COUNTS`),
 //! time inside hop functions (`NP_ENTRY`, `NP_FUNCS`), and the description
 //! of each device the first time it appears in a pair (`NP_DEVS`).
 //!
@@ -16,13 +17,13 @@ use aya_ebpf::{
 use netprobe_common::{
     counter,
     hist::{bucket_of, Hist, BUCKETS},
-    name_key, pair_slot, DevInfo, DropKey, EntryKey, PairKey,
+    name_key, pair_slot, DevInfo, DropKey, DropStackKey, EntryKey, PairKey,
 };
 
 use crate::{
     config,
     kernel::{read_u32, read_u64, Dev},
-    maps::{bump, NP_DEVS, NP_DROPS, NP_ENTRY, NP_FUNCS, NP_HOPS, NP_PAIRS, NP_ZERO},
+    maps::{bump, NP_DEVS, NP_DROPS, NP_DROP_STACK_COUNTS, NP_ENTRY, NP_FUNCS, NP_HOPS, NP_PAIRS, NP_ZERO},
 };
 
 /// Records what a `struct net_device *` is (name, ifindex, namespace,
@@ -200,6 +201,24 @@ fn note_new_pair(key: &PairKey, dev: Dev<'_>) {
     }
     if key.origin & netprobe_common::NAME_KEY_BIT == 0 {
         note_dev_ptr(key.origin);
+    }
+}
+
+/// `--drop-stacks`: counts a drop by its key and kernel stack id on this
+/// CPU (`NP_DROP_STACK_COUNTS`).
+#[inline(never)]
+pub(crate) fn count_drop_stack(key: &DropStackKey) {
+    if let Some(c) = NP_DROP_STACK_COUNTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of NP_DROP_STACK_COUNTS (see the module's note).
+        unsafe { *c += 1 };
+        return;
+    }
+    if NP_DROP_STACK_COUNTS.insert(key, 1u64, BPF_NOEXIST as u64).is_err() {
+        match NP_DROP_STACK_COUNTS.get_ptr_mut(key) {
+            // SAFETY: as above.
+            Some(c) => unsafe { *c += 1 },
+            None => bump(counter::DROP_STACK_LOST),
+        }
     }
 }
 

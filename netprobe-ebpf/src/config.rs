@@ -75,6 +75,12 @@ pub(crate) fn tracing() -> bool {
     get(|c| &c.trace) != 0
 }
 
+/// `--drop-stacks`: whether drops are also counted by kernel stack.
+#[inline(always)]
+pub(crate) fn drop_stacks() -> bool {
+    get(|c| &c.drop_stacks) != 0
+}
+
 /// A hop's [`netprobe_common::hop_flags`] (0 for an id past the table).
 #[inline(always)]
 pub(crate) fn hop_flags(hop: u8) -> u16 {

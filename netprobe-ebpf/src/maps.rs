@@ -8,11 +8,11 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use netprobe_common::{
-    bpf_map, counter, hist::Hist, CpuTime, DevInfo, DropKey, EntryKey, JourneyRecord, PairKey, PairSlot, TrackState,
-    EVENTS_BYTES, PAIR_SLOTS, TRACK_SLOTS,
+    bpf_map, counter, hist::Hist, CpuTime, DevInfo, DropKey, DropStackKey, EntryKey, JourneyRecord, PairKey, PairSlot,
+    TrackState, DROP_STACK_COUNT_ENTRIES, DROP_STACK_ENTRIES, EVENTS_BYTES, PAIR_SLOTS, TRACK_SLOTS,
 };
 
 bpf_map! {
@@ -45,6 +45,18 @@ bpf_map! {
 
 bpf_map! {
     pub(crate) DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(2048, 0)
+}
+
+bpf_map! {
+    /// `--drop-stacks`: the kernel stacks of drops. The loader sizes it to
+    /// one entry otherwise (nothing is written then).
+    pub(crate) DROP_STACKS: StackTrace = StackTrace::with_max_entries(DROP_STACK_ENTRIES, 0)
+}
+
+bpf_map! {
+    /// `--drop-stacks`: drops per (drop key, stack id) (one entry otherwise).
+    pub(crate) DROP_STACK_COUNTS: PerCpuHashMap<DropStackKey, u64> =
+        PerCpuHashMap::with_max_entries(DROP_STACK_COUNT_ENTRIES, 0)
 }
 
 bpf_map! {

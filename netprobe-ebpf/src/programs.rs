@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use netprobe_common::hop;
 
-use crate::tracking::{classic_hop, ptr_hop};
+use crate::tracking::{classic_hop, drop_stack_id, ptr_hop};
 
 /// A program may only read the arguments its tracepoint has (the verifier
 /// refuses tp_btf loads, the kernel raw_tp attaches, that read past them),
@@ -37,14 +37,14 @@ macro_rules! hop_programs {
         #[btf_tracepoint(function = $tp)]
         fn $btf(ctx: BtfTracePointContext) -> i32 {
             let (skb, a1, a2) = args!(ctx, $args);
-            ptr_hop::<true>(hop::$hop, skb, a1, a2);
+            ptr_hop::<true>(hop::$hop, skb, a1, a2, || drop_stack_id(&ctx));
             0
         }
 
         #[raw_tracepoint(tracepoint = $tp)]
         fn $raw(ctx: RawTracePointContext) -> i32 {
             let (skb, a1, a2) = args!(ctx, $args);
-            ptr_hop::<false>(hop::$hop, skb, a1, a2);
+            ptr_hop::<false>(hop::$hop, skb, a1, a2, || drop_stack_id(&ctx));
             0
         }
 

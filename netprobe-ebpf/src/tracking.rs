@@ -13,21 +13,37 @@
 //! (each field is a plain store), which the skb check at the next hop
 //! sorts out, as with any eviction.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use netprobe_common::{counter, hop, hop_flags, track_slot, DropKey, PairKey, TrackState};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::tracing::StackIdContext};
+use netprobe_common::{counter, hop, hop_flags, track_slot, DropKey, DropStackKey, PairKey, TrackState};
 
 use crate::{
-    aggregation::{aggregate, count_drop, fn_entered},
+    aggregation::{aggregate, count_drop, count_drop_stack, fn_entered},
     config,
     flow::passes_filter,
     journeys::{journey_cut, journey_hop, journey_start},
     kernel::{load_u64, scalar_of, Dev},
-    maps::{bump, NP_TRACK},
+    maps::{bump, NP_DROP_STACKS, NP_TRACK},
 };
 
-/// The heart of netprobe's kernel side: one hop of one packet.
+/// -EEXIST: `bpf_get_stackid` found the stack's bucket holding another
+/// stack (netprobe never passes BPF_F_REUSE_STACKID, see `count_dropped`).
+const EEXIST: i64 = 17;
+
+/// The heart of netprobe's kernel side: one hop of one packet. `stack`
+/// gives the kernel stack id of the program's context; it is called only
+/// for a counted drop with `--drop-stacks`.
 #[inline(always)]
-pub(crate) fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev<'_>, reason: u32) {
+#[expect(clippy::too_many_arguments, reason = "one hop as its program read it; always inlined, so no call passes them")]
+pub(crate) fn track(
+    hop: u8,
+    flags: u16,
+    skb: u64,
+    head: u64,
+    net: u64,
+    dev: Dev<'_>,
+    reason: u32,
+    stack: impl FnOnce() -> i64,
+) {
     if skb == 0 {
         return;
     }
@@ -124,14 +140,18 @@ pub(crate) fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev
             journey_hop(slot, skb, now, devkey, hop, gap, flags & hop_flags::TERMINAL != 0);
         }
         if flags & hop_flags::DROP != 0 {
-            count_drop(&DropKey {
+            let drop = DropKey {
                 origin: st.origin,
                 last_dev: st.dev,
                 reason,
                 last_hop: st.hop,
                 origin_hop: st.origin_hop,
                 _pad: [0; 2],
-            });
+            };
+            count_drop(&drop);
+            if config::drop_stacks() {
+                count_dropped(drop, stack());
+            }
         }
         if flags & hop_flags::TERMINAL != 0 {
             st.skb = 0;
@@ -161,6 +181,25 @@ pub(crate) fn track(hop: u8, flags: u16, skb: u64, head: u64, net: u64, dev: Dev
     journey_start(slot, skb, now, devkey, hop);
 }
 
+/// `--drop-stacks`: a counted drop's stack id (or `bpf_get_stackid`'s
+/// error). The stack map is used without BPF_F_REUSE_STACKID, which would
+/// let a new stack take an old one's id, so counts already made under
+/// that id would silently name the wrong stack; and without
+/// BPF_F_FAST_STACK_CMP, which would give two different stacks of the
+/// same hash one id: drops are rare next to packets, and the kernel's
+/// full comparison of the frames is worth its cost there. What is
+/// refused instead (-EEXIST) is counted, never silent.
+#[inline(always)]
+fn count_dropped(drop: DropKey, id: i64) {
+    if id >= 0 {
+        count_drop_stack(&DropStackKey { drop, stack_id: id as u32, _pad: 0 });
+    } else if id == -EEXIST {
+        bump(counter::DROP_STACK_COLLISION);
+    } else {
+        bump(counter::DROP_STACK_FAILED);
+    }
+}
+
 /// Entry of a function hop in slot `slot`, its skb already fetched (0 if
 /// the function has none): time inside, then the packet's hop.
 #[inline(always)]
@@ -171,7 +210,8 @@ pub(crate) fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64) {
     }
     fn_entered(hop);
     if skb != 0 {
-        ptr_hop::<DIRECT>(hop, skb, 0, 0);
+        // (No function hop is a drop: no stack is ever asked for.)
+        ptr_hop::<DIRECT>(hop, skb, 0, 0, || -1);
     }
 }
 
@@ -179,7 +219,7 @@ pub(crate) fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64) {
 /// the traced function's (skb first; the device second for
 /// `net_dev_start_xmit`; the drop reason third for `kfree_skb`).
 #[inline(always)]
-pub(crate) fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u64) {
+pub(crate) fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u64, stack: impl FnOnce() -> i64) {
     if config::empty() {
         return;
     }
@@ -207,7 +247,7 @@ pub(crate) fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u6
         Dev::Ptr(p) => load_u64::<DIRECT>(p + config::get(|c| &c.off.dev_nd_net) as u64),
         _ => 0,
     };
-    track(hop, flags, scalar_of::<DIRECT>(skb), head, net, dev, reason);
+    track(hop, flags, scalar_of::<DIRECT>(skb), head, net, dev, reason, stack);
 }
 
 /// Entry for classic tracefs tracepoints: fields at the offsets the loader
@@ -250,5 +290,16 @@ pub(crate) fn classic_hop(ctx: &aya_ebpf::programs::TracePointContext, hop: u8) 
     };
     let dev = if name[0] == 0 { Dev::None } else { Dev::Name(&name) };
     // No BTF, no offset of skb->head: identity is the address (and max_gap).
-    track(hop, flags, skb, 0, 0, dev, reason);
+    track(hop, flags, skb, 0, 0, dev, reason, || drop_stack_id(ctx));
+}
+
+/// The kernel stack id of a program's context in `NP_DROP_STACKS`, or
+/// `bpf_get_stackid`'s negative error (flags 0: the kernel stack, whole,
+/// compared frame by frame; see `count_dropped`).
+#[inline(always)]
+pub(crate) fn drop_stack_id<C: StackIdContext>(ctx: &C) -> i64 {
+    match ctx.get_stackid(&NP_DROP_STACKS, 0) {
+        Ok(id) => id,
+        Err(e) => e as i64,
+    }
 }

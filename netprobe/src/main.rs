@@ -105,6 +105,13 @@ struct ProbeArgs {
     /// in 10 ms units (tick-sampled without CONFIG_IRQ_TIME_ACCOUNTING).
     #[arg(long)]
     softirq_vectors: bool,
+    /// Count drops by kernel stack too (a BPF stack-trace map; nothing is
+    /// sent per packet): the reports show each drop reason's top stacks,
+    /// folded like `perf script | stackcollapse-perf.pl` (root first,
+    /// `;`-separated), with the function that freed the packets; frames
+    /// are named from /proc/kallsyms, module symbols as `name [module]`.
+    #[arg(long)]
+    drop_stacks: bool,
     /// Attach only these catalog hops (labels separated by commas, as
     /// `netprobe probes` lists them), e.g. --hops queue,xmit,consumed:
     /// fewer programs per packet, less overhead. Default: every hop this
@@ -318,6 +325,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
         filter: p.filter.clone(),
         sample_every: p.sample,
         softirq_vectors: p.softirq_vectors,
+        drop_stacks: p.drop_stacks,
         hops,
         pin_modules: p.pin_modules,
         spool_dir: None,

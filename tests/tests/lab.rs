@@ -119,6 +119,25 @@ fn ovs_datapath_hops_and_the_upcall_on_a_flow_miss() {
     assert!(f["calls"].as_u64().unwrap() >= 1);
 }
 
+/// `--drop-stacks` on Debian's kernel, where tap and veth are modules: the
+/// demo's blackholed datagrams are freed by ip_error, and the frame of the
+/// guest stand-in's write (tap_get_user, in the tap module) is named with
+/// its module, as `name [module]`.
+#[test]
+fn drop_stacks_name_module_frames() {
+    let Some(r) = lab_result("macvtap") else { return };
+    let stacks = r["drop_stacks"].as_array().expect("no drop_stacks in the lab's macvtap report");
+    let blackholed = stacks
+        .iter()
+        .filter(|d| d["freed_by"] == "ip_error")
+        .max_by_key(|d| d["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no stack freed by ip_error: {stacks:#?}"));
+    assert!(blackholed["packets"].as_u64().unwrap() >= 20, "{blackholed}");
+    let frames: Vec<&str> = blackholed["stack"].as_str().unwrap().split(';').collect();
+    assert!(frames.contains(&"tap_get_user [tap]"), "no module frame tap_get_user [tap] in {frames:?}");
+    assert_eq!(frames.last(), Some(&"kfree_skb_reason"), "{frames:?}");
+}
+
 #[test]
 fn bridge_hops_are_measured() {
     let Some(r) = lab_result("bridge") else { return };

@@ -437,13 +437,15 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
     for f in FACT_FILES {
         s += &format!("echo '{BEGIN} facts/{f}'\ncat /tmp/facts/{f}\necho '{END} facts/{f}'\n");
     }
+    // --drop-stacks: the drops' kernel stacks, with frames in modules
+    // (tap, veth, openvswitch are modules in Debian's kernels).
     for sc in scenarios {
         if sc == "unload" {
             s += &unload_scenario(release, modules);
             continue;
         }
         s += &format!(
-            "echo '{BEGIN} {sc}'\n/usr/bin/netprobe demo --topology {sc} --format json 2>/tmp/{sc}.err\nrc=$?\necho '{END} {sc}'\necho \"lab: scenario {sc} exit $rc\"; cat /tmp/{sc}.err\n"
+            "echo '{BEGIN} {sc}'\n/usr/bin/netprobe demo --topology {sc} --drop-stacks --format json 2>/tmp/{sc}.err\nrc=$?\necho '{END} {sc}'\necho \"lab: scenario {sc} exit $rc\"; cat /tmp/{sc}.err\n"
         );
     }
     s += "echo 'lab: done'\npoweroff -f\n";

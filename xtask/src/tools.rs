@@ -21,7 +21,8 @@ pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// and tmux (the exporter and `top`), openssl and curl (a throwaway PKI and
 /// a TLS client for `serve --web-config`), chromium (renders the HTML
 /// report headless), HdrHistogram's Java HistogramLogProcessor and a JRE
-/// (read the hlog output).
+/// (read the hlog output), nftables (a firewall rule that drops packets,
+/// whose drop reason and kernel stack the drop-stacks test checks).
 pub(crate) const TEST_DEBS: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -36,6 +37,7 @@ pub(crate) const TEST_DEBS: &[&str] = &[
     "chromium",
     "libhdrhistogram-java",
     "default-jre-headless",
+    "nftables",
 ];
 
 pub(crate) fn cache_dir() -> PathBuf {

@@ -26,8 +26,8 @@ use crate::{
     model::{
         at,
         report::{
-            CpuReport, CpuThread, DeviceReport, DirectionReport, DropReport, FunctionReport, GuestReport,
-            IntervalPairReport, IntervalReport, PairReport, Report,
+            CpuReport, CpuThread, DeviceReport, DirectionReport, DropReport, DropStackReport, FunctionReport,
+            GuestReport, IntervalPairReport, IntervalReport, PairReport, Report,
         },
         Direction, PairName, Role, Workload, SOFTIRQ_FROM_BPF, SOFTIRQ_FROM_STAT,
     },
@@ -257,6 +257,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         })
         .collect();
     drops.sort_by_key(|d| std::cmp::Reverse(d.packets));
+    let drop_stacks = drop_stacks(rec);
 
     let mut funcs: Vec<(u8, Hist)> =
         rec.functions.iter().map(|(id, h)| h.to_hist().map(|h| (*id, h))).collect::<Result<_>>()?;
@@ -313,6 +314,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         coverage: rec.coverage.clone(),
         directions,
         drops,
+        drop_stacks,
         functions,
         devices,
         tracking,
@@ -343,6 +345,40 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
 /// direction's origins over (hop, device) nodes, a hop without a device
 /// staying on the device of the hop before it; the busiest first among
 /// pairs at the same depth.
+/// Stacks shown per drop reason (`--drop-stacks`).
+pub const TOP_STACKS_PER_REASON: usize = 5;
+
+/// `--drop-stacks`: per drop reason, its [`TOP_STACKS_PER_REASON`] stacks
+/// with the most packets (over every direction and previous hop); the
+/// reasons with the most packets first.
+fn drop_stacks(rec: &Recording) -> Vec<DropStackReport> {
+    // reason -> stack -> (freed by, packets)
+    let mut by: BTreeMap<u32, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
+    for d in &rec.drop_stacks {
+        by.entry(d.reason).or_default().entry(d.stack.as_str()).or_insert((d.freed_by.as_str(), 0)).1 += d.packets;
+    }
+    let mut reasons: Vec<(u64, Vec<DropStackReport>)> = by
+        .into_iter()
+        .map(|(reason, stacks)| {
+            let name = rec.drop_reasons.get(&reason).cloned().unwrap_or_else(|| format!("reason {reason}"));
+            let mut rows: Vec<DropStackReport> = stacks
+                .into_iter()
+                .map(|(stack, (freed_by, packets))| DropStackReport {
+                    reason: name.clone(),
+                    reason_code: reason,
+                    packets,
+                    freed_by: freed_by.to_owned(),
+                    stack: stack.to_owned(),
+                })
+                .collect();
+            rows.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.stack.cmp(&b.stack)));
+            (rows.iter().map(|r| r.packets).sum(), rows)
+        })
+        .collect();
+    reasons.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].reason_code.cmp(&b.1[0].reason_code)));
+    reasons.into_iter().flat_map(|(_, rows)| rows.into_iter().take(TOP_STACKS_PER_REASON)).collect()
+}
+
 fn direction_report(
     dir: Direction,
     rows: &BTreeMap<(Direction, Node, Node), Hist>,

@@ -43,6 +43,10 @@ pub struct Report {
     pub coverage: Vec<CoverageEntry>,
     pub directions: Vec<DirectionReport>,
     pub drops: Vec<DropReport>,
+    /// `--drop-stacks`: each drop reason's top kernel stacks, most packets
+    /// first (absent from recordings made without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_stacks: Vec<DropStackReport>,
     /// Time inside hop functions (fexit/kretprobe pairs).
     pub functions: Vec<FunctionReport>,
     pub devices: Vec<DeviceReport>,
@@ -295,6 +299,20 @@ pub struct DropReport {
     pub direction: Direction,
     pub last_hop: String,
     pub last_dev: String,
+}
+
+/// One kernel stack that dropped packets for one reason (`--drop-stacks`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropStackReport {
+    pub reason: String,
+    pub reason_code: u32,
+    pub packets: u64,
+    /// The function that freed them: the innermost frame that is not a
+    /// generic free helper (`kfree_skb_reason`, `sk_skb_reason_drop`...).
+    pub freed_by: String,
+    /// The stack folded as `stackcollapse-perf.pl` folds one: root first,
+    /// `;`-separated (append ` packets` for a flame-graph tool's line).
+    pub stack: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -185,6 +185,9 @@ pub struct AttachOptions {
     pub trace_base_ns: u64,
     /// Bench-only switches (`cargo xtask bench`).
     pub bench: BenchSwitches,
+    /// `--drop-stacks`: count drops by kernel stack too (a stack-trace map
+    /// read and named from /proc/kallsyms at each snapshot).
+    pub drop_stacks: bool,
 }
 
 /// netprobe's loaded and attached programs, and the one way to their maps;
@@ -221,6 +224,9 @@ pub struct Probe {
     /// at the last look for modules gone, and at the last rescan.
     modules: BTreeMap<String, String>,
     rescanned_modules: BTreeMap<String, String>,
+    /// `--drop-stacks`: names the stacks of drops (behind a lock: a
+    /// snapshot takes `&self` and caches the names it made).
+    stack_namer: Option<std::sync::Mutex<collect::StackNamer>>,
 }
 
 /// One attachment of a hop's program: the program's name and aya's link.
@@ -335,6 +341,15 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     if opts.bench.probe_launder {
         config.bench |= netprobe_common::bench::PROBE_LAUNDER;
     }
+    let stack_namer = if opts.drop_stacks {
+        if let Some(why) = stack_depth_refused() {
+            bail!("--drop-stacks cannot keep kernel stacks: {why}");
+        }
+        config.drop_stacks = 1;
+        Some(std::sync::Mutex::new(collect::StackNamer::new()?))
+    } else {
+        None
+    };
     let mut drop_reasons = BTreeMap::new();
     let mut global_notes = Vec::new();
     // btf-rs's parse (about 28 MB for a distribution kernel) is dropped here,
@@ -439,8 +454,29 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
                 (false, _) => page_size(),
             },
         )
+        // The drop stacks' map holds ~8.5 MiB with --drop-stacks, one
+        // stack otherwise (never written then).
+        .map_max_entries(names::DROP_STACKS, if opts.drop_stacks { netprobe_common::DROP_STACK_ENTRIES } else { 1 })
+        .map_max_entries(
+            names::DROP_STACK_COUNTS,
+            if opts.drop_stacks { netprobe_common::DROP_STACK_COUNT_ENTRIES } else { 1 },
+        )
         .load(BPF_OBJECT)
-        .map_err(AttachError::Object)?;
+        .map_err(AttachError::Object)
+        .map_err(|e| {
+            let e = anyhow::Error::from(e);
+            if let Some(why) = stack_depth_refused() {
+                e.context(why)
+            } else if opts.drop_stacks {
+                e.context(
+                    "--drop-stacks needs BPF stack-trace maps (BPF_MAP_TYPE_STACK_TRACE: CONFIG_PERF_EVENTS and \
+                     CONFIG_BPF_EVENTS) and ~9 MiB of locked memory for them; record without --drop-stacks if \
+                     this kernel has none",
+                )
+            } else {
+                e
+            }
+        })?;
     let trace = if opts.trace {
         let map = ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
         let ring = aya::maps::RingBuf::try_from(map)?;
@@ -475,6 +511,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         links: BTreeMap::new(),
         rescanned_modules: modules.clone(),
         modules,
+        stack_namer,
     };
     for p in &plans {
         let c = att.attach_hop(p);
@@ -560,9 +597,20 @@ impl Probe {
         &self.facts
     }
 
-    /// The kernel's aggregates now.
+    /// The kernel's aggregates now (with `--drop-stacks`, the drops by
+    /// stack and each stack's frames, named).
     pub fn snapshot(&self) -> Result<Snapshot> {
-        collect::snapshot(&self.ebpf)
+        let mut s = collect::snapshot(&self.ebpf)?;
+        if let Some(namer) = &self.stack_namer {
+            let mut namer = namer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            collect::drop_stacks(&self.ebpf, &mut namer, &mut s)?;
+        }
+        Ok(s)
+    }
+
+    /// Whether drops are counted by kernel stack (`--drop-stacks`).
+    pub fn drop_stacks(&self) -> bool {
+        self.stack_namer.is_some()
     }
 
     /// Only the tracking and loss counters (cheap: for a status line).
@@ -871,6 +919,24 @@ fn attach_function(
         other => Err(AttachError::Unavailable(format!("{} is not a function backend", other.label()))),
     }
 }
+
+/// A stack-trace map of 127-frame stacks (aya's `StackTrace`, in the
+/// object whether `--drop-stacks` is given or not) can only be made when
+/// `kernel.perf_event_max_stack` allows that depth: what to do if not.
+fn stack_depth_refused() -> Option<String> {
+    let path = "/proc/sys/kernel/perf_event_max_stack";
+    let depth: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    (depth < STACK_DEPTH).then(|| {
+        format!(
+            "netprobe's BPF object has a stack-trace map of {STACK_DEPTH}-frame kernel stacks (--drop-stacks), \
+             and this kernel allows {depth} ({path}): run `sysctl kernel.perf_event_max_stack={STACK_DEPTH}`"
+        )
+    })
+}
+
+/// Frames per stack in `NP_DROP_STACKS`: PERF_MAX_STACK_DEPTH, the depth
+/// of aya-ebpf's `StackTrace` map.
+const STACK_DEPTH: u32 = 127;
 
 /// The smallest ring buffer the kernel takes: one page.
 fn page_size() -> u32 {

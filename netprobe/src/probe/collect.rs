@@ -7,18 +7,26 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, StackTraceMap},
     Ebpf,
 };
 use netprobe_common::{
-    counter, hist::Hist, names, CpuTime, DevInfo, DropKey, PairKey, PairSlot, NET_RX_SOFTIRQ, NET_TX_SOFTIRQ,
+    counter, hist::Hist, names, CpuTime, DevInfo, DropKey, DropStackKey, PairKey, PairSlot, NET_RX_SOFTIRQ,
+    NET_TX_SOFTIRQ,
 };
+
+use super::stacks::Kallsyms;
 
 /// The kernel's aggregates at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub pairs: BTreeMap<PairKey, Hist>,
     pub drops: BTreeMap<DropKey, u64>,
+    /// `--drop-stacks`: drops by (drop key, kernel stack id).
+    pub drop_stacks: BTreeMap<DropStackKey, u64>,
+    /// `--drop-stacks`: each stack id's frames, named, innermost first,
+    /// the tracing machinery's own frames cut off.
+    pub stacks: BTreeMap<u32, Vec<String>>,
     pub devs: BTreeMap<u64, DevInfo>,
     /// Time inside hop functions, by hop id.
     pub funcs: BTreeMap<u32, Hist>,
@@ -146,6 +154,68 @@ pub(super) fn retire(ebpf: &mut Ebpf, keys: &[PairKey]) -> Result<BTreeMap<PairK
         pairs.remove(k).context("removing an idle pair from NP_HOPS")?;
     }
     Ok(out)
+}
+
+/// Names kernel stacks for [`snapshot`], once per stack id (ids are
+/// never reused: the stack map is used without BPF_F_REUSE_STACKID).
+#[derive(Debug, Default)]
+pub(super) struct StackNamer {
+    kallsyms: Kallsyms,
+    /// /proc/modules when `kallsyms` was read: reread when it changed.
+    modules: String,
+    /// Whether `kallsyms` was read after netprobe's programs were loaded:
+    /// their frames (`bpf_prog_<tag>_<name> [bpf]`), the innermost of
+    /// every stack, are cut by name, and before they are listed they
+    /// would take the name of the kernel symbol below them.
+    after_load: bool,
+    named: BTreeMap<u32, Vec<String>>,
+}
+
+impl StackNamer {
+    /// Reads the symbols once already, so a kernel that hides them fails
+    /// before anything is attached.
+    pub(super) fn new() -> Result<StackNamer> {
+        Ok(StackNamer { kallsyms: Kallsyms::load()?, modules: modules(), after_load: false, named: BTreeMap::new() })
+    }
+}
+
+fn modules() -> String {
+    std::fs::read_to_string("/proc/modules").unwrap_or_default()
+}
+
+/// `--drop-stacks`: the drop counts by stack, and the frames of every
+/// stack they name (read from `NP_DROP_STACKS` the first time an id is met).
+pub(super) fn drop_stacks(ebpf: &Ebpf, namer: &mut StackNamer, s: &mut Snapshot) -> Result<()> {
+    let counts: PerCpuHashMap<_, DropStackKey, u64> =
+        PerCpuHashMap::try_from(ebpf.map(names::DROP_STACK_COUNTS).context("map NP_DROP_STACK_COUNTS missing")?)?;
+    for item in counts.iter() {
+        let (k, per_cpu) = item.context("reading NP_DROP_STACK_COUNTS")?;
+        *s.drop_stacks.entry(k).or_default() += per_cpu.iter().sum::<u64>();
+    }
+    let map = StackTraceMap::try_from(ebpf.map(names::DROP_STACKS).context("map NP_DROP_STACKS missing")?)?;
+    let mut reread = false;
+    for id in s.drop_stacks.keys().map(|k| k.stack_id).collect::<std::collections::BTreeSet<_>>() {
+        if namer.named.contains_key(&id) {
+            continue;
+        }
+        if !reread {
+            // netprobe's programs, or a module loaded since the symbols
+            // were read, would be named after their neighbour: read them
+            // again first.
+            let now = modules();
+            if now != namer.modules || !namer.after_load {
+                namer.kallsyms = Kallsyms::load()?;
+                namer.modules = now;
+                namer.after_load = true;
+            }
+            reread = true;
+        }
+        let trace = map.get(&id, 0).with_context(|| format!("reading stack {id} of NP_DROP_STACKS"))?;
+        let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
+        namer.named.insert(id, namer.kallsyms.frames(&ips));
+    }
+    s.stacks = s.drop_stacks.keys().filter_map(|k| Some((k.stack_id, namer.named.get(&k.stack_id)?.clone()))).collect();
+    Ok(())
 }
 
 /// Only the loss and tracking counters: cheap enough for a status line

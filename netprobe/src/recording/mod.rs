@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{host::HostConfig, labels::Labels, report::CoverageEntry, report::IntervalLoad, Guest, Workload},
-    probe::{collect::Snapshot, trace::Sighting},
+    probe::{collect::Snapshot, stacks, trace::Sighting},
 };
 
 pub const MAGIC: &str = "netprobe-recording";
@@ -149,6 +149,24 @@ pub struct DropRec {
     pub packets: u64,
 }
 
+/// `--drop-stacks`: drops of one [`DropRec`] key that share one kernel
+/// stack, the stack kept named and folded (root first, `;`-separated, as
+/// `stackcollapse-perf.pl` writes it), so a report never needs the
+/// recording host's /proc/kallsyms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropStackRec {
+    pub origin: u64,
+    pub last_dev: u64,
+    pub reason: u32,
+    pub last_hop: u8,
+    pub origin_hop: u8,
+    pub stack: String,
+    /// The function that freed the packets (the innermost frame that is
+    /// not a generic free helper such as `kfree_skb_reason`).
+    pub freed_by: String,
+    pub packets: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DevRec {
     pub key: u64,
@@ -219,6 +237,10 @@ pub struct Recording {
     /// ended (format 2). Hops and times only, never packet contents.
     #[serde(default)]
     pub samples: Vec<SampleRec>,
+    /// `--drop-stacks`: drops by kernel stack (absent otherwise, and in
+    /// recordings made before netprobe kept them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_stacks: Vec<DropStackRec>,
 }
 
 /// One packet's journey: its hops in order, from first sighting to its
@@ -327,6 +349,30 @@ impl Recording {
             softirq_net_tx_ns: snap.softirq_tx.clone(),
             softirq_all_ns: snap.softirq_all.clone(),
             samples: Vec::new(),
+            drop_stacks: drop_stacks(snap),
         }
     }
+}
+
+/// The snapshot's drops by stack, each stack named and folded; drops of
+/// one key whose stacks fold alike (different return addresses in the
+/// same functions) are one row.
+fn drop_stacks(snap: &Snapshot) -> Vec<DropStackRec> {
+    let mut rows: BTreeMap<(DropKey, String), (String, u64)> = BTreeMap::new();
+    for (k, &n) in &snap.drop_stacks {
+        let frames = snap.stacks.get(&k.stack_id).map(Vec::as_slice).unwrap_or_default();
+        rows.entry((k.drop, stacks::fold(frames))).or_insert_with(|| (stacks::freed_by(frames), 0)).1 += n;
+    }
+    rows.into_iter()
+        .map(|((d, stack), (freed_by, packets))| DropStackRec {
+            origin: d.origin,
+            last_dev: d.last_dev,
+            reason: d.reason,
+            last_hop: d.last_hop,
+            origin_hop: d.origin_hop,
+            stack,
+            freed_by,
+            packets,
+        })
+        .collect()
 }

@@ -94,6 +94,27 @@ fn golden_real_guest_formats() {
     assert!(metrics.lines().any(|l| l.starts_with("netprobe_hop_packets_total") && l.contains(&named)), "{metrics}");
 }
 
+/// A demo run with `--drop-stacks`: each drop reason's top kernel stacks,
+/// folded, and the function that freed the packets.
+#[test]
+fn golden_drop_stacks_formats() {
+    let rec = Recording::read(&data("recordings/drop-stacks.rec")).unwrap();
+    assert!(!rec.drop_stacks.is_empty(), "the fixture has no drop stacks");
+    for (format, name) in
+        [(Format::Table, "drop-stacks.txt"), (Format::Json, "drop-stacks.json"), (Format::Html, "drop-stacks.html")]
+    {
+        check(name, &render(&rec, format));
+    }
+    let r = analyze(&rec).unwrap().report;
+    // Per reason at most the top stacks, most packets first; the demo's
+    // blackholed datagrams freed by ip_error.
+    for w in r.drop_stacks.windows(2) {
+        assert!(w[0].reason_code != w[1].reason_code || w[0].packets >= w[1].packets, "{w:?}");
+    }
+    let blackholed = r.drop_stacks.iter().find(|d| d.freed_by == "ip_error").expect("no stack freed by ip_error");
+    assert!(blackholed.packets >= 50 && blackholed.stack.ends_with(";ip_error;sk_skb_reason_drop"), "{blackholed:?}");
+}
+
 /// macvtap (the demo) against the bridge topology, recorded the same way.
 #[test]
 fn golden_compare_formats() {

@@ -70,6 +70,7 @@ pub fn write(a: &Analysis, out: &mut dyn std::io::Write) -> Result<()> {
     cpu(&mut h, r);
     guests(&mut h, r);
     drops(&mut h, r, &names);
+    drop_stacks(&mut h, r);
     coverage(&mut h, r);
     tracking(&mut h, r);
     svg::page_end(&mut h);
@@ -356,6 +357,35 @@ fn drops(h: &mut String, r: &Report, names: &GuestNames) {
             d.packets,
             d.direction.slug(),
             esc(&after)
+        );
+    }
+    h.push_str("</table></section>\n");
+}
+
+/// `--drop-stacks`: each reason's top kernel stacks, folded root first
+/// (one `stack packets` line each, as flame-graph tools read them).
+fn drop_stacks(h: &mut String, r: &Report) {
+    if r.drop_stacks.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        h,
+        "<section id=\"drop-stacks\"><h2>Drop stacks</h2>\n<p class=\"meta\">The top {} kernel stacks of each \
+         drop reason, folded root first as <code>stackcollapse-perf.pl</code> folds them.</p>\n<table \
+         class=\"drop-stacks\"><tr><th class=\"text\">reason</th><th>packets</th><th class=\"text\">freed \
+         by</th><th class=\"text\">stack (root first)</th></tr>",
+        crate::analyze::TOP_STACKS_PER_REASON
+    );
+    for d in &r.drop_stacks {
+        let _ = writeln!(
+            h,
+            "<tr><td class=\"text\">{}</td><td>{}</td><td class=\"text\"><code>{}</code></td><td \
+             class=\"text\"><code style=\"overflow-wrap:anywhere\">{} {}</code></td></tr>",
+            esc(&d.reason),
+            d.packets,
+            esc(&d.freed_by),
+            esc(&d.stack),
+            d.packets
         );
     }
     h.push_str("</table></section>\n");

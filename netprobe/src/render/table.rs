@@ -1,8 +1,8 @@
 //! The terminal table: the host's configuration, then per direction each
 //! hop pair in path order with its packet count and latency percentiles (a
 //! guest's device named with the guest: `macvtap0 [web1]`); the guests with
-//! their CPU; then drops by reason, coverage and the kernel side's loss
-//! accounting.
+//! their CPU; then drops by reason (and by kernel stack, `--drop-stacks`),
+//! coverage and the kernel side's loss accounting.
 
 use std::io::Write;
 
@@ -184,6 +184,28 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
     }
     let t = &r.tracking;
     let get = |k: &str| t.get(k).copied().unwrap_or(0);
+    let stack_misses = ["drop_stack_collision", "drop_stack_failed", "drop_stack_lost"].map(get);
+    if !r.drop_stacks.is_empty() || stack_misses.iter().any(|&n| n > 0) {
+        writeln!(
+            out,
+            "\ndrop stacks (top {} per reason; folded root first, as `stack packets` for flame-graph tools)",
+            crate::analyze::TOP_STACKS_PER_REASON
+        )?;
+        let mut last = None;
+        for d in &r.drop_stacks {
+            if last != Some(d.reason_code) {
+                writeln!(out, "  {}", d.reason)?;
+                last = Some(d.reason_code);
+            }
+            writeln!(out, "    {:>9}  freed by {}", d.packets, d.freed_by)?;
+            writeln!(out, "      {} {}", d.stack, d.packets)?;
+        }
+        writeln!(
+            out,
+            "  drops without a stack: {} stack-map collisions, {} other stack failures, {} not counted (map full)",
+            stack_misses[0], stack_misses[1], stack_misses[2]
+        )?;
+    }
     writeln!(
         out,
         "\ntracking: {} packets followed, {} ended; journeys cut short: {} skb reused unseen, {} stale; \

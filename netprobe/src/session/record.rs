@@ -52,6 +52,8 @@ pub struct RecordOptions {
     /// NET_RX/NET_TX softirq time from BPF programs (`--softirq-vectors`)
     /// rather than all softirq time from /proc/stat.
     pub softirq_vectors: bool,
+    /// Drops counted by kernel stack too (`--drop-stacks`).
+    pub drop_stacks: bool,
     /// The catalog hops to attach (`--hops`).
     pub hops: HopSet,
     /// Also attach tracepoints defined in modules, which hold them loaded
@@ -79,6 +81,7 @@ impl Default for RecordOptions {
             filter: None,
             sample_every: 1,
             softirq_vectors: false,
+            drop_stacks: false,
             hops: HopSet::ALL,
             pin_modules: false,
             spool_dir: None,
@@ -214,6 +217,7 @@ impl Recorder {
             // Journeys' times count from here (before any program runs).
             trace_base_ns: trace::monotonic_ns(),
             bench: opts.bench,
+            drop_stacks: opts.drop_stacks,
         })?;
         probe.restrict_to(&resolved)?;
         // Softirq time from /proc/stat counts from here.

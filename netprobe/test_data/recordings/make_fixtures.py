@@ -3,11 +3,13 @@
     netprobe demo --trace -o demo.rec
     netprobe demo --topology bridge -o bridge.rec
     NETPROBE_GUEST_RECORDING=$PWD/guest-src.rec cargo xtask test --no-lab --no-cross -- --test real_guest
-    python3 make_fixtures.py demo.rec bridge.rec [guest-src.rec]   # '-' for a source: keep its fixtures
+    netprobe demo --drop-stacks -o stacks-src.rec
+    python3 make_fixtures.py demo.rec bridge.rec [guest-src.rec [stacks-src.rec]]   # '-' for a source: keep its fixtures
 
 guest.rec is a real QEMU guest (tests/tests/real_guest.rs: TCG, virtio-net
 on a macvtap, no debug-threads) pinging, streaming and running UDP
-request-response while netprobe recorded.
+request-response while netprobe recorded. drop-stacks.rec is a demo run
+with --drop-stacks: its drops by kernel stack (Linux 6.18, this VM).
 
 Wall-clock fields are fixed (start time, command line), a few journeys per
 origin device are kept, and demo-v1.rec is the same run in format 1 (what
@@ -66,5 +68,7 @@ def demo_fixtures(demo_src, bridge_src):
 # A source given as '-' leaves its fixtures as they are.
 if sys.argv[1] != '-':
     demo_fixtures(sys.argv[1], sys.argv[2])
-if len(sys.argv) > 3:
+if len(sys.argv) > 3 and sys.argv[3] != '-':
     guest_fixture(sys.argv[3])
+if len(sys.argv) > 4:
+    write('drop-stacks.rec', 2, fix(read(sys.argv[4]), 1790000300.0, ['netprobe', 'demo', '--drop-stacks', '-o', 'drop-stacks.rec']))
