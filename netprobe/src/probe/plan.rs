@@ -50,7 +50,43 @@ pub struct PlanOptions {
 }
 
 pub fn plan(facts: &KernelFacts, opts: PlanOptions) -> Vec<HopPlan> {
-    catalog::HOPS.iter().map(|h| plan_hop(h, facts, opts)).collect()
+    let mut plans: Vec<HopPlan> = catalog::HOPS.iter().map(|h| plan_hop(h, facts, opts)).collect();
+    if !opts.pin_modules {
+        // A program on a module's tracepoint holds the module loaded. Where
+        // the module's function hops can attach (kprobes or fentry; they
+        // do not hold it, and see the same packets), its tracepoints are
+        // left out. Where they cannot (a tracepoint-only kernel), the
+        // tracepoints are the only view of that path: attached, and said.
+        let functions_attach = |m: &str| {
+            plans.iter().any(|p| {
+                matches!(p.hop.site, Site::Function { .. }) && p.hop.module() == Some(m) && !p.candidates.is_empty()
+            })
+        };
+        let unpinned: Vec<(usize, bool)> = plans
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.hop.is_module_tracepoint() && !p.candidates.is_empty())
+            .map(|(i, p)| (i, functions_attach(p.hop.module().unwrap_or_default())))
+            .collect();
+        for (i, leave_out) in unpinned {
+            let p = &mut plans[i];
+            let m = p.hop.module().unwrap_or_default();
+            if leave_out {
+                p.candidates.clear();
+                p.notes.push(format!(
+                    "not attached: a program on a tracepoint of module {m} holds the module loaded (rmmod {m} would \
+                     fail \"in use\" while netprobe runs); its function hops see the same packets; --pin-modules \
+                     attaches it"
+                ));
+            } else {
+                p.notes.push(format!(
+                    "holds module {m} loaded while attached (rmmod {m} fails \"in use\"): this kernel attaches no \
+                     function hop of {m}, so its tracepoints are the only view of that path"
+                ));
+            }
+        }
+    }
+    plans
 }
 
 fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
@@ -127,14 +163,6 @@ fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
                 }
             }
         }
-    }
-    if hop.is_module_tracepoint() && !candidates.is_empty() && !opts.pin_modules {
-        candidates.clear();
-        notes.push(format!(
-            "not attached: a program on a tracepoint of module {m} holds the module loaded (rmmod {m} would fail \
-             \"in use\" while netprobe runs); its function hops see the same packets; --pin-modules attaches it",
-            m = hop.module().unwrap_or_default()
-        ));
     }
     if let Some(only) = opts.only {
         if candidates.contains(&only) {
@@ -213,6 +241,26 @@ mod tests {
         let plans = plan(&f, PlanOptions { only: Some(Backend::RawTp), ..with_btf(&f) });
         assert_eq!(chosen(&plans, "queue").0, Some(Backend::RawTp));
         assert!(plans.iter().all(|p| p.candidates.iter().all(|b| *b == Backend::RawTp)));
+    }
+
+    /// On a kernel that attaches no function hop (no kprobes, fentry
+    /// refused), openvswitch's tracepoints are the only view of the OVS
+    /// path: attached by default, with a note that they hold the module.
+    #[test]
+    fn module_tracepoints_are_kept_where_no_function_hop_of_the_module_attaches() {
+        let mut f = fixture("debian-6.1-amd64");
+        f.kprobes = false;
+        f.fentry = Some(false);
+        let plans = plan(&f, with_btf(&f));
+        assert!(chosen(&plans, "ovs_upcall").0.is_none(), "no function hop can attach here");
+        for tp in ["ovs_action", "ovs_upcall_tp"] {
+            let (b, notes) = chosen(&plans, tp);
+            assert_eq!(b, Some(Backend::TpBtf), "{tp}");
+            assert!(
+                notes.iter().any(|n| n.contains("holds module openvswitch") && n.contains("only view")),
+                "{notes:?}"
+            );
+        }
     }
 
     #[test]
