@@ -251,6 +251,32 @@ fn legend(s: &mut String, series: &[&str], x0: f64, y: f64) {
     }
 }
 
+/// Grid lines and tick labels of both axes, for a plot area at (left,
+/// top) of width by height.
+fn grid(s: &mut String, x: &Axis, y: &Axis, (left, top, w, h): (f64, f64, f64, f64)) {
+    for (v, t) in &y.ticks {
+        let yy = top + (1.0 - y.frac(*v)) * h;
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
+            left + w,
+            left - 6.0,
+            yy + 4.0,
+            esc(t)
+        );
+    }
+    for (v, t) in &x.ticks {
+        let xx = left + x.frac(*v) * w;
+        let _ = write!(
+            s,
+            r##"<line x1="{xx:.1}" y1="{top}" x2="{xx:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{xx:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"##,
+            top + h,
+            top + h + 16.0,
+            esc(t)
+        );
+    }
+}
+
 /// A line chart of several named series of (x, y) points.
 pub(crate) fn lines(class: &str, series: &[(String, Vec<(f64, f64)>)], x: &Axis, y: &Axis, x_title: &str) -> String {
     const LEFT: f64 = 70.0;
@@ -264,27 +290,7 @@ pub(crate) fn lines(class: &str, series: &[(String, Vec<(f64, f64)>)], x: &Axis,
     open(&mut s, class, WIDTH, height);
     let px = |v: f64| LEFT + x.frac(v) * PLOT_W;
     let py = |v: f64| TOP + (1.0 - y.frac(v)) * PLOT_H;
-    for (v, t) in &y.ticks {
-        let yy = py(*v);
-        let _ = write!(
-            s,
-            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
-            LEFT + PLOT_W,
-            LEFT - 6.0,
-            yy + 4.0,
-            esc(t)
-        );
-    }
-    for (v, t) in &x.ticks {
-        let xx = px(*v);
-        let _ = write!(
-            s,
-            r##"<line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{xx:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"##,
-            TOP + PLOT_H,
-            TOP + PLOT_H + 16.0,
-            esc(t)
-        );
-    }
+    grid(&mut s, x, y, (LEFT, TOP, PLOT_W, PLOT_H));
     let _ = write!(
         s,
         r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"#,
@@ -339,27 +345,7 @@ pub(crate) fn xy(
     open(&mut s, class, WIDTH, height);
     let px = |v: f64| LEFT + x.frac(v) * PLOT_W;
     let py = |v: f64| TOP + (1.0 - y.frac(v)) * PLOT_H;
-    for (v, t) in &y.ticks {
-        let yy = py(*v);
-        let _ = write!(
-            s,
-            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
-            LEFT + PLOT_W,
-            LEFT - 6.0,
-            yy + 4.0,
-            esc(t)
-        );
-    }
-    for (v, t) in &x.ticks {
-        let xx = px(*v);
-        let _ = write!(
-            s,
-            r##"<line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{xx:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"##,
-            TOP + PLOT_H,
-            TOP + PLOT_H + 16.0,
-            esc(t)
-        );
-    }
+    grid(&mut s, x, y, (LEFT, TOP, PLOT_W, PLOT_H));
     let _ = write!(
         s,
         r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text><text x="12" y="{:.1}" class="tick" text-anchor="middle" transform="rotate(-90 12 {:.1})">{}</text>"#,
