@@ -26,7 +26,7 @@ pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn host_triple() -> Result<String> {
+pub(crate) fn host_triple() -> Result<String> {
     let out = Command::new("rustc").arg("-vV").output()?;
     String::from_utf8(out.stdout)?
         .lines()
@@ -102,14 +102,22 @@ pub(crate) fn build_ebpf(triple: &str) -> Result<PathBuf> {
     let lib = target_dir.join(triple).join("release/libnetprobe_ebpf.a");
     let obj = object_path(triple);
     std::fs::create_dir_all(obj.parent().unwrap())?;
+    let linked = obj.with_extension("o.new");
     run(Command::new(&linker)
         .args(["--target", bpf_target(triple), "--btf", "-O", "3"])
         .arg("--export")
         .arg(exports().join(","))
         .arg("-o")
-        .arg(&obj)
+        .arg(&linked)
         .arg(&lib))
     .context("bpf-linker failed to link the BPF object")?;
+    // The same object keeps its file (and time stamp): netprobe's build
+    // script reruns when it changes, and a rebuild of netprobe takes minutes.
+    if std::fs::read(&obj).ok() == Some(std::fs::read(&linked)?) {
+        std::fs::remove_file(&linked)?;
+    } else {
+        std::fs::rename(&linked, &obj)?;
+    }
     Ok(obj)
 }
 
