@@ -488,6 +488,7 @@ mod tests {
             assert!(script.contains("web-config") && script.contains("wait-for-modules"), "{shell}: {script}");
         }
         let dir = std::env::temp_dir().join(format!("netprobe-man-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         clap_mangen::generate_to(Cli::command(), &dir).unwrap();
         let mut pages: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
