@@ -153,8 +153,8 @@ pub(crate) fn build_all(opts: &BuildOpts) -> Result<PathBuf> {
 }
 
 /// The IBM Z build: a static s390x netprobe with a big-endian BPF object
-/// embedded. Builds it and checks both ELF headers.
-pub(crate) fn check_s390x_build() -> Result<()> {
+/// embedded. Builds it and checks both ELF headers; returns its path.
+pub(crate) fn check_s390x_build() -> Result<PathBuf> {
     let opts = BuildOpts { target: Some("s390x-unknown-linux-gnu".to_owned()), debug: false };
     let bin = build_all(&opts)?;
     let data = std::fs::read(&bin)?;
@@ -173,5 +173,5 @@ pub(crate) fn check_s390x_build() -> Result<()> {
     let static_ok = !data.windows(b"/lib/ld64.so".len()).any(|w| w == b"/lib/ld64.so");
     anyhow::ensure!(static_ok, "{} is dynamically linked; it must be static", bin.display());
     println!("xtask: s390x build ok: {} (static, bpfeb object embedded)", bin.display());
-    Ok(())
+    Ok(bin)
 }

@@ -109,9 +109,7 @@ fn main() -> Result<()> {
 
 fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<()> {
     tools::ensure_debs(tools::TEST_DEBS)?;
-    if !no_cross {
-        build::check_s390x_build()?;
-    }
+    let s390x_bin = if no_cross { None } else { Some(build::check_s390x_build()?) };
     if !no_lab {
         // Fresh lab results for the lab tests (tests/tests/lab.rs).
         let _ = std::fs::remove_dir_all(build::workspace_root().join("target/lab"));
@@ -125,12 +123,10 @@ fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<
     let guest_image = lab::guest_image()?;
     let bin = build::build_all(&build::BuildOpts::default())?;
     // The packages tests/tests/packages.rs installs and reads back (s390x
-    // ones with the cross build).
-    let mut arch = vec![lab::Arch::X86_64];
-    if !no_cross {
-        arch.push(lab::Arch::S390x);
-    }
-    package::package(&package::PackageOpts { arch })?;
+    // ones with the cross build), of the binaries just built.
+    let mut bins = vec![(lab::Arch::X86_64, bin.clone())];
+    bins.extend(s390x_bin.map(|b| (lab::Arch::S390x, b)));
+    package::package_built(&bin, &bins)?;
     if !no_lint {
         run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
             .context("cargo fmt found unformatted code; run `cargo fmt --all`")?;
