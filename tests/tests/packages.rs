@@ -163,6 +163,15 @@ impl Drop for FreshRoot {
     }
 }
 
+/// A scratch directory removed on drop, also when an assertion fails.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A process killed (SIGKILL) on drop.
 struct Killed(Child);
 
@@ -458,8 +467,9 @@ fn the_rpms_and_debs_list_their_files_for_x86_64_and_s390x() {
 
         // The same stripped binary in both: no symbols, no debug info, the
         // architecture named, the BPF object embedded.
-        let dir = std::env::temp_dir().join(format!("netprobe-pkg-{deb_arch}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = Scratch(std::env::temp_dir().join(format!("netprobe-pkg-{deb_arch}-{}", std::process::id())));
+        let dir = &scratch.0;
+        let _ = std::fs::remove_dir_all(dir);
         let from_deb = binary_of_deb(&deb, &dir.join("deb"));
         let rpm_root = dir.join("rpm");
         std::fs::create_dir_all(&rpm_root).unwrap();
@@ -486,7 +496,7 @@ fn the_rpms_and_debs_list_their_files_for_x86_64_and_s390x() {
             w.starts_with(bpf_order) && machine == 247
         });
         assert!(is_bpf, "no {deb_arch}-order BPF object embedded in the packaged binary");
-        std::fs::remove_dir_all(&dir).unwrap();
+        drop(scratch);
         eprintln!(
             "{deb_arch}: {} ({} KiB), {} ({} KiB), binary {} KiB stripped",
             deb.file_name().unwrap().to_string_lossy(),
