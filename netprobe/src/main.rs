@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use netprobe::{
     analyze::{self, analyze, compare::compare},
     model::{labels, report::Report},
@@ -297,6 +297,20 @@ enum Cmd {
         #[command(flatten)]
         probe: ProbeArgs,
     },
+    /// Print the shell completion script for SHELL, made from these very
+    /// definitions (the packages install bash, zsh and fish ones), e.g.
+    /// `netprobe completions bash > /etc/bash_completion.d/netprobe`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Packaging: write the man pages (netprobe.1 and one per subcommand,
+    /// roff) to DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -424,6 +438,16 @@ fn run(cli: Cli) -> Result<()> {
                 ignore_broken_pipe(res)
             }
         },
+        Cmd::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Cli::command(), "netprobe", &mut out);
+            ignore_broken_pipe(out.flush().map_err(Into::into))
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages to {}", dir.display()))
+        }
         Cmd::Probes { probe, save_facts } => {
             let report = session::probes::run(&options(&probe, Vec::new(), false)?, save_facts.as_deref())?;
             let mut out = std::io::stdout().lock();
@@ -532,6 +556,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completions_and_man_pages_come_from_the_cli_definitions() {
+        Cli::command().debug_assert();
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "netprobe", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            assert!(script.contains("web-config") && script.contains("wait-for-modules"), "{shell}: {script}");
+        }
+        let dir = std::env::temp_dir().join(format!("netprobe-man-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        clap_mangen::generate_to(Cli::command(), &dir).unwrap();
+        let mut pages: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        pages.sort();
+        let serve = std::fs::read_to_string(dir.join("netprobe-serve.1")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Every visible subcommand has its page; the packaging one does not.
+        assert!(
+            pages.contains(&"netprobe.1".to_owned()) && pages.contains(&"netprobe-record.1".to_owned()),
+            "{pages:?}"
+        );
+        assert!(!pages.iter().any(|p| p == "netprobe-man.1" || p == "netprobe-help.1"), "{pages:?}");
+        assert!(serve.starts_with(".ie") || serve.contains(".TH"), "not roff: {serve}");
+        assert!(serve.contains("127.0.0.1:9464"), "the default listen address is documented: {serve}");
+    }
 
     #[test]
     fn durations() {

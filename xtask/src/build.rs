@@ -26,7 +26,7 @@ pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn host_triple() -> Result<String> {
+pub(crate) fn host_triple() -> Result<String> {
     let out = Command::new("rustc").arg("-vV").output()?;
     String::from_utf8(out.stdout)?
         .lines()
@@ -102,16 +102,24 @@ pub(crate) fn build_ebpf(triple: &str) -> Result<PathBuf> {
     let lib = target_dir.join(triple).join("release/libnetprobe_ebpf.a");
     let obj = object_path(triple);
     std::fs::create_dir_all(obj.parent().unwrap())?;
+    let linked = obj.with_extension("o.new");
     run(Command::new(&linker)
         .args(["--target", bpf_target(triple), "--btf", "-O", "3"])
         .arg("--export")
         .arg(exports().join(","))
         .arg("-o")
-        .arg(&obj)
+        .arg(&linked)
         .arg(&lib))
     .context("bpf-linker failed to link the BPF object")?;
-    let (before, after) = crate::bpfobj::slim(&obj)?;
+    let (before, after) = crate::bpfobj::slim(&linked)?;
     eprintln!("BPF object: {after} bytes ({before} before its debug info was removed)");
+    // The same object keeps its file (and time stamp): netprobe's build
+    // script reruns when it changes, and a rebuild of netprobe takes minutes.
+    if std::fs::read(&obj).ok() == Some(std::fs::read(&linked)?) {
+        std::fs::remove_file(&linked)?;
+    } else {
+        std::fs::rename(&linked, &obj)?;
+    }
     Ok(obj)
 }
 
@@ -147,8 +155,8 @@ pub(crate) fn build_all(opts: &BuildOpts) -> Result<PathBuf> {
 }
 
 /// The IBM Z build: a static s390x netprobe with a big-endian BPF object
-/// embedded. Builds it and checks both ELF headers.
-pub(crate) fn check_s390x_build() -> Result<()> {
+/// embedded. Builds it and checks both ELF headers; returns its path.
+pub(crate) fn check_s390x_build() -> Result<PathBuf> {
     let opts = BuildOpts { target: Some("s390x-unknown-linux-gnu".to_owned()), debug: false };
     let bin = build_all(&opts)?;
     let data = std::fs::read(&bin)?;
@@ -167,5 +175,5 @@ pub(crate) fn check_s390x_build() -> Result<()> {
     let static_ok = !data.windows(b"/lib/ld64.so".len()).any(|w| w == b"/lib/ld64.so");
     anyhow::ensure!(static_ok, "{} is dynamically linked; it must be static", bin.display());
     println!("xtask: s390x build ok: {} (static, bpfeb object embedded)", bin.display());
-    Ok(())
+    Ok(bin)
 }

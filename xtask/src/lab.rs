@@ -28,10 +28,34 @@ pub(crate) enum Arch {
 }
 
 impl Arch {
-    fn deb_arch(self) -> &'static str {
+    pub(crate) fn deb_arch(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
             Arch::S390x => "s390x",
+        }
+    }
+
+    /// RPM's name of the architecture (`%{ARCH}`).
+    pub(crate) fn rpm_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::S390x => "s390x",
+        }
+    }
+
+    pub(crate) fn triple(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-gnu",
+            Arch::S390x => "s390x-unknown-linux-gnu",
+        }
+    }
+
+    /// A strip that reads this architecture's ELF files (binutils is
+    /// per architecture; Debian's cross gcc brings the s390x one).
+    pub(crate) fn strip_tool(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu-strip",
+            Arch::S390x => "s390x-linux-gnu-strip",
         }
     }
 }

@@ -7,6 +7,7 @@ mod bench;
 mod bpfobj;
 mod build;
 mod lab;
+mod package;
 mod rtt;
 mod tools;
 
@@ -51,6 +52,10 @@ enum Cmd {
     /// Boot Debian's stock kernel under QEMU and run the demo scenarios
     /// inside (fentry, kprobe and OVS hops live); results in target/lab/.
     Lab(lab::LabOpts),
+    /// Build the .deb and .rpm packages (cargo-deb, cargo-generate-rpm) of
+    /// netprobe into target/package/: stripped binary, systemd unit for
+    /// `serve`, shell completions, man pages.
+    Package(package::PackageOpts),
     /// Build the real guest the tests boot (Debian's stock amd64 kernel,
     /// busybox, virtio-net, traffic tools); prints its folder.
     GuestImage,
@@ -94,6 +99,9 @@ fn main() -> Result<()> {
             run(Command::new(bin).args(demo).args(args))?;
         }
         Cmd::Lab(opts) => lab::lab(&opts)?,
+        Cmd::Package(opts) => {
+            package::package(&opts)?;
+        }
         Cmd::GuestImage => println!("{}", lab::guest_image()?.display()),
         Cmd::Bench(opts) => bench::bench(&opts)?,
         Cmd::Test { no_lint, no_cross, no_lab, args } => test(no_lint, no_cross, no_lab, &args)?,
@@ -103,9 +111,7 @@ fn main() -> Result<()> {
 
 fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<()> {
     tools::ensure_debs(tools::TEST_DEBS)?;
-    if !no_cross {
-        build::check_s390x_build()?;
-    }
+    let s390x_bin = if no_cross { None } else { Some(build::check_s390x_build()?) };
     if !no_lab {
         // Fresh lab results for the lab tests (tests/tests/lab.rs).
         let _ = std::fs::remove_dir_all(build::workspace_root().join("target/lab"));
@@ -118,6 +124,11 @@ fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<
     // The real guest tests/tests/real_guest.rs boots under QEMU.
     let guest_image = lab::guest_image()?;
     let bin = build::build_all(&build::BuildOpts::default())?;
+    // The packages tests/tests/packages.rs installs and reads back (s390x
+    // ones with the cross build), of the binaries just built.
+    let mut bins = vec![(lab::Arch::X86_64, bin.clone())];
+    bins.extend(s390x_bin.map(|b| (lab::Arch::S390x, b)));
+    package::package_built(&bin, &bins)?;
     if !no_lint {
         run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
             .context("cargo fmt found unformatted code; run `cargo fmt --all`")?;
@@ -133,6 +144,7 @@ fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<
     cmd.args(["test", "--workspace"])
         .env("NETPROBE_BIN", &bin)
         .env("NETPROBE_GUEST_IMAGE", &guest_image)
+        .env("NETPROBE_PACKAGE_DIR", package::out_dir())
         .args(["--", "--test-threads=1"])
         .args(args);
     run(build::with_bpf_object_env(&mut cmd, &build::BuildOpts::default()))

@@ -14,6 +14,13 @@ use crate::run;
 /// bpf-linker release known to build against LLVM 22 (rustc 1.95).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deb and cargo-generate-rpm (`cargo xtask package`), installed with
+/// `cargo install --locked` into the cache like bpf-linker: the packaging
+/// tools of the Rust ecosystem, run as the commands they are meant to be
+/// (their libraries are not their interface), at a pinned version.
+pub(crate) const CARGO_DEB_VERSION: &str = "3.8.0";
+pub(crate) const CARGO_GENERATE_RPM_VERSION: &str = "0.21.1";
+
 /// Debian packages the demo needs: iproute2 for the topology, traffic tools.
 pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// Debian packages the test suite needs on top of the demo's: sockperf
@@ -22,7 +29,10 @@ pub(crate) const DEMO_DEBS: &[&str] = &["iproute2", "iputils-ping", "iperf3"];
 /// a TLS client for `serve --web-config`), chromium (renders the HTML
 /// report headless), HdrHistogram's Java HistogramLogProcessor and a JRE
 /// (read the hlog output), nftables (a firewall rule that drops packets,
-/// whose drop reason and kernel stack the drop-stacks test checks).
+/// whose drop reason and kernel stack the drop-stacks test checks); for
+/// the packages: debootstrap (a fresh Debian root to install the .deb
+/// into), rpm (reads the .rpm back), systemd (`systemd-analyze verify` of
+/// the unit), dpkg-dev and binutils (cargo-deb's dependencies, strip).
 pub(crate) const TEST_DEBS: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -38,6 +48,11 @@ pub(crate) const TEST_DEBS: &[&str] = &[
     "libhdrhistogram-java",
     "default-jre-headless",
     "nftables",
+    "debootstrap",
+    "rpm",
+    "systemd",
+    "dpkg-dev",
+    "binutils",
 ];
 
 pub(crate) fn cache_dir() -> PathBuf {
@@ -113,6 +128,24 @@ pub(crate) fn bpf_linker() -> Result<PathBuf> {
         .env("LLVM_PREFIX", &prefix)
         .env(format!("LLVM_SYS_{llvm_major}1_PREFIX"), &prefix))
     .context("building bpf-linker failed")?;
+    Ok(bin)
+}
+
+/// A cargo subcommand binary (`krate` at `version`), installed once with
+/// `cargo install --locked` into the cache; returns its path.
+pub(crate) fn cargo_tool(krate: &str, version: &str) -> Result<PathBuf> {
+    let root = cache_dir().join(format!("{krate}-{version}"));
+    let bin = root.join("bin").join(krate);
+    if Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(bin);
+    }
+    eprintln!("xtask: building {krate} {version} (once, cached in {})", root.display());
+    run(Command::new("cargo")
+        .args(["install", "--locked", "--force"])
+        .arg(format!("{krate}@{version}"))
+        .arg("--root")
+        .arg(&root))
+    .with_context(|| format!("building {krate} failed"))?;
     Ok(bin)
 }
 
