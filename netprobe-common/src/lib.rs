@@ -660,15 +660,22 @@ impl FlowFields {
         if self.family == 0 {
             return 0;
         }
-        let mut w0 = self.l4_words[0];
-        if self.proto == 17 {
-            w0 &= u32::from_ne_bytes([0xff, 0xff, 0, 0]); // length, not checksum
-        }
-        let mut h = (self.ip_id ^ (self.proto << 24)).wrapping_mul(0x9e37_79b1);
-        h = (h ^ w0).wrapping_mul(0x85eb_ca77);
-        h = (h ^ self.l4_words[1]).wrapping_mul(0xc2b2_ae3d);
-        (h ^ (h >> 16)) | 1
+        header_fingerprint(self.ip_id, self.proto, self.l4_words)
     }
+}
+
+/// [`FlowFields::fingerprint`] from its three inputs (the kernel side
+/// reads just these, keeping its stack small).
+#[inline(always)]
+pub fn header_fingerprint(ip_id: u32, proto: u32, l4_words: [u32; 2]) -> u32 {
+    let mut w0 = l4_words[0];
+    if proto == 17 {
+        w0 &= u32::from_ne_bytes([0xff, 0xff, 0, 0]); // length, not checksum
+    }
+    let mut h = (ip_id ^ (proto << 24)).wrapping_mul(0x9e37_79b1);
+    h = (h ^ w0).wrapping_mul(0x85eb_ca77);
+    h = (h ^ l4_words[1]).wrapping_mul(0xc2b2_ae3d);
+    (h ^ (h >> 16)) | 1
 }
 
 impl FlowLit {

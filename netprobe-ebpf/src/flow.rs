@@ -5,7 +5,7 @@
 //! fingerprint (packet identity) read; the decision itself is `FlowFilter::passes` in netprobe-common,
 //! the one the loader's tests run too.
 
-use netprobe_common::{counter, FlowFields};
+use netprobe_common::{counter, header_fingerprint, FlowFields};
 
 use crate::{
     config,
@@ -138,10 +138,52 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
 }
 
 /// The packet's header fingerprint ([`FlowFields::fingerprint`]; 0 where
-/// the headers cannot be read).
-#[inline(never)]
+/// the headers cannot be read). It reads only the fields the fingerprint
+/// takes, not a whole `FlowFields`: it is called from every hop program,
+/// whose stack and its callees' share 512 bytes. Inlined: as a
+/// call of its own it made the receive hops' call chain 9 frames deep,
+/// one more than the verifier allows (Debian 6.1 refused them).
+#[inline(always)]
 pub(crate) fn fingerprint(skb: u64, head: u64) -> u32 {
-    flow_fields(skb, head).fingerprint()
+    let c = config::reader();
+    let mac_off = c.get(|c| &c.off.skb_mac_header) as u64;
+    let head = if head != 0 { head } else { read_u64(skb + c.get(|c| &c.off.skb_head) as u64) };
+    if mac_off == 0 || head == 0 {
+        return 0;
+    }
+    let Some(mac) = read_bytes::<2>(skb + mac_off) else { return 0 };
+    let mac = u16::from_ne_bytes(mac);
+    if mac == 0xffff {
+        return 0;
+    }
+    let mut l3 = head + mac as u64 + 14;
+    let Some(eth) = read_bytes::<4>(l3 - 2) else { return 0 };
+    let mut ethertype = u16::from_be_bytes([eth[0], eth[1]]);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        let Some(tag) = read_bytes::<4>(l3) else { return 0 };
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 += 4;
+    }
+    let (ip_id, proto, l4) = if ethertype == 0x0800 {
+        let Some(ip) = read_bytes::<12>(l3) else { return 0 };
+        let (ip_id, proto) = (u16::from_be_bytes([ip[4], ip[5]]) as u32, ip[9] as u32);
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            return header_fingerprint(ip_id, proto, [0, 0]); // a later fragment: no L4 header
+        }
+        (ip_id, proto, l3 + ((ip[0] & 0x0f) as u64) * 4)
+    } else if ethertype == 0x86dd {
+        let Some(ip) = read_bytes::<8>(l3) else { return 0 };
+        (word(&ip, 0), ip[6] as u32, l3 + 40)
+    } else {
+        return 0;
+    };
+    let mut l4_words = [0, 0];
+    if matches!(proto, 1 | 6 | 17 | 58 | 132) {
+        if let Some(p) = read_bytes::<12>(l4) {
+            l4_words = [word(&p, 4), word(&p, 8)];
+        }
+    }
+    header_fingerprint(ip_id, proto, l4_words)
 }
 
 /// The flow filter (`NP_CONFIG.flow`, disjunctive normal form) on one

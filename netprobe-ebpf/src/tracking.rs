@@ -206,7 +206,14 @@ fn fingerprint_changed(started: u32, gap: u64, skb: u64, head: u64) -> bool {
         return false;
     }
     let after = config::get(|c| &c.fingerprint_gap_ns);
-    if after == 0 || gap <= after as u64 {
+    // `gap > after`, tested on the difference rather than on `gap`
+    // itself: a test on `gap` would give the verifier a lower bound for
+    // it (after + 1), and Debian 6.1's verifier then walks the histogram's
+    // `gap < 16` branch anyway, with bounds that contradict each other,
+    // and rejects the bucket's address as a scalar (every hop program
+    // with tracking refused in the amd64 lab).
+    let over = gap.wrapping_sub(after as u64);
+    if after == 0 || over == 0 || over >> 63 != 0 {
         return false;
     }
     let now = fingerprint(skb, head);
