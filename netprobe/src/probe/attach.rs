@@ -131,9 +131,20 @@ impl AttachError {
     }
 }
 
-/// The verifier log's last non-empty line: what it rejected.
+/// The verifier log's last non-empty line that says what it rejected
+/// (not its closing statistics: "processed N insns ...", "verification
+/// time ...", "stack depth ...").
 fn last_line(log: &str) -> &str {
-    log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no verifier output")
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+        })
+        .unwrap_or("no verifier output")
 }
 
 /// What `cargo xtask bench` and the tests switch on to measure parts of
@@ -554,10 +565,19 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     if classic_used && ptr_tracepoints {
         // Device keys differ between the two kinds (pointer vs name hash),
         // so a packet could not be followed across them: refuse the mix.
+        // Name the classic ones and why BTF failed there (a verifier
+        // refusal is a bug to report, with its log).
+        let classic: Vec<String> = att
+            .coverage
+            .iter()
+            .filter(|c| c.backend == Some(Backend::Tracepoint.label()))
+            .map(|c| format!("{} ({})", c.hop, c.notes.join("; ")))
+            .collect();
         bail!(
             "some tracepoint hops attached only as classic tracepoints and others with BTF; \
-             rerun with --backend tracepoint{}",
-            if global_notes.is_empty() { String::new() } else { format!(" ({})", global_notes.join("; ")) }
+             rerun with --backend tracepoint{}. Classic: {}",
+            if global_notes.is_empty() { String::new() } else { format!(" ({})", global_notes.join("; ")) },
+            classic.join(", ")
         );
     }
     if att.coverage.iter().all(|c| c.backend.is_none()) {
@@ -956,6 +976,19 @@ fn page_size() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verifier_logs_reason_not_its_statistics() {
+        // The tail of Debian 6.1's log for a refused hop program (lab).
+        let log = "2019: (0f) r0 += r2                   ; R0_w=scalar()\n\
+                   2020: (79) r1 = *(u64 *)(r0 +32)\n\
+                   R0 invalid mem access 'scalar'\n\
+                   verification time 323982 usec\n\
+                   stack depth 176+0+0+88+0+0+0+0\n\
+                   processed 11668 insns (limit 1000000) max_states_per_insn 8 total_states 862\n\n";
+        assert_eq!(last_line(log), "R0 invalid mem access 'scalar'");
+        assert_eq!(last_line("\n  \n"), "no verifier output");
+    }
 
     #[test]
     fn modules_gone_unloading_or_loaded_again_elsewhere() {
