@@ -457,7 +457,10 @@ pub struct Config {
     /// its tracking would start from a hash of header fields that differ
     /// from packet to packet ([`FlowFields::sample_hash`]).
     pub sample_every: u32,
-    pub _pad_sample: u32,
+    /// Gap (ns) after which a tracked packet's header fingerprint is
+    /// checked again ([`TrackState::fp`]); a different one is another
+    /// packet in a recycled sk_buff (0: never checked, none taken).
+    pub fingerprint_gap_ns: u32,
 }
 
 impl Config {
@@ -488,7 +491,7 @@ impl Config {
             _pad: 0,
             flow: FlowFilter::zeroed(),
             sample_every: 0,
-            _pad_sample: 0,
+            fingerprint_gap_ns: 0,
         }
     }
 }
@@ -644,6 +647,28 @@ impl FlowFields {
         h = h.wrapping_mul(0xc2b2_ae35);
         h ^ (h >> 16)
     }
+
+    /// The packet's header fingerprint ([`TrackState::fp`]): the fields
+    /// that tell one packet of a flow from the next and that no hop of a
+    /// host's datapath rewrites: IP ID, protocol, and the L4 words after
+    /// the ports (TCP sequence and acknowledgement; ICMP identifier and
+    /// sequence, then data; UDP length and the first payload word, not
+    /// the checksum, which offloads fill in on the way). Never 0; 0 stands
+    /// for headers that could not be read (`family` 0).
+    #[inline(always)]
+    pub fn fingerprint(&self) -> u32 {
+        if self.family == 0 {
+            return 0;
+        }
+        let mut w0 = self.l4_words[0];
+        if self.proto == 17 {
+            w0 &= u32::from_ne_bytes([0xff, 0xff, 0, 0]); // length, not checksum
+        }
+        let mut h = (self.ip_id ^ (self.proto << 24)).wrapping_mul(0x9e37_79b1);
+        h = (h ^ w0).wrapping_mul(0x85eb_ca77);
+        h = (h ^ self.l4_words[1]).wrapping_mul(0xc2b2_ae3d);
+        (h ^ (h >> 16)) | 1
+    }
 }
 
 impl FlowLit {
@@ -704,7 +729,11 @@ pub struct TrackState {
     // Padding as words, not byte arrays: zeroing a byte array is a memset
     // (a call and a byte loop) in the BPF program, on every packet.
     pub _pad: u16,
-    pub _pad2: u32,
+    /// Fingerprint of the packet's headers where tracking started (IP ID,
+    /// TCP sequence and acknowledgement, UDP length and payload words,
+    /// ICMP id and sequence; 0: not taken or not readable), checked after
+    /// long gaps (`Config::fingerprint_gap_ns`).
+    pub fp: u32,
 }
 
 /// Key of the per-hop-pair latency aggregates in `NP_HOPS`.
@@ -934,7 +963,13 @@ pub mod counter {
     /// `--drop-stacks`: a (drop, stack) count could not be created in
     /// `NP_DROP_STACK_COUNTS` (map full).
     pub const DROP_STACK_LOST: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// A tracked skb address reappeared more than
+    /// `Config::fingerprint_gap_ns` after its previous hop with other
+    /// headers than where its tracking started (IP ID, sequence numbers):
+    /// another packet in an sk_buff whose struct and data buffer both came
+    /// back. Its journey starts anew; the old one ends unmeasured.
+    pub const TRACK_FINGERPRINT: u32 = 16;
+    pub const COUNT: u32 = 17;
     // (Samples per pair are the histograms' counts: no counter on the
     // per-hop fast path for them.)
     pub const NAMES: [&str; COUNT as usize] = [
@@ -954,6 +989,7 @@ pub mod counter {
         "drop_stack_collision",
         "drop_stack_failed",
         "drop_stack_lost",
+        "track_fingerprint",
     ];
 }
 

@@ -1,7 +1,8 @@
 //! Which packets are followed: the device filter (`--iface`, `NP_FILTER`)
 //! and the flow filter (`--filter`), decided where a packet's tracking
 //! would start, and `--sample` there too. This module parses the header
-//! fields the flow filter tests and the sample hash reads; the decision itself is `FlowFilter::passes` in netprobe-common,
+//! fields the flow filter tests, the sample hash and the header
+//! fingerprint (packet identity) read; the decision itself is `FlowFilter::passes` in netprobe-common,
 //! the one the loader's tests run too.
 
 use netprobe_common::{counter, FlowFields};
@@ -116,7 +117,12 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
     } else {
         return f;
     }
-    if f.proto == 6 || f.proto == 17 || f.proto == 132 {
+    if f.proto == 1 || f.proto == 58 {
+        // ICMP: identifier and sequence, then 4 bytes of data (no ports).
+        if let Some(p) = read_bytes::<12>(l4) {
+            f.l4_words = [word(&p, 4), word(&p, 8)];
+        }
+    } else if f.proto == 6 || f.proto == 17 || f.proto == 132 {
         if let Some(p) = read_bytes::<12>(l4) {
             f.has_ports = 1;
             f.sport = u16::from_be_bytes([p[0], p[1]]) as u32;
@@ -129,6 +135,13 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
         }
     }
     f
+}
+
+/// The packet's header fingerprint ([`FlowFields::fingerprint`]; 0 where
+/// the headers cannot be read).
+#[inline(never)]
+pub(crate) fn fingerprint(skb: u64, head: u64) -> u32 {
+    flow_fields(skb, head).fingerprint()
 }
 
 /// The flow filter (`NP_CONFIG.flow`, disjunctive normal form) on one

@@ -19,7 +19,7 @@ use netprobe_common::{counter, hop, hop_flags, track_slot, DropKey, DropStackKey
 use crate::{
     aggregation::{aggregate, count_drop, count_drop_stack, fn_entered},
     config,
-    flow::passes_filter,
+    flow::{fingerprint, passes_filter},
     journeys::{journey_cut, journey_hop, journey_start},
     kernel::{load_u64, scalar_of, Dev},
     maps::{bump, NP_DROP_STACKS, NP_TRACK},
@@ -95,6 +95,8 @@ pub(crate) fn track(
             counter::TRACK_LATE
         } else if gap > config::get(|c| &c.max_gap_ns) {
             counter::TRACK_STALE
+        } else if fingerprint_changed(st.fp, gap, skb, head) {
+            counter::TRACK_FINGERPRINT
         } else {
             u32::MAX
         };
@@ -114,7 +116,7 @@ pub(crate) fn track(
                     hop,
                     origin_hop: hop,
                     _pad: 0,
-                    _pad2: 0,
+                    fp: start_fingerprint(skb, head),
                 };
                 bump(counter::TRACK_STARTED);
                 // (Sends the old journey, cut short, first.)
@@ -176,9 +178,39 @@ pub(crate) fn track(
         // Another packet's state: it loses its slot, counted.
         bump(counter::TRACK_EVICTED);
     }
-    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: 0, _pad2: 0 };
+    let fp = start_fingerprint(skb, head);
+    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: 0, fp };
     bump(counter::TRACK_STARTED);
     journey_start(slot, skb, now, devkey, hop);
+}
+
+/// The header fingerprint taken where tracking starts, when the check
+/// is on (`--fingerprint-gap`, not 0).
+#[inline(always)]
+fn start_fingerprint(skb: u64, head: u64) -> u32 {
+    if config::get(|c| &c.fingerprint_gap_ns) == 0 {
+        0
+    } else {
+        fingerprint(skb, head)
+    }
+}
+
+/// Whether a tracked packet seen again after a long gap carries other
+/// headers than where it started: an sk_buff recycled with its data
+/// buffer (README, "Packet identity"). Headers are read again only after
+/// such a gap, so the common, quick hop pays one comparison; a side whose
+/// headers cannot be read (0) is never judged.
+#[inline(always)]
+fn fingerprint_changed(started: u32, gap: u64, skb: u64, head: u64) -> bool {
+    if started == 0 {
+        return false;
+    }
+    let after = config::get(|c| &c.fingerprint_gap_ns);
+    if after == 0 || gap <= after as u64 {
+        return false;
+    }
+    let now = fingerprint(skb, head);
+    now != 0 && now != started
 }
 
 /// `--drop-stacks`: a counted drop's stack id (or `bpf_get_stackid`'s

@@ -76,6 +76,12 @@ struct ProbeArgs {
     /// A packet unseen for this long is considered gone (its next sighting starts anew).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     max_gap: Duration,
+    /// After a gap this long between two hops, a packet's headers (IP ID,
+    /// TCP sequence, ICMP sequence) are checked against where it started:
+    /// another packet in a recycled sk_buff restarts (`track_fingerprint`).
+    /// 0 turns the check off (a little less work per packet).
+    #[arg(long, default_value = "10us", value_parser = parse_duration_or_off)]
+    fingerprint_gap: Duration,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -340,6 +346,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
         btf_file: p.btf.clone(),
         backend: p.backend.map(Backend::from),
         max_gap: p.max_gap,
+        fingerprint_gap: p.fingerprint_gap,
         trace: p.trace || p.samples.is_some(),
         samples: p.samples.unwrap_or(DEFAULT_SAMPLES),
         filter: p.filter.clone(),
@@ -540,6 +547,14 @@ fn ignore_broken_pipe(r: Result<()>) -> Result<()> {
 }
 
 /// Parses durations like `10s`, `500ms`, `2m`, `1h` or plain seconds.
+/// A duration, or `0` / `off` for a check that is turned off.
+fn parse_duration_or_off(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "off" => Ok(Duration::ZERO),
+        _ => parse_duration(s).map_err(|e| format!("{e} (or 0 to turn the check off)")),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());

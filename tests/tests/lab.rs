@@ -377,3 +377,49 @@ fn vhost_net_carries_the_guest_standins_frames_both_ways() {
     let wrong = netprobe_tests::impossible_pairs(&r);
     assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
 }
+
+/// The seed's question: the lab's MacVTap scenario (A) against its OVS
+/// one (B), the same traffic through each, compared by `netprobe compare`
+/// after the VM ran. Each side's switch hops appear on its side only; the
+/// hop pairs both paths share carry packets on both; host CPU per packet
+/// is given per role; and the output says the demo's stand-in carried the
+/// guest's traffic (no QEMU guest runs inside the lab VM).
+#[test]
+fn macvtap_against_ovs_compare_shows_where_the_paths_differ_and_cpu_per_packet() {
+    let Some(c) = lab_result("compare-macvtap-ovs") else { return };
+    let rows = c["rows"].as_array().unwrap();
+    let side = |r: &Value, s: &str| r[s]["packets"].as_u64().unwrap_or(0);
+    for dir in ["to-wire", "to-guest"] {
+        let shared: Vec<&Value> =
+            rows.iter().filter(|r| r["direction"] == dir && side(r, "a") > 0 && side(r, "b") > 0).collect();
+        assert!(!shared.is_empty(), "{dir}: no hop pair measured on both paths: {rows:#?}");
+        let only = |s: &str, prefix: &str| {
+            rows.iter().any(|r| {
+                r["direction"] == dir
+                    && r["stage"] == "switch"
+                    && side(r, s) > 0
+                    && r[if s == "a" { "b" } else { "a" }].is_null()
+                    && [&r["from_hop"], &r["to_hop"]].iter().any(|h| h.as_str().unwrap().starts_with(prefix))
+            })
+        };
+        assert!(only("a", "macvlan"), "{dir}: no macvlan switch pair on the MacVTap side only");
+        assert!(only("b", "ovs"), "{dir}: no OVS switch pair on the OVS side only");
+    }
+    let cpu = c["cpu"].as_array().unwrap();
+    let softirq = cpu.iter().find(|r| r["role"] == "softirq").expect("no softirq row in the CPU per packet");
+    for s in ["a_ns_per_packet", "b_ns_per_packet"] {
+        let v = softirq[s].as_f64().unwrap_or(0.0);
+        assert!(v > 0.0 && v < 1e9, "softirq {s} = {v}");
+    }
+    for g in c["guests"].as_array().unwrap() {
+        assert!(g.as_str().unwrap().contains("stand-in"), "guests: {g}");
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lab/amd64");
+    let table = std::fs::read_to_string(dir.join("compare-macvtap-ovs.txt")).unwrap();
+    assert!(table.contains("host CPU per packet followed"), "{table}");
+    let html = std::fs::read_to_string(dir.join("compare-macvtap-ovs.html")).unwrap();
+    assert!(
+        html.contains("class=\"cpu-row\"") && html.contains("compare-bars"),
+        "the HTML lacks its charts or CPU rows"
+    );
+}

@@ -425,3 +425,48 @@ fn guest_vcpu_pinning_is_in_the_configuration() {
     assert_eq!(g["vcpus"], 1, "{g}");
     assert_eq!(g["vcpu_affinity"], serde_json::json!(["0"]), "{g}");
 }
+
+/// Packet identity's header fingerprint checked at every hop (a gap of
+/// 1 ns): sockperf's UDP ping-pong, then an iperf3 TCP stream and a ping
+/// through the demo MacVTap path. A hop that rewrote a fingerprinted field
+/// (IP ID, TCP sequence, ICMP sequence, UDP length or payload) would
+/// restart its packets as `track_fingerprint`; none may, and no hop pair
+/// may fall outside the path's steps.
+#[test]
+fn header_fingerprints_hold_along_the_path_when_checked_at_every_hop() {
+    if !require_root("header_fingerprints_hold_along_the_path_when_checked_at_every_hop") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let _sockperf = server(&t, &["sockperf", "server", "-i", demo::PEER_ADDR, "-p", "11112"]);
+    let _iperf = server(&t, &["iperf3", "-s", "-B", demo::PEER_ADDR, "-p", "5299"]);
+    let ifaces = t.ifaces();
+    let script = format!(
+        "ip netns exec {g} sockperf ping-pong -i {p} -p 11112 -t 2 >/dev/null && \
+         ip netns exec {g} iperf3 -c {p} -p 5299 -t 2 >/dev/null && \
+         ip netns exec {g} ping -c 20 -i 0.02 -q {p} >/dev/null",
+        g = t.guest_ns,
+        p = demo::PEER_ADDR
+    );
+    let rec = RunningRecord::start(&[
+        "--fingerprint-gap",
+        "0.001us",
+        "--iface",
+        &ifaces[0],
+        "--iface",
+        &ifaces[1],
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let r = rec.finish();
+    assert_eq!(r["workload"]["exit_status"], 0, "the traffic failed: {}", r["workload"]);
+    let tr = &r["tracking"];
+    eprintln!("tracking with every hop's fingerprint checked: {tr}");
+    let started = tr["track_started"].as_u64().unwrap();
+    assert!(started > 20_000, "only {started} packets followed");
+    assert_eq!(tr["track_fingerprint"], 0, "fingerprints changed along the path: {tr}");
+    let wrong = netprobe_tests::impossible_pairs(&r);
+    assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}\ntracking: {tr}");
+}

@@ -657,6 +657,9 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
             let _ = Command::new(&host_bin).arg("report").arg(&out).status();
         }
     }
+    if failed.is_empty() {
+        compare_macvtap_ovs(&host_bin, &work)?;
+    }
     eprintln!(
         "\nxtask lab: {arch:?} VM ran {:.0} s, whole {arch:?} lab {:.0} s; results in {}",
         boot.elapsed().as_secs_f64(),
@@ -665,6 +668,28 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
     );
     if !failed.is_empty() {
         bail!("{arch:?} lab scenarios without a valid result: {failed:?}; console tail:\n{}", tail());
+    }
+    Ok(())
+}
+
+/// The question netprobe was built for: a guest on MacVTap against a
+/// guest on an OVS bridge, the same traffic through each (the demo's
+/// ping, iperf3 TCP and UDP, blackholed datagrams). Written as
+/// `compare-macvtap-ovs.{txt,html,json}` next to the scenarios' reports,
+/// and the table printed; whether real guests or the stand-in carried the
+/// traffic is in its `guests` lines.
+fn compare_macvtap_ovs(bin: &Path, work: &Path) -> Result<()> {
+    let (a, b) = (work.join("macvtap.json"), work.join("ovs.json"));
+    if !a.exists() || !b.exists() {
+        return Ok(());
+    }
+    for (format, ext) in [("table", "txt"), ("html", "html"), ("json", "json")] {
+        let text = output(Command::new(bin).arg("compare").arg(&a).arg(&b).args(["--format", format]))
+            .with_context(|| format!("netprobe compare of the macvtap and ovs scenarios ({format})"))?;
+        std::fs::write(work.join(format!("compare-macvtap-ovs.{ext}")), &text)?;
+        if format == "table" {
+            eprintln!("\n===== MacVTap (A) against OVS (B), the same traffic =====\n{text}");
+        }
     }
     Ok(())
 }

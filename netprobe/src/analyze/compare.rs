@@ -101,10 +101,64 @@ pub struct Comparison {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_missing: Option<String>,
     pub rows: Vec<Row>,
+    /// Host CPU per packet followed and per workload transaction, by role
+    /// (vcpu, vhost, ksoftirqd, guest stand-in, softirq...), A against B.
+    pub cpu: Vec<CpuRow>,
+    /// What carried each side's guest traffic: the QEMU guests found, or
+    /// the demo's stand-in (no QEMU guest), so a reader knows which.
+    pub guests: [String; 2],
     /// Both reports, for the printers that show more of each side (the
     /// HTML page: CPU by role, drops); not part of the JSON form.
     #[serde(skip)]
     pub reports: [Report; 2],
+}
+
+/// One role's host CPU time per packet (and per transaction, where the
+/// recording counted transactions) on both sides.
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuRow {
+    pub role: String,
+    pub a_ns_per_packet: Option<f64>,
+    pub b_ns_per_packet: Option<f64>,
+    pub a_ns_per_transaction: Option<f64>,
+    pub b_ns_per_transaction: Option<f64>,
+}
+
+/// Roles in either report, with each side's CPU per packet and per
+/// transaction; a role one side lacks is None there.
+fn cpu_rows(a: &Report, b: &Report) -> Vec<CpuRow> {
+    let empty = BTreeMap::new();
+    fn per<'a>(r: &'a Report, t: bool, empty: &'a BTreeMap<String, f64>) -> &'a BTreeMap<String, f64> {
+        r.cpu.as_ref().map_or(empty, |c| if t { &c.per_transaction_ns } else { &c.per_packet_ns })
+    }
+    let per = |r, t| per(r, t, &empty);
+    let mut roles: Vec<&String> =
+        [per(a, false), per(b, false), per(a, true), per(b, true)].into_iter().flat_map(BTreeMap::keys).collect();
+    roles.sort();
+    roles.dedup();
+    roles
+        .into_iter()
+        .map(|role| CpuRow {
+            role: role.clone(),
+            a_ns_per_packet: per(a, false).get(role).copied(),
+            b_ns_per_packet: per(b, false).get(role).copied(),
+            a_ns_per_transaction: per(a, true).get(role).copied(),
+            b_ns_per_transaction: per(b, true).get(role).copied(),
+        })
+        .collect()
+}
+
+/// `2 QEMU guests: web1 (pid 812, macvtap0), ...`, or the stand-in.
+pub fn guest_source(r: &Report) -> String {
+    if r.guests.is_empty() {
+        return "no QEMU guest: the demo's guest stand-in (or host traffic)".to_owned();
+    }
+    let each: Vec<String> = r
+        .guests
+        .iter()
+        .map(|g| format!("{} (pid {}, {})", g.guest.name, g.guest.pid, g.guest.devices.join(" ")))
+        .collect();
+    format!("{} QEMU guest{}: {}", each.len(), if each.len() == 1 { "" } else { "s" }, each.join(", "))
 }
 
 fn kinds(r: &Report) -> BTreeMap<String, String> {
@@ -239,6 +293,8 @@ pub fn compare(a_name: &str, a: &Report, b_name: &str, b: &Report) -> Comparison
         config_differences,
         config_missing,
         rows,
+        cpu: cpu_rows(a, b),
+        guests: [guest_source(a), guest_source(b)],
         reports: [a.clone(), b.clone()],
     }
 }

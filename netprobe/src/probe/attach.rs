@@ -161,6 +161,9 @@ pub struct AttachOptions {
     /// Force a backend (for tests and comparisons); None = best available.
     pub backend: Option<Backend>,
     pub max_gap_ns: u64,
+    /// `--fingerprint-gap`: after a gap this long a tracked packet's
+    /// headers are checked against where it started (0: never).
+    pub fingerprint_gap_ns: u32,
     pub filter_enabled: bool,
     /// The compiled `--filter` expression, if any.
     pub flow: Option<netprobe_common::FlowFilter>,
@@ -333,6 +336,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     config.filter_enabled = opts.filter_enabled as u32;
     config.trace = opts.trace as u32;
     config.sample_every = opts.sample_every;
+    config.fingerprint_gap_ns = opts.fingerprint_gap_ns;
     // Bench switches (`cargo xtask bench`): the same programs on the same
     // tracepoints returning at once; the old pointer laundering.
     if opts.bench.empty_programs {

@@ -440,6 +440,42 @@ mod tests {
         assert_eq!(h, f.sample_hash(0xffff_8880_0000_8000));
     }
 
+    /// The header fingerprint (packet identity): consecutive packets of a
+    /// flow differ (pings by ICMP sequence, TCP segments by sequence, UDP
+    /// datagrams by IP ID or payload), while what a host's datapath may
+    /// rewrite on the way (a UDP checksum an offload fills in) leaves it
+    /// unchanged; unreadable headers give 0, never judged.
+    #[test]
+    fn fingerprint_tells_consecutive_packets_apart_but_not_a_filled_in_checksum() {
+        let word = |a: u16, b: u16| {
+            let (a, b) = (a.to_be_bytes(), b.to_be_bytes());
+            u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
+        };
+        let mut ping = ipv4_fields(1, GUEST, PEER, None);
+        let fps: std::collections::BTreeSet<u32> = (0..1000u16)
+            .map(|seq| {
+                ping.l4_words = [word(0x4242, seq), 0x6565_0000];
+                ping.fingerprint()
+            })
+            .collect();
+        assert_eq!(fps.len(), 1000, "pings of one id, seq 0..1000 (DF, IP ID 0)");
+        let mut tcp = ipv4_fields(6, GUEST, PEER, Some((40000, 5201)));
+        tcp.ip_id = 7;
+        let a = tcp.fingerprint();
+        tcp.l4_words[0] = 1448;
+        assert_ne!(a, tcp.fingerprint(), "the next segment's sequence");
+        let mut u = udp(GUEST, PEER, 40000, 11111);
+        u.ip_id = 0x1234;
+        u.l4_words = [word(72, 0x0000), 0xdead_beef];
+        let partial = u.fingerprint();
+        u.l4_words[0] = word(72, 0xbeef);
+        assert_eq!(partial, u.fingerprint(), "a checksum filled in on the way is the same packet");
+        u.ip_id = 0x1235;
+        assert_ne!(partial, u.fingerprint(), "the next datagram's IP ID");
+        assert!(fps.iter().all(|&f| f != 0) && partial != 0);
+        assert_eq!(FlowFields::default().fingerprint(), 0, "unreadable headers are never judged");
+    }
+
     fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> FlowFields {
         ipv4_fields(17, src, dst, Some((sport, dport)))
     }

@@ -17,18 +17,19 @@ pub fn write(c: &Comparison, out: &mut dyn std::io::Write) -> Result<()> {
     let [a, b] = &c.reports;
     let mut h = String::new();
     svg::page_start(&mut h, "netprobe comparison");
-    h.push_str("<table class=\"sides\"><tr><th></th><th class=\"text\">recording</th><th class=\"text\">kernel</th><th>duration</th><th>packets followed</th><th>drops</th><th>hops attached</th></tr>\n");
-    for (name, file, r) in [("A", &c.a, a), ("B", &c.b, b)] {
+    h.push_str("<table class=\"sides\"><tr><th></th><th class=\"text\">recording</th><th class=\"text\">kernel</th><th>duration</th><th>packets followed</th><th>drops</th><th>hops attached</th><th class=\"text\">guests</th></tr>\n");
+    for (name, file, r, guests) in [("A", &c.a, a, &c.guests[0]), ("B", &c.b, b, &c.guests[1])] {
         let _ = writeln!(
             h,
-            "<tr><td><b>{name}</b></td><td class=\"text\">{}</td><td class=\"text\">{}</td><td>{:.1} s</td><td>{}</td><td>{}</td><td>{}/{}</td></tr>",
+            "<tr><td><b>{name}</b></td><td class=\"text\">{}</td><td class=\"text\">{}</td><td>{:.1} s</td><td>{}</td><td>{}</td><td>{}/{}</td><td class=\"text guests\">{}</td></tr>",
             esc(file),
             esc(&r.kernel),
             r.duration_s,
             r.tracking.get("track_started").copied().unwrap_or(0),
             r.drops.iter().map(|d| d.packets).sum::<u64>(),
             r.coverage.iter().filter(|c| c.backend.is_some()).count(),
-            r.coverage.len()
+            r.coverage.len(),
+            esc(guests)
         );
     }
     h.push_str("</table>\n");
@@ -101,6 +102,7 @@ pub fn write(c: &Comparison, out: &mut dyn std::io::Write) -> Result<()> {
         h.push_str("</table></section>\n");
     }
     cpu(&mut h, a, b);
+    cpu_per_packet(&mut h, c);
     drops(&mut h, a, b);
     svg::page_end(&mut h);
     out.write_all(h.as_bytes())?;
@@ -139,6 +141,36 @@ fn cpu(h: &mut String, a: &Report, b: &Report) {
     h.push_str("<section id=\"cpu\"><h2>CPU time, A against B</h2>\n");
     h.push_str(&svg::hbars("cpu-bars", &["A", "B"], &rows, &Axis::linear(hi as f64, fmt_ns), fmt_ns));
     h.push_str("</section>\n");
+}
+
+/// Host CPU per packet followed (and per transaction) by role.
+fn cpu_per_packet(h: &mut String, c: &Comparison) {
+    if c.cpu.is_empty() {
+        return;
+    }
+    let ns = |v: Option<f64>| v.map_or("-".to_owned(), |x| fmt_ns(x.round() as u64));
+    h.push_str("<section id=\"cpu-per-packet\"><h2>Host CPU per packet followed and per transaction</h2>\n");
+    h.push_str(
+        "<table class=\"cpu-per-packet\"><tr><th class=\"text\">role</th><th>A per packet</th><th>B per packet</th>\
+         <th>B/A</th><th>A per transaction</th><th>B per transaction</th></tr>\n",
+    );
+    for r in &c.cpu {
+        let ratio = match (r.a_ns_per_packet, r.b_ns_per_packet) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.2}x", b / a),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr class=\"cpu-row\"><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.role),
+            ns(r.a_ns_per_packet),
+            ns(r.b_ns_per_packet),
+            ratio,
+            ns(r.a_ns_per_transaction),
+            ns(r.b_ns_per_transaction)
+        );
+    }
+    h.push_str("</table></section>\n");
 }
 
 fn drops(h: &mut String, a: &Report, b: &Report) {

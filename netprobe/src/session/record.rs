@@ -39,6 +39,9 @@ pub struct RecordOptions {
     pub backend: Option<Backend>,
     /// A packet unseen for this long is considered gone.
     pub max_gap: Duration,
+    /// After a gap this long, a tracked packet's headers are checked
+    /// against where it started (README, "Packet identity"); zero: never.
+    pub fingerprint_gap: Duration,
     /// Per-packet trace mode on top of the always-on aggregates.
     pub trace: bool,
     /// Trace mode: how many complete packet journeys the recording keeps.
@@ -75,6 +78,7 @@ impl Default for RecordOptions {
             btf_file: None,
             backend: None,
             max_gap: Duration::from_secs(1),
+            fingerprint_gap: FINGERPRINT_GAP,
             trace: false,
             samples: DEFAULT_SAMPLES,
             wait_for_modules: false,
@@ -89,6 +93,11 @@ impl Default for RecordOptions {
         }
     }
 }
+
+/// Default `--fingerprint-gap`: hops of one packet on a host's datapath
+/// follow each other within microseconds unless it waits in a queue; a
+/// longer gap is where a recycled sk_buff can pass for the same packet.
+pub const FINGERPRINT_GAP: Duration = Duration::from_micros(10);
 
 /// Packet journeys a trace-mode recording keeps by default.
 pub const DEFAULT_SAMPLES: usize = 2000;
@@ -205,6 +214,7 @@ impl Recorder {
             btf_file: opts.btf_file.clone(),
             backend: opts.backend,
             max_gap_ns: opts.max_gap.as_nanos() as u64,
+            fingerprint_gap_ns: opts.fingerprint_gap.as_nanos().min(u32::MAX as u128) as u32,
             filter_enabled: !resolved.is_empty(),
             flow,
             sample_every: opts.sample_every,
