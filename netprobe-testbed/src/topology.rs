@@ -13,7 +13,10 @@
 //! The relay is the guest stand-in: it drives /dev/tapN exactly as QEMU
 //! does (IFF_VNET_HDR, 12-byte virtio-net header, blocking read/write) and
 //! hands frames to and from a tap device in the guest namespace, whose
-//! kernel stack plays the guest's. Traffic is real: ping, iperf3, UDP.
+//! kernel stack plays the guest's. Traffic is real: ping, iperf3, UDP. In
+//! its vhost mode (macvtap only, `crate::vhost`) the stand-in gives the
+//! macvtap to the kernel's vhost-net worker instead, as QEMU does with
+//! `vhost=on`, and plays the guest's virtio-net driver on the rings.
 
 use std::{
     fs::{File, OpenOptions},
@@ -59,11 +62,58 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Frames and bytes the guest stand-in moved, per direction.
+/// Frames the guest stand-in moved, per direction, and those it could not
+/// (a failed write, every vhost descriptor in flight): none goes uncounted.
 #[derive(Debug, Default)]
 pub struct RelayStats {
     pub to_wire_frames: AtomicU64,
     pub to_guest_frames: AtomicU64,
+    pub to_wire_unmoved: AtomicU64,
+    pub to_guest_unmoved: AtomicU64,
+}
+
+impl RelayStats {
+    /// The counts now.
+    pub fn counts(&self) -> RelayCounts {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RelayCounts {
+            to_wire: n(&self.to_wire_frames),
+            to_guest: n(&self.to_guest_frames),
+            to_wire_unmoved: n(&self.to_wire_unmoved),
+            to_guest_unmoved: n(&self.to_guest_unmoved),
+        }
+    }
+}
+
+/// A snapshot of [`RelayStats`]; `Display` gives one line for people.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayCounts {
+    pub to_wire: u64,
+    pub to_guest: u64,
+    pub to_wire_unmoved: u64,
+    pub to_guest_unmoved: u64,
+}
+
+impl RelayCounts {
+    /// What was counted between `earlier` and this snapshot.
+    pub fn since(self, earlier: RelayCounts) -> RelayCounts {
+        RelayCounts {
+            to_wire: self.to_wire - earlier.to_wire,
+            to_guest: self.to_guest - earlier.to_guest,
+            to_wire_unmoved: self.to_wire_unmoved - earlier.to_wire_unmoved,
+            to_guest_unmoved: self.to_guest_unmoved - earlier.to_guest_unmoved,
+        }
+    }
+}
+
+impl std::fmt::Display for RelayCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "moved {} frames to-wire, {} to-guest; not moved {} to-wire, {} to-guest",
+            self.to_wire, self.to_guest, self.to_wire_unmoved, self.to_guest_unmoved
+        )
+    }
 }
 
 /// Which host configuration joins the guest to the uplink.
@@ -98,6 +148,8 @@ pub struct Topology {
     /// Tap device in the guest ns, the guest's "virtio NIC".
     pub guest_dev: String,
     pub stats: Arc<RelayStats>,
+    /// The guest stand-in hands the macvtap to vhost-net (`crate::vhost`).
+    pub vhost: bool,
     stop: Arc<AtomicBool>,
     relay: Vec<JoinHandle<()>>,
 }
@@ -116,6 +168,19 @@ impl Topology {
 
     /// Builds a topology of the given kind and starts the guest stand-in.
     pub fn create_kind(kind: Kind) -> Result<Topology> {
+        Topology::create_with(kind, false)
+    }
+
+    /// Builds a topology of the given kind and starts the guest stand-in;
+    /// with `vhost` (macvtap only), the stand-in drives /dev/vhost-net as
+    /// QEMU does with `vhost=on` instead of reading and writing /dev/tapN.
+    pub fn create_with(kind: Kind, vhost: bool) -> Result<Topology> {
+        if vhost {
+            if kind != Kind::Macvtap {
+                bail!("the vhost-net guest stand-in is built for the macvtap topology only (--topology macvtap)");
+            }
+            crate::vhost::check_available()?;
+        }
         let p = unique_prefix();
         let mut t = Topology {
             kind,
@@ -129,6 +194,7 @@ impl Topology {
             guest_dev: format!("{p}g"),
             prefix: p,
             stats: Arc::default(),
+            vhost,
             stop: Arc::new(AtomicBool::new(false)),
             relay: Vec::new(),
         };
@@ -206,6 +272,11 @@ impl Topology {
 
         let macvtap_fd = Arc::new(host_fd);
         let guest_fd = Arc::new(guest_fd);
+        if self.vhost {
+            self.relay = crate::vhost::start(guest_fd, macvtap_fd, self.stop.clone(), self.stats.clone())
+                .context("starting the vhost-net guest stand-in")?;
+            return Ok(());
+        }
         for to_wire in [true, false] {
             let (src, dst) =
                 if to_wire { (guest_fd.clone(), macvtap_fd.clone()) } else { (macvtap_fd.clone(), guest_fd.clone()) };
@@ -397,9 +468,12 @@ fn relay(src: &File, dst: &File, stop: &AtomicBool, stats: &RelayStats, to_wire:
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
-        if (&*dst).write(&buf[..len]).is_ok() {
-            let c = if to_wire { &stats.to_wire_frames } else { &stats.to_guest_frames };
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+        let c = match ((&*dst).write(&buf[..len]).is_ok(), to_wire) {
+            (true, true) => &stats.to_wire_frames,
+            (true, false) => &stats.to_guest_frames,
+            (false, true) => &stats.to_wire_unmoved,
+            (false, false) => &stats.to_guest_unmoved,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 }

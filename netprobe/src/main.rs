@@ -297,6 +297,12 @@ enum Cmd {
         /// SIGTERM: for benchmark runs of one's own (a sweep).
         #[arg(long, conflicts_with_all = ["guest", "output"])]
         hold: bool,
+        /// The guest stand-in hands the macvtap to the kernel's vhost-net
+        /// worker, as QEMU does with `vhost=on`, and plays the guest's
+        /// virtio-net driver on its rings (macvtap topology; needs
+        /// /dev/vhost-net: `modprobe vhost_net`).
+        #[arg(long, conflicts_with = "guest")]
+        vhost: bool,
         /// Also write the recording to FILE.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -403,12 +409,12 @@ fn run(cli: Cli) -> Result<()> {
             drop(rec);
             res
         }
-        Cmd::Demo { topology, hold: true, .. } => session::demo::hold(topology),
-        Cmd::Demo { topology, guest, output, probe, hold: false } => {
+        Cmd::Demo { topology, vhost, hold: true, .. } => session::demo::hold(topology, vhost),
+        Cmd::Demo { topology, vhost, guest, output, probe, hold: false } => {
             let opts = options(&probe, Vec::new(), false)?;
             let rec = match guest {
                 Some(dir) => session::demo::run_guest(&dir, output.as_deref(), &opts)?,
-                None => session::demo::run(topology, output.as_deref(), &opts)?,
+                None => session::demo::run(topology, vhost, output.as_deref(), &opts)?,
             };
             print(&rec, probe.format)
         }

@@ -311,6 +311,73 @@ fn openvswitch_unloaded_mid_run_keeps_what_was_measured_and_shows_the_gap() {
     assert_eq!(log_value(&log, "rmmod_after_pin_rc"), "0", "{log}");
 }
 
+/// The frames the vhost scenario's guest stand-in moved and did not while
+/// every hop was attached, from the demo's log: (to-wire, to-guest, not
+/// moved to-wire, to-guest).
+fn vhost_standin_counts() -> (u64, u64, u64, u64) {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lab/amd64/vhost-log.txt");
+    let log = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once("guest stand-in while recording: ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no stand-in counts in the vhost demo's log:\n{log}"));
+    let n: Vec<u64> =
+        line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect();
+    assert_eq!(n.len(), 4, "{line}");
+    (n[0], n[1], n[2], n[3])
+}
+
+fn function<'a>(r: &'a Value, hop: &str) -> &'a Value {
+    r["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["hop"] == hop)
+        .unwrap_or_else(|| panic!("{hop} was never called: {:#}", r["functions"]))
+}
+
+/// The `vhost` scenario: the demo's guest stand-in hands the macvtap to the
+/// kernel's vhost-net worker (as QEMU with vhost=on). The vhost hops and
+/// the tap socket calls only vhost makes carry the stand-in's frames both
+/// ways; with the stand-in reading and writing /dev/tapN itself,
+/// tap_sendmsg, tap_recvmsg and handle_rx/handle_tx are never called and
+/// the skb never reaches tap_do_read as its argument, so these assertions
+/// would fail.
+#[test]
+fn vhost_net_carries_the_guest_standins_frames_both_ways() {
+    let Some(r) = lab_result("vhost") else { return };
+    let (to_wire, to_guest, lost_wire, lost_guest) = vhost_standin_counts();
+    assert!(to_wire >= 70 && to_guest >= 20, "the stand-in moved {to_wire} to-wire, {to_guest} to-guest frames");
+    assert_eq!((lost_wire, lost_guest), (0, 0), "frames the stand-in could not move");
+    for h in ["vhost_tx", "vhost_rx", "tap_sendmsg", "tap_write", "tap_recvmsg", "tap_read", "tap_enqueue"] {
+        let b = backend(&r["coverage"], h);
+        assert!(b == "fentry" || b == "kprobe", "{h}: {b}");
+    }
+    // To the wire: vhost's handle_tx sends each frame with the tap's
+    // sendmsg, which builds its skb in tap_get_user (tap_write).
+    let calls = |h: &str| function(&r, h)["calls"].as_u64().unwrap();
+    assert!(calls("tap_sendmsg") >= to_wire, "tap_sendmsg called {} times for {to_wire} frames", calls("tap_sendmsg"));
+    assert!(calls("tap_write") >= calls("tap_sendmsg"), "tap_write {} < tap_sendmsg", calls("tap_write"));
+    assert!(calls("vhost_tx") >= 1 && calls("vhost_tx") <= calls("tap_write") + 10, "handle_tx {}", calls("vhost_tx"));
+    // To the guest: handle_rx takes each frame with the tap's recvmsg.
+    assert!(
+        calls("tap_recvmsg") >= to_guest,
+        "tap_recvmsg called {} times for {to_guest} frames",
+        calls("tap_recvmsg")
+    );
+    assert!(calls("vhost_rx") >= 1, "handle_rx {}", calls("vhost_rx"));
+    // The frames' journeys: out by the macvtap to the uplink; in by the
+    // uplink, queued on the tap for vhost, handed to tap_do_read by
+    // vhost's recvmsg and copied into the guest's buffer.
+    assert_measured(pair(&r, "to-wire", "queue", "xmit"), to_wire.min(70), "to-wire queue -> xmit");
+    assert_measured(pair(&r, "to-wire", "xmit", "macvlan_xmit"), 20, "to-wire xmit -> macvlan_xmit");
+    assert_measured(pair(&r, "to-guest", "macvlan_rx", "tap_enqueue"), 20, "to-guest macvlan_rx -> tap_enqueue");
+    assert_measured(pair(&r, "to-guest", "tap_enqueue", "tap_read"), 20, "to-guest tap_enqueue -> tap_read");
+    assert_measured(pair(&r, "to-guest", "tap_read", "copy_out"), 20, "to-guest tap_read -> copy_out");
+    let wrong = netprobe_tests::impossible_pairs(&r);
+    assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
+}
+
 /// The seed's question: the lab's MacVTap scenario (A) against its OVS
 /// one (B), the same traffic through each, compared by `netprobe compare`
 /// after the VM ran. Each side's switch hops appear on its side only; the

@@ -227,6 +227,27 @@ fn unknown_interface_is_a_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `demo --vhost` where there is no /dev/vhost-net (this development
+/// kernel has no vhost_net; the lab's Debian kernel has, see lab.rs) says
+/// how to get it, and on another topology that it is macvtap only; both
+/// before any namespace is made.
+#[test]
+fn demo_vhost_without_vhost_net_or_on_another_topology_is_a_clear_error() {
+    let run = |args: &[&str]| {
+        let out = Command::new(netprobe_tests::netprobe_bin()).args(args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let err = run(&["demo", "--vhost", "--topology", "bridge"]);
+    assert!(err.contains("macvtap topology only"), "unclear error: {err}");
+    if !std::path::Path::new("/dev/vhost-net").exists() {
+        let err = run(&["demo", "--vhost"]);
+        assert!(err.contains("/dev/vhost-net") && err.contains("modprobe vhost_net"), "unclear error: {err}");
+    }
+}
+
 #[test]
 fn probes_lists_every_catalog_hop_with_a_backend_or_a_reason() {
     if !require_root("probes_lists_every_catalog_hop_with_a_backend_or_a_reason") {

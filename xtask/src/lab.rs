@@ -1,9 +1,10 @@
 //! `cargo xtask lab`: the QEMU lab. Boots Debian's stock kernel under QEMU
 //! (no KVM needed) with an initramfs holding the freshly built netprobe,
-//! runs the demo scenarios inside (macvtap, tap+bridge, tap+OVS datapath)
-//! with real traffic, and brings their JSON reports back to target/lab/.
-//! Debian packages are fetched once and cached in ~/.cache/netprobe/lab;
-//! only the initramfs is rebuilt after a code change.
+//! runs the demo scenarios inside (macvtap, tap+bridge, tap+OVS datapath,
+//! macvtap with the guest stand-in on vhost-net) with real traffic, and
+//! brings their JSON reports back to target/lab/. Debian packages are
+//! fetched once and cached in ~/.cache/netprobe/lab; only the initramfs is
+//! rebuilt after a code change.
 
 use std::{
     collections::BTreeSet,
@@ -68,7 +69,8 @@ pub(crate) struct LabOpts {
     /// Scenarios to run in the x86_64 VM (comma separated); the s390x VM
     /// runs the macvtap scenario. `unload`: openvswitch unloaded and
     /// loaded again while `record` and `serve` run (see [`UNLOAD`]).
-    #[arg(long, value_delimiter = ',', default_value = "macvtap,bridge,ovs,unload")]
+    /// `vhost`: the macvtap demo with the guest stand-in on vhost-net.
+    #[arg(long, value_delimiter = ',', default_value = "macvtap,bridge,ovs,unload,vhost")]
     pub(crate) scenarios: Vec<String>,
     /// Give up on the VM after this many seconds.
     #[arg(long, default_value_t = 900)]
@@ -468,9 +470,15 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
             s += &unload_scenario(release, modules);
             continue;
         }
+        // `vhost`: the macvtap topology, the guest stand-in on vhost-net;
+        // its log (with the frames the stand-in moved) comes back too.
+        let args = if sc == "vhost" { "macvtap --vhost".to_owned() } else { format!("{sc} --drop-stacks") };
         s += &format!(
-            "echo '{BEGIN} {sc}'\n/usr/bin/netprobe demo --topology {sc} --drop-stacks --format json 2>/tmp/{sc}.err\nrc=$?\necho '{END} {sc}'\necho \"lab: scenario {sc} exit $rc\"; cat /tmp/{sc}.err\n"
+            "echo '{BEGIN} {sc}'\n/usr/bin/netprobe demo --topology {args} --format json 2>/tmp/{sc}.err\nrc=$?\necho '{END} {sc}'\necho \"lab: scenario {sc} exit $rc\"; cat /tmp/{sc}.err\n"
         );
+        if sc == "vhost" {
+            s += &format!("echo '{BEGIN} vhost-log'\ncat /tmp/vhost.err\necho '{END} vhost-log'\n");
+        }
     }
     s += "echo 'lab: done'\npoweroff -f\n";
     s
@@ -635,6 +643,9 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         }
         let out = work.join(format!("{sc}.json"));
         std::fs::write(&out, &json)?;
+        if sc == "vhost" {
+            std::fs::write(work.join("vhost-log.txt"), section(&text, "vhost-log").unwrap_or_default())?;
+        }
         if sc == "unload" {
             for name in UNLOAD_TEXTS {
                 let text = section(&text, name).unwrap_or_default();

@@ -355,6 +355,15 @@ pub const HOPS: &[Hop] = &[
         flags: 0,
         what: "vhost-net worker: tap/macvtap -> guest RX ring",
     },
+    Hop {
+        id: F + 35,
+        label: "tap_sendmsg",
+        path: Path::VhostNet,
+        way: Way::ToWire,
+        site: func("tap_sendmsg", Some("tap"), NoSkb),
+        flags: 0,
+        what: "vhost-net sends a guest frame into the macvtap (its tap_get_user follows)",
+    },
     // Open vSwitch kernel datapath.
     Hop {
         id: F + 13,

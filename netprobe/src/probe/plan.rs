@@ -291,6 +291,7 @@ mod tests {
             "tun_xmit",
             "vhost_tx",
             "vhost_rx",
+            "tap_sendmsg",
             "ovs_rx_hook",
             "ovs_vport_rx",
             "ovs_flow_lookup",

@@ -3,7 +3,8 @@
 //! iperf3 is installed, UDP datagrams to a blackholed address for the drop
 //! path), and tears it down on every way out. With `--guest`, a real QEMU
 //! guest on a macvtap takes the guest stand-in's place and sends its own
-//! traffic. With `--hold`, the topology alone, kept for one's own runs.
+//! traffic. With `--vhost`, the guest stand-in drives vhost-net. With
+//! `--hold`, the topology alone, kept for one's own runs.
 
 use std::{io::Write as _, path::Path, time::Duration};
 
@@ -20,17 +21,22 @@ use super::{
 };
 use crate::recording::Recording;
 
-/// Runs the demo on topology `kind` and returns its recording (also
-/// written to `output`, if given).
-pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Recording> {
+/// Runs the demo on topology `kind` (with `vhost`, the guest stand-in
+/// drives vhost-net) and returns its recording (also written to `output`,
+/// if given).
+pub fn run(kind: Kind, vhost: bool, output: Option<&Path>, opts: &RecordOptions) -> Result<Recording> {
     if let Some(path) = output {
         super::check_writable(path)?;
     }
-    crate::say!("netprobe demo: building the {kind:?} topology in network namespaces");
-    let topo = std::sync::Arc::new(Topology::create_kind(kind)?);
+    let standin = if vhost { ", guest stand-in on vhost-net" } else { "" };
+    crate::say!("netprobe demo: building the {kind:?} topology in network namespaces{standin}");
+    let topo = std::sync::Arc::new(Topology::create_with(kind, vhost)?);
     let stop = Stop::install();
     let mut rec =
         Recorder::start(&RecordOptions { ifaces: topo.ifaces(), spool_dir: Some(spool_dir(output)), ..opts.clone() })?;
+    // The stand-in's counts while every hop is attached, to hold the
+    // recording's against (the lab's vhost scenario does).
+    let attached = topo.stats.counts();
     crate::say!(
         "netprobe demo: guest {} <-> {kind:?} {} / {} <-> peer {}; sending ICMP, TCP, UDP (Ctrl-C stops early)",
         topology::GUEST_ADDR,
@@ -48,6 +54,7 @@ pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Re
         Ok(())
     });
     let interrupted = record_while(stop, rx, &mut rec);
+    let recorded = topo.stats.counts().since(attached);
     let recording = rec.recording(interrupted)?;
     drop(rec);
     if let Some(path) = output {
@@ -57,6 +64,8 @@ pub fn run(kind: Kind, output: Option<&Path>, opts: &RecordOptions) -> Result<Re
     if !interrupted {
         traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
     }
+    crate::say!("netprobe demo: guest stand-in while recording: {recorded}");
+    crate::say!("netprobe demo: guest stand-in in all: {}", topo.stats.counts());
     drop(topo);
     Ok(recording)
 }
@@ -131,9 +140,9 @@ pub fn run_guest(image_dir: &Path, output: Option<&Path>, opts: &RecordOptions) 
 /// `record --iface`, the peer's address), and keeps it, guest stand-in
 /// relaying, until Ctrl-C or SIGTERM; then removes it. For runs of one's
 /// own through the topology, such as a benchmark sweep (README).
-pub fn hold(kind: Kind) -> Result<()> {
+pub fn hold(kind: Kind, vhost: bool) -> Result<()> {
     let stop = Stop::install();
-    let topo = Topology::create_kind(kind)?;
+    let topo = Topology::create_with(kind, vhost)?;
     if kind == Kind::Ovs {
         topo.add_ovs_flows()?;
     }
