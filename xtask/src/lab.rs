@@ -561,13 +561,13 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
                 let mut q = Command::new("qemu-system-x86_64");
                 q.args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
                     .args(["-accel", "tcg", "-cpu", "max"])
-                    .args(["-append", "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=3"]);
+                    .args(["-append", &format!("console=ttyS0 panic=-1 rdinit=/init quiet loglevel=3 {LOCKUP}")]);
                 q
             }
             Arch::S390x => {
                 let mut q = Command::new("qemu-system-s390x");
                 q.args(["-M", "s390-ccw-virtio", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
-                    .args(["-append", "console=ttysclp0 panic=-1 rdinit=/init quiet loglevel=3"]);
+                    .args(["-append", &format!("console=ttysclp0 panic=-1 rdinit=/init quiet loglevel=3 {LOCKUP}")]);
                 q
             }
         };
@@ -604,6 +604,30 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         };
         let text = std::fs::read_to_string(&console).unwrap_or_default();
         let tail = || console_tail(&text);
+        // A vCPU that stops scheduling panics (LOCKUP), so the boot ends
+        // at once with the stacks of both CPUs on the console instead of
+        // running into the timeout. Seen once (2026-12-02, a clean-clone CI
+        // run): CPU#1 stuck in the first `netprobe probes` for 800 s; the
+        // same step passed in the runs before and after it.
+        if kernel_locked_up(&text) {
+            let kept = work.join(format!("console-lockup-{attempt}.log"));
+            std::fs::copy(&console, &kept)?;
+            if attempt < ATTEMPTS {
+                eprintln!(
+                    "xtask lab: a CPU of the {arch:?} VM locked up (attempt {attempt} of {ATTEMPTS}; whole console \
+                     kept in {}); booting again. Console tail:\n{}",
+                    kept.display(),
+                    tail()
+                );
+                attempt += 1;
+                continue;
+            }
+            bail!(
+                "a CPU of the {arch:?} VM locked up in {ATTEMPTS} boots (consoles kept in {}); console tail:\n{}",
+                work.display(),
+                tail()
+            );
+        }
         if crashed && attempt < ATTEMPTS {
             eprintln!(
                 "xtask lab: a kernel module's init crashed in the {arch:?} VM (attempt {attempt} of {ATTEMPTS}); \
@@ -699,6 +723,17 @@ fn console_tail(text: &str) -> String {
     text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
+/// Kernel arguments that turn a soft lockup into a panic that prints the
+/// stacks of all CPUs (`panic_print=0x20` replays the messages `loglevel=3`
+/// kept off the console), so a hung VM exits at once (`panic=-1`,
+/// `-no-reboot`) and says where it hung.
+const LOCKUP: &str = "softlockup_panic=1 softlockup_all_cpu_backtrace=1 panic_print=0x20";
+
+/// Whether the kernel reported a CPU that stopped scheduling.
+fn kernel_locked_up(console: &str) -> bool {
+    console.contains("BUG: soft lockup")
+}
+
 /// Whether a module's init crashed during boot (its insmod failed with an
 /// oops): the boot cannot go on usefully.
 fn module_init_crashed(console: &str) -> bool {
@@ -741,5 +776,9 @@ mod tests {
         let clean =
             "KASLR disabled: CPU has no PRNG\nlab-begin probes\n{}\nlab-end probes\nlab: scenario macvtap exit 0\n";
         assert!(!super::module_init_crashed(clean));
+        assert!(!super::kernel_locked_up(clean));
+        assert!(super::kernel_locked_up(
+            "=== NETPROBE-LAB BEGIN probes\n[   64.762089] watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netprobe:119]\n"
+        ));
     }
 }
