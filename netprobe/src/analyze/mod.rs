@@ -190,12 +190,19 @@ impl<'a> Devices<'a> {
         self.guest_facing.contains(&d.name)
     }
 
-    /// The direction of a packet that first appeared on `origin`.
-    fn direction(&self, origin: u64) -> Direction {
-        if self.guest_facing(origin) {
-            Direction::ToWire
-        } else {
+    /// The direction of a packet that first appeared on `origin`, at
+    /// `origin_hop` where it is known: out of the guest if it started at a
+    /// guest-facing device on its way in from the guest, else toward it
+    /// (a tap's own transmit is the host sending to its guest).
+    fn direction(&self, origin_hop: Option<u8>, origin: u64) -> Direction {
+        if !self.guest_facing(origin) {
+            return Direction::ToGuest;
+        }
+        let kind = self.by_key.get(&origin).map_or("", |d| d.kind.as_str());
+        if origin_hop.is_some_and(|h| catalog::starts_toward_guest(h, kind)) {
             Direction::ToGuest
+        } else {
+            Direction::ToWire
         }
     }
 
@@ -204,8 +211,8 @@ impl<'a> Devices<'a> {
     }
 
     /// A hop pair as the reports name it.
-    fn pair_name(&self, origin: u64, from: Node, to: Node) -> PairName {
-        (self.direction(origin), self.at(from.0, from.1), self.at(to.0, to.1))
+    fn pair_name(&self, origin_hop: Option<u8>, origin: u64, from: Node, to: Node) -> PairName {
+        (self.direction(origin_hop, origin), self.at(from.0, from.1), self.at(to.0, to.1))
     }
 }
 
@@ -217,7 +224,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
     let mut rows: BTreeMap<(Direction, Node, Node), Hist> = BTreeMap::new();
     let mut origins: BTreeMap<Direction, Vec<Node>> = BTreeMap::new();
     for p in &rec.pairs {
-        let dir = devs.direction(p.origin);
+        let dir = devs.direction(Some(p.origin_hop), p.origin);
         rows.entry((dir, (p.from_hop, p.from_dev), (p.to_hop, p.to_dev)))
             .or_insert_with(Hist::zeroed)
             .merge(&p.hist.to_hist()?);
@@ -243,7 +250,9 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
     // Drops: one row per (reason, direction, last hop, last device).
     let mut drop_rows: BTreeMap<(u32, Direction, u8, u64), u64> = BTreeMap::new();
     for d in &rec.drops {
-        *drop_rows.entry((d.reason, devs.direction(d.origin), d.last_hop, d.last_dev)).or_default() += d.packets;
+        *drop_rows
+            .entry((d.reason, devs.direction(Some(d.origin_hop), d.origin), d.last_hop, d.last_dev))
+            .or_default() += d.packets;
     }
     let mut drops: Vec<DropReport> = drop_rows
         .into_iter()
@@ -445,7 +454,7 @@ fn intervals(recs: &[IntervalRec], devs: &Devices<'_>) -> Vec<IntervalReport> {
                 .iter()
                 .map(|p| {
                     let (direction, from, to) =
-                        devs.pair_name(p.origin, (p.from_hop, p.from_dev), (p.to_hop, p.to_dev));
+                        devs.pair_name(p.origin_hop, p.origin, (p.from_hop, p.from_dev), (p.to_hop, p.to_dev));
                     IntervalPairReport {
                         direction,
                         from,
@@ -469,7 +478,7 @@ fn interval_hists(rec: &Recording, devs: &Devices<'_>) -> Result<Vec<IntervalHis
         let mut pairs: BTreeMap<PairName, Hist> = BTreeMap::new();
         for p in &iv.pairs {
             let Some(h) = &p.hist else { continue };
-            let name = devs.pair_name(p.origin, (p.from_hop, p.from_dev), (p.to_hop, p.to_dev));
+            let name = devs.pair_name(p.origin_hop, p.origin, (p.from_hop, p.from_dev), (p.to_hop, p.to_dev));
             pairs.entry(name).or_insert_with(Hist::zeroed).merge(&h.to_hist()?);
         }
         out.push(IntervalHists { start_s: start, end_s: iv.t_s, pairs });
@@ -485,7 +494,7 @@ fn journeys(rec: &Recording, devs: &Devices<'_>) -> Vec<Journey> {
         .iter()
         .filter(|j| j.hops.len() >= 2)
         .map(|j| Journey {
-            direction: devs.direction(j.hops[0].dev),
+            direction: devs.direction(Some(j.hops[0].hop), j.hops[0].dev),
             hops: j.hops.iter().map(|h| JourneyStep { at: devs.at(h.hop, h.dev), t_ns: h.t_ns }).collect(),
         })
         .collect()
@@ -670,6 +679,32 @@ pub(crate) mod tests {
         assert_eq!(guest.direction, Direction::ToGuest);
         assert_eq!(guest.pairs[0].to_label(), "copy_out@macvtap0");
         assert_eq!(guest.pairs[1].to_label(), "consumed");
+    }
+
+    /// A packet that starts with the tap's own transmit is the host sending
+    /// to the guest (`dev_queue_xmit` -> `tun_net_xmit`), not the guest
+    /// sending: seen in the lab's OVS scenario as one to-wire journey
+    /// `queue -> xmit -> tun_xmit -> copy_out` at the tap. On a macvtap the
+    /// same hops are the guest's frame leaving (the test above).
+    #[test]
+    fn a_journey_that_starts_with_a_taps_transmit_goes_toward_the_guest() {
+        let rec = recording(
+            vec![dev(0x10, "tap0", "tun"), dev(0x20, "eth0", "veth")],
+            &[
+                (0x10, hop::NET_DEV_QUEUE, 0x10, hop::NET_DEV_START_XMIT, 0x10, &[1000]),
+                (0x10, hop::NET_DEV_START_XMIT, 0x10, hop::SKB_COPY_DATAGRAM_IOVEC, 0x10, &[9000]),
+            ],
+        );
+        let r = analyze(&rec).unwrap().report;
+        assert!(r.directions[0].pairs.is_empty(), "nothing toward the wire: {:?}", r.directions[0].pairs);
+        let to_guest: Vec<String> =
+            r.directions[1].pairs.iter().map(|p| format!("{} -> {}", p.from_label(), p.to_label())).collect();
+        assert_eq!(to_guest, ["queue@tap0 -> xmit@tap0", "xmit@tap0 -> copy_out@tap0"]);
+        // What the guest writes into its tap enters by netif_rx: out of the guest.
+        assert!(!catalog::starts_toward_guest(hop::NETIF_RX, "tun"));
+        assert!(!catalog::starts_toward_guest(hop::NET_DEV_QUEUE, "macvtap"));
+        assert!(!catalog::starts_toward_guest(hop::NET_DEV_QUEUE, ""));
+        assert!(catalog::starts_toward_guest(hop::SKB_COPY_DATAGRAM_IOVEC, "macvtap"));
     }
 
     /// A device whose kind the kernel side could not read is guest-facing

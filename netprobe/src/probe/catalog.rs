@@ -589,6 +589,26 @@ pub fn by_id(id: u8) -> Option<&'static Hop> {
     HOPS.iter().find(|h| h.id == id)
 }
 
+/// Whether a journey whose first hop is `id`, at a guest-facing device of
+/// `kind` ("tun", "macvtap", or "" where the kind is unknown), carries a
+/// packet into the guest rather than out of it. A tap's own transmit
+/// (`queue`, `xmit`: `dev_queue_xmit` -> `tun_net_xmit`) and any read
+/// toward the guest (`copy_out`, the to-guest function hops) go in; on a
+/// macvtap `queue`/`xmit` is the guest's frame leaving (`tap_get_user` ->
+/// `dev_queue_xmit`), and where the kind is unknown the two cannot be told
+/// apart, so the frame is taken as the guest's.
+pub fn starts_toward_guest(id: u8, kind: &str) -> bool {
+    let Some(h) = by_id(id) else { return false };
+    match h.way {
+        Way::ToGuest => true,
+        Way::ToWire => false,
+        Way::Both => {
+            id == hop::SKB_COPY_DATAGRAM_IOVEC
+                || (kind == "tun" && (id == hop::NET_DEV_QUEUE || id == hop::NET_DEV_START_XMIT))
+        }
+    }
+}
+
 /// Label of a hop id, or `hop<N>` for an id this build does not know.
 pub fn label(id: u8) -> String {
     by_id(id).map_or_else(|| format!("hop{id}"), |h| h.label.to_owned())

@@ -180,6 +180,10 @@ pub struct DevRec {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IntervalPair {
     pub origin: u64,
+    /// The hop the pair's packets started at (older recordings: absent,
+    /// and the direction is decided by the device alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_hop: Option<u8>,
     pub from_dev: u64,
     pub to_dev: u64,
     pub from_hop: u8,

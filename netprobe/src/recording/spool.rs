@@ -85,6 +85,7 @@ mod tests {
             .iter()
             .map(|&c| IntervalPair {
                 origin: 1,
+                origin_hop: None,
                 from_dev: 2,
                 to_dev: 3,
                 from_hop: 1,

@@ -404,6 +404,7 @@ impl Recorder {
             let (p50, _, p99, _) = percentiles(&delta);
             pairs.push(IntervalPair {
                 origin: k.origin,
+                origin_hop: Some(k.origin_hop),
                 from_dev: k.from_dev,
                 to_dev: k.to_dev,
                 from_hop: k.from_hop,
