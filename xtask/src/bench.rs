@@ -41,7 +41,8 @@ pub(crate) struct BenchOpts {
     /// Modes to compare, interleaved (order rotated each repetition):
     /// untraced, empty (netprobe's programs returning at once: the
     /// tracepoints' own cost), aggregate, aggregate_nocpu (without the CPU
-    /// accounting programs), aggregate_bt_hops (only the five hops
+    /// accounting programs), aggregate_nofp (without the header
+    /// fingerprint, `--fingerprint-gap 0`), aggregate_bt_hops (only the five hops
     /// bench/hops.bt times, `--hops`), softirq_vectors (aggregate with
     /// --softirq-vectors), aggregate_probe (the skb laundered by a helper
     /// call, as before), trace, sample64 (aggregate with --sample 64),
@@ -848,6 +849,9 @@ pub(crate) fn mode_tracer(mode: &str) -> Option<Option<StartTracer>> {
         "empty" => |b, _| Tracer::netprobe(b, &["--bench-empty-programs"]),
         "aggregate" => |b, _| Tracer::netprobe(b, &[]),
         "aggregate_nocpu" => |b, _| Tracer::netprobe(b, &["--bench-no-cpu"]),
+        // Without the header fingerprint (no header read where tracking
+        // starts, no check after a gap): what the fingerprint costs.
+        "aggregate_nofp" => |b, _| Tracer::netprobe(b, &["--fingerprint-gap", "0"]),
         // bench/hops.bt's five tracepoints only: the same work as bpftrace.
         "aggregate_bt_hops" => |b, _| Tracer::netprobe(b, &["--hops", BT_HOPS]),
         "softirq_vectors" => |b, _| Tracer::netprobe(b, &["--softirq-vectors"]),
