@@ -604,41 +604,38 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         };
         let text = std::fs::read_to_string(&console).unwrap_or_default();
         let tail = || console_tail(&text);
-        // A vCPU that stops scheduling panics (LOCKUP), so the boot ends
-        // at once with the stacks of both CPUs on the console instead of
-        // running into the timeout. Seen once (2026-12-02, a clean-clone CI
+        // A boot that cannot go on usefully is given up and booted again:
+        // a module's init that died under TCG, or a vCPU that stopped
+        // scheduling, which panics (LOCKUP) so the boot ends at once with
+        // the stacks of both CPUs on the console instead of running into
+        // the timeout. A lockup was seen once (2026-12-02, a clean-clone CI
         // run): CPU#1 stuck in the first `netprobe probes` for 800 s; the
         // same step passed in the runs before and after it.
-        if kernel_locked_up(&text) {
-            let kept = work.join(format!("console-lockup-{attempt}.log"));
+        let failed = if kernel_locked_up(&text) {
+            Some("a CPU locked up")
+        } else if crashed {
+            Some("a kernel module's init crashed")
+        } else {
+            None
+        };
+        if let Some(what) = failed {
+            let kept = work.join(format!("console-failed-boot-{attempt}.log"));
             std::fs::copy(&console, &kept)?;
-            if attempt < ATTEMPTS {
-                eprintln!(
-                    "xtask lab: a CPU of the {arch:?} VM locked up (attempt {attempt} of {ATTEMPTS}; whole console \
-                     kept in {}); booting again. Console tail:\n{}",
-                    kept.display(),
+            if attempt == ATTEMPTS {
+                bail!(
+                    "{what} in the {arch:?} VM in {ATTEMPTS} boots (consoles kept in {}); console tail:\n{}",
+                    work.display(),
                     tail()
                 );
-                attempt += 1;
-                continue;
             }
-            bail!(
-                "a CPU of the {arch:?} VM locked up in {ATTEMPTS} boots (consoles kept in {}); console tail:\n{}",
-                work.display(),
-                tail()
-            );
-        }
-        if crashed && attempt < ATTEMPTS {
             eprintln!(
-                "xtask lab: a kernel module's init crashed in the {arch:?} VM (attempt {attempt} of {ATTEMPTS}); \
+                "xtask lab: {what} in the {arch:?} VM (attempt {attempt} of {ATTEMPTS}; whole console kept in {}); \
                  booting again. Console tail:\n{}",
+                kept.display(),
                 tail()
             );
             attempt += 1;
             continue;
-        }
-        if crashed {
-            bail!("a kernel module's init crashed in the {arch:?} VM in {ATTEMPTS} boots; console tail:\n{}", tail());
         }
         if status.is_none() {
             bail!("the {arch:?} lab VM did not finish within {} s; console tail:\n{}", opts.timeout, tail());
