@@ -105,7 +105,7 @@ const _: () = assert!(std::mem::size_of::<MemoryOne>() == 8 + 32);
 
 /// Descriptors per ring (a power of two; 256 keeps each ring part within
 /// one page: descriptors 16 B, avail 4 + 2 B, used 4 + 8 B per entry).
-const QUEUE_SIZE: u16 = 256;
+pub const QUEUE_SIZE: u16 = 256;
 const PAGE: usize = 4096;
 /// One buffer per descriptor: a 12-byte header and a frame of up to the
 /// tap's MTU (no offloads are negotiated, so no frame is bigger).

@@ -356,13 +356,25 @@ fn vhost_net_carries_the_guest_standins_frames_both_ways() {
     // To the wire: vhost's handle_tx sends each frame with the tap's
     // sendmsg, which builds its skb in tap_get_user (tap_write).
     let calls = |h: &str| function(&r, h)["calls"].as_u64().unwrap();
-    assert!(calls("tap_sendmsg") >= to_wire, "tap_sendmsg called {} times for {to_wire} frames", calls("tap_sendmsg"));
+    // The stand-in counts a frame when it takes back its used descriptor,
+    // which can be after vhost sent it: frames sent before netprobe
+    // attached but taken back after the stand-in's count began are in its
+    // window, not in netprobe's (seen once in CI: 26228 calls for 26229
+    // frames). At most a ring's worth can be in flight.
+    let in_flight = u64::from(netprobe_testbed::vhost::QUEUE_SIZE);
+    assert!(
+        calls("tap_sendmsg") + in_flight >= to_wire,
+        "tap_sendmsg called {} times for {to_wire} frames (+{in_flight} in flight at most)",
+        calls("tap_sendmsg")
+    );
     assert!(calls("tap_write") >= calls("tap_sendmsg"), "tap_write {} < tap_sendmsg", calls("tap_write"));
     assert!(calls("vhost_tx") >= 1 && calls("vhost_tx") <= calls("tap_write") + 10, "handle_tx {}", calls("vhost_tx"));
-    // To the guest: handle_rx takes each frame with the tap's recvmsg.
+    // To the guest: handle_rx takes each frame with the tap's recvmsg
+    // (counted by the stand-in when it takes the filled buffer back: the
+    // same ring's worth of slack).
     assert!(
-        calls("tap_recvmsg") >= to_guest,
-        "tap_recvmsg called {} times for {to_guest} frames",
+        calls("tap_recvmsg") + in_flight >= to_guest,
+        "tap_recvmsg called {} times for {to_guest} frames (+{in_flight} in flight at most)",
         calls("tap_recvmsg")
     );
     assert!(calls("vhost_rx") >= 1, "handle_rx {}", calls("vhost_rx"));
