@@ -26,8 +26,8 @@ use crate::{
     model::{
         at,
         report::{
-            CpuReport, CpuThread, DeviceReport, DirectionReport, DropReport, DropStackReport, FunctionReport,
-            GuestReport, IntervalPairReport, IntervalReport, PairReport, Report,
+            CpuReport, CpuThread, DeviceReport, DirectionReport, DropReport, DropStackReport, DropStacksLeftOut,
+            FunctionReport, GuestReport, IntervalPairReport, IntervalReport, PairReport, Report,
         },
         Direction, PairName, Role, Workload, SOFTIRQ_FROM_BPF, SOFTIRQ_FROM_STAT,
     },
@@ -266,7 +266,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         })
         .collect();
     drops.sort_by_key(|d| std::cmp::Reverse(d.packets));
-    let drop_stacks = drop_stacks(rec);
+    let (drop_stacks, drop_stacks_left_out) = drop_stacks(rec);
 
     let mut funcs: Vec<(u8, Hist)> =
         rec.functions.iter().map(|(id, h)| h.to_hist().map(|h| (*id, h))).collect::<Result<_>>()?;
@@ -324,6 +324,7 @@ pub fn analyze(rec: &Recording) -> Result<Analysis> {
         directions,
         drops,
         drop_stacks,
+        drop_stacks_left_out,
         functions,
         devices,
         tracking,
@@ -359,8 +360,9 @@ pub const TOP_STACKS_PER_REASON: usize = 5;
 
 /// `--drop-stacks`: per drop reason, its [`TOP_STACKS_PER_REASON`] stacks
 /// with the most packets (over every direction and previous hop); the
-/// reasons with the most packets first.
-fn drop_stacks(rec: &Recording) -> Vec<DropStackReport> {
+/// reasons with the most packets first; and per reason, the stacks and
+/// packets left out of that top.
+fn drop_stacks(rec: &Recording) -> (Vec<DropStackReport>, Vec<DropStacksLeftOut>) {
     // reason -> stack -> (freed by, packets)
     let mut by: BTreeMap<u32, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
     for d in &rec.drop_stacks {
@@ -385,7 +387,21 @@ fn drop_stacks(rec: &Recording) -> Vec<DropStackReport> {
         })
         .collect();
     reasons.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].reason_code.cmp(&b.1[0].reason_code)));
-    reasons.into_iter().flat_map(|(_, rows)| rows.into_iter().take(TOP_STACKS_PER_REASON)).collect()
+    let mut shown = Vec::new();
+    let mut left_out = Vec::new();
+    for (_, mut rows) in reasons {
+        let rest = rows.split_off(rows.len().min(TOP_STACKS_PER_REASON));
+        if !rest.is_empty() {
+            left_out.push(DropStacksLeftOut {
+                reason: rest[0].reason.clone(),
+                reason_code: rest[0].reason_code,
+                stacks: rest.len() as u64,
+                packets: rest.iter().map(|r| r.packets).sum(),
+            });
+        }
+        shown.extend(rows);
+    }
+    (shown, left_out)
 }
 
 fn direction_report(

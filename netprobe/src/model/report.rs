@@ -47,6 +47,11 @@ pub struct Report {
     /// first (absent from recordings made without it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop_stacks: Vec<DropStackReport>,
+    /// `--drop-stacks`: per reason, the drops whose stacks fell outside
+    /// its top rows, so the shown stacks plus these add up to every drop
+    /// that got a stack (the recording keeps them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_stacks_left_out: Vec<DropStacksLeftOut>,
     /// Time inside hop functions (fexit/kretprobe pairs).
     pub functions: Vec<FunctionReport>,
     pub devices: Vec<DeviceReport>,
@@ -61,6 +66,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// The stacks of `drop_stacks[i]`'s reason left out of the top, when
+    /// row `i` is the last shown of its reason.
+    pub fn drop_stacks_left_out_after(&self, i: usize) -> Option<&DropStacksLeftOut> {
+        let code = self.drop_stacks.get(i)?.reason_code;
+        if self.drop_stacks.get(i + 1).is_some_and(|n| n.reason_code == code) {
+            return None;
+        }
+        self.drop_stacks_left_out.iter().find(|l| l.reason_code == code)
+    }
+
     /// The guest behind each device, as every printer names it.
     pub fn guest_names(&self) -> GuestNames {
         GuestNames::of(self.guests.iter().map(|g| &g.guest))
@@ -313,6 +328,23 @@ pub struct DropStackReport {
     /// The stack folded as `stackcollapse-perf.pl` folds one: root first,
     /// `;`-separated (append ` packets` for a flame-graph tool's line).
     pub stack: String,
+}
+
+/// One drop reason's stacks beyond the report's top rows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropStacksLeftOut {
+    pub reason: String,
+    pub reason_code: u32,
+    pub stacks: u64,
+    pub packets: u64,
+}
+
+impl DropStacksLeftOut {
+    /// "in 3 more stacks, ...", for the table and the HTML.
+    pub fn describe(&self) -> String {
+        let s = if self.stacks == 1 { "" } else { "s" };
+        format!("in {} more stack{s}, left out of this report (the recording has them)", self.stacks)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

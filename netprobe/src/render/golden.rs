@@ -113,6 +113,21 @@ fn golden_drop_stacks_formats() {
     }
     let blackholed = r.drop_stacks.iter().find(|d| d.freed_by == "ip_error").expect("no stack freed by ip_error");
     assert!(blackholed.packets >= 50 && blackholed.stack.ends_with(";ip_error;sk_skb_reason_drop"), "{blackholed:?}");
+    // What the top leaves out is counted: shown plus left out is every
+    // drop the recording has a stack for, reason by reason.
+    let mut recorded: std::collections::BTreeMap<u32, u64> = Default::default();
+    for d in &rec.drop_stacks {
+        *recorded.entry(d.reason).or_default() += d.packets;
+    }
+    let mut reported: std::collections::BTreeMap<u32, u64> = Default::default();
+    for d in &r.drop_stacks {
+        *reported.entry(d.reason_code).or_default() += d.packets;
+    }
+    for l in &r.drop_stacks_left_out {
+        *reported.entry(l.reason_code).or_default() += l.packets;
+    }
+    assert_eq!(recorded, reported);
+    assert!(!r.drop_stacks_left_out.is_empty(), "the fixture has a reason with more stacks than the top shows");
 }
 
 /// macvtap (the demo) against the bridge topology, recorded the same way.

@@ -376,7 +376,7 @@ fn drop_stacks(h: &mut String, r: &Report) {
          by</th><th class=\"text\">stack (root first)</th></tr>",
         crate::analyze::TOP_STACKS_PER_REASON
     );
-    for d in &r.drop_stacks {
+    for (i, d) in r.drop_stacks.iter().enumerate() {
         let _ = writeln!(
             h,
             "<tr><td class=\"text\">{}</td><td>{}</td><td class=\"text\"><code>{}</code></td><td \
@@ -387,6 +387,15 @@ fn drop_stacks(h: &mut String, r: &Report) {
             esc(&d.stack),
             d.packets
         );
+        if let Some(l) = r.drop_stacks_left_out_after(i) {
+            let _ = writeln!(
+                h,
+                "<tr><td class=\"text\">{}</td><td>{}</td><td class=\"text\"></td><td class=\"text\">{}</td></tr>",
+                esc(&l.reason),
+                l.packets,
+                l.describe()
+            );
+        }
     }
     h.push_str("</table></section>\n");
 }

@@ -192,13 +192,16 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             crate::analyze::TOP_STACKS_PER_REASON
         )?;
         let mut last = None;
-        for d in &r.drop_stacks {
+        for (i, d) in r.drop_stacks.iter().enumerate() {
             if last != Some(d.reason_code) {
                 writeln!(out, "  {}", d.reason)?;
                 last = Some(d.reason_code);
             }
             writeln!(out, "    {:>9}  freed by {}", d.packets, d.freed_by)?;
             writeln!(out, "      {} {}", d.stack, d.packets)?;
+            if let Some(l) = r.drop_stacks_left_out_after(i) {
+                writeln!(out, "    {:>9}  {}", l.packets, l.describe())?;
+            }
         }
         writeln!(
             out,
