@@ -6,7 +6,7 @@
 //! `<backend prefix>_<tracepoint>` (see `netprobe_common::Backend::prefix`).
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use netprobe_common::hop;
@@ -48,9 +48,16 @@ macro_rules! hop_programs {
             0
         }
 
-        #[tracepoint(category = $cat, name = $tp)]
-        fn $classic(ctx: TracePointContext) -> u32 {
-            classic_hop(&ctx, hop::$hop);
+        // Written out rather than through aya's `#[tracepoint]`: its entry
+        // calls the body as a function and drops the result, so LLVM may
+        // leave any register in R0 at the body's exit; Linux 6.18 refused
+        // a body that exited with a stack address there ("cannot return
+        // stack pointer to the caller"). Here the hop is inlined into the
+        // entry, which returns 0 itself.
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = concat!("tracepoint/", $cat, "/", $tp))]
+        fn $classic(ctx: *mut core::ffi::c_void) -> u32 {
+            classic_hop(&TracePointContext::new(ctx), hop::$hop);
             0
         }
     )*};
