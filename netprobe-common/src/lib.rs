@@ -455,7 +455,7 @@ pub struct Config {
     pub flow: FlowFilter,
     /// `--sample N`: follow one packet in N (0 or 1: all), decided where
     /// its tracking would start from a hash of header fields that differ
-    /// from packet to packet ([`FlowFields::sample_hash`]).
+    /// from packet to packet ([`sample_hash`]).
     pub sample_every: u32,
     /// Gap (ns) after which a tracked packet's header fingerprint is
     /// checked again ([`TrackState::fp`]); a different one is another
@@ -616,38 +616,6 @@ pub struct FlowFields {
 }
 
 impl FlowFields {
-    /// The hash `--sample` decides by: the same for a packet at every hop
-    /// where its tracking could start (no field a router rewrites), and
-    /// different for consecutive packets of one flow. `buffer` is the
-    /// packet's data buffer (`skb->head`), which with the skb is what
-    /// netprobe tells packets apart by: packets with identical headers (a
-    /// DF datagram's IP ID is 0; identical payloads) still differ in it, and
-    /// a packet whose buffer changes is a new journey anyway.
-    #[inline(always)]
-    pub fn sample_hash(&self, buffer: u64) -> u32 {
-        let words = [
-            buffer as u32,
-            (buffer >> 32) as u32,
-            self.saddr[0] ^ self.saddr[3],
-            self.daddr[0] ^ self.daddr[3],
-            (self.sport << 16) | self.dport,
-            self.ip_id ^ (self.proto << 24),
-            self.l4_words[0],
-            self.l4_words[1],
-        ];
-        // A multiply-xorshift mix (murmur3's finaliser) over the words.
-        let mut h: u32 = 0x9e37_79b9;
-        let mut i = 0;
-        while i < words.len() {
-            h ^= words[i];
-            h = h.wrapping_mul(0x85eb_ca6b);
-            h ^= h >> 13;
-            i += 1;
-        }
-        h = h.wrapping_mul(0xc2b2_ae35);
-        h ^ (h >> 16)
-    }
-
     /// The packet's header fingerprint ([`TrackState::fp`]): the fields
     /// that tell one packet of a flow from the next and that no hop of a
     /// host's datapath rewrites: IP ID, protocol, and the L4 words after
@@ -662,6 +630,30 @@ impl FlowFields {
         }
         header_fingerprint(self.ip_id, self.proto, self.l4_words)
     }
+}
+
+/// The hash `--sample` decides by, from the packet's header fingerprint
+/// ([`header_fingerprint`], 0 where unreadable) and its data buffer
+/// (`skb->head`): the same for a packet at every hop where its tracking
+/// could start (no field a router rewrites), and different for
+/// consecutive packets of one flow. The buffer, with the skb what
+/// netprobe tells packets apart by, separates packets with identical
+/// headers (a DF datagram's IP ID is 0; identical payloads); a packet
+/// whose buffer changes is a new journey anyway.
+#[inline(always)]
+pub fn sample_hash(fp: u32, buffer: u64) -> u32 {
+    let words = [buffer as u32, (buffer >> 32) as u32, fp];
+    // A multiply-xorshift mix (murmur3's finaliser) over the words.
+    let mut h: u32 = 0x9e37_79b9;
+    let mut i = 0;
+    while i < words.len() {
+        h ^= words[i];
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        i += 1;
+    }
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// [`FlowFields::fingerprint`] from its three inputs (the kernel side
@@ -733,9 +725,11 @@ pub struct TrackState {
     pub net: u64,
     pub hop: u8,
     pub origin_hop: u8,
-    // Padding as words, not byte arrays: zeroing a byte array is a memset
-    // (a call and a byte loop) in the BPF program, on every packet.
-    pub _pad: u16,
+    /// Not 0: `--sample` left this packet out. The slot only remembers
+    /// the decision, so the packet's later hops where tracking could
+    /// start do not read its headers again; no pair is counted for it.
+    /// (It takes the place of a padding word: the struct keeps its size.)
+    pub excluded: u16,
     /// Fingerprint of the packet's headers where tracking started (IP ID,
     /// TCP sequence and acknowledgement, UDP length and payload words,
     /// ICMP id and sequence; 0: not taken or not readable), checked after

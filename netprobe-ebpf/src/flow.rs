@@ -5,11 +5,11 @@
 //! fingerprint (packet identity) read; the decision itself is `FlowFilter::passes` in netprobe-common,
 //! the one the loader's tests run too.
 
-use netprobe_common::{counter, header_fingerprint, FlowFields};
+use netprobe_common::{counter, header_fingerprint, sample_hash, FlowFields};
 
 use crate::{
     config,
-    kernel::{read_bytes, read_u32, read_u64, Dev},
+    kernel::{read_bytes, read_u32, read_u64, scalar_of, Dev},
     maps::{bump, NP_FILTER},
 };
 
@@ -29,9 +29,9 @@ fn filter_key(dev: Dev<'_>) -> u64 {
     }
 }
 
-/// Whether a packet first seen on `dev` is to be followed: its device
-/// is among `--iface`'s, its headers pass `--filter`, and it is in the
-/// `--sample`.
+/// Whether a packet first seen on `dev` may be followed: its device is
+/// among `--iface`'s and its headers pass `--filter` (the sample is
+/// [`sampled_in`]'s to decide, after this).
 #[inline(always)]
 pub(crate) fn passes_filter(dev: Dev<'_>, skb: u64, head: u64) -> bool {
     let enabled = config::get(|c| &c.filter_enabled);
@@ -42,18 +42,23 @@ pub(crate) fn passes_filter(dev: Dev<'_>, skb: u64, head: u64) -> bool {
         bump(counter::FLOW_EXCLUDED);
         return false;
     }
-    let every = config::get(|c| &c.sample_every);
-    every <= 1 || in_sample(skb, head, every) != 0
+    true
 }
 
-/// `--sample N`: 1 for the one packet in N that is followed. A hash of
-/// its headers and its data buffer decides, so a packet gets the same
-/// answer at every hop where its tracking could start (headers that
-/// cannot be read, not IP or no BTF offsets, hash as zeros).
-#[inline(never)]
-fn in_sample(skb: u64, head: u64, every: u32) -> u32 {
-    let f = flow_fields(skb, head);
-    f.sample_hash(if head != 0 { head } else { skb }).is_multiple_of(every) as u32
+/// `--sample N`: whether a packet is the one in N followed. A hash of
+/// its header fingerprint and its data buffer decides, so a packet gets
+/// the same answer at every hop where its tracking could start, and
+/// consecutive packets of a flow are mixed (headers that cannot be read
+/// hash as 0, with the buffer).
+#[inline(always)]
+pub(crate) fn sampled_in(fp: u32, skb: u64, head: u64, every: u32) -> bool {
+    // The buffer's address as a number: in tp_btf and fentry programs
+    // `head` is a typed pointer, which the verifier refuses to hash
+    // ("pointer ^= pointer prohibited"): every device hop then fell back
+    // to raw_tp under `--sample`, and sampling cost more than following
+    // every packet.
+    let buffer = scalar_of::<true>(if head != 0 { head } else { skb });
+    sample_hash(fp, buffer).is_multiple_of(every)
 }
 
 #[inline(always)]

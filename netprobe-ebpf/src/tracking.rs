@@ -19,7 +19,7 @@ use netprobe_common::{counter, hop, hop_flags, track_slot, DropKey, DropStackKey
 use crate::{
     aggregation::{aggregate, count_drop, count_drop_stack, fn_entered},
     config,
-    flow::{fingerprint, passes_filter},
+    flow::{fingerprint, passes_filter, sampled_in},
     journeys::{journey_cut, journey_hop, journey_start},
     kernel::{load_u64, scalar_of, Dev},
     maps::{bump, NP_DROP_STACKS, NP_TRACK},
@@ -100,99 +100,151 @@ pub(crate) fn track(
         } else {
             u32::MAX
         };
-        if restart != u32::MAX {
+        if st.excluded != 0 {
+            // A packet the sample left out: the same rules tell whether
+            // it is still that packet (then nothing more to do), or
+            // another one in its sk_buff, decided afresh below.
+            if restart == u32::MAX && flags & hop_flags::TERMINAL == 0 {
+                st.ts = now;
+                st.hop = hop;
+                if devkey != 0 {
+                    st.dev = devkey;
+                    st.net = net;
+                }
+                return;
+            }
+            st.skb = 0;
+            if restart == u32::MAX {
+                return;
+            }
+        } else if restart != u32::MAX {
             // The skb address now holds another packet (a new data buffer,
             // a step no packet takes), or the packet sat longer than
             // max_gap: restart, never join.
             bump(restart);
-            if flags & hop_flags::START != 0 && devkey != 0 && passes_filter(dev, skb, head) {
-                *st = TrackState {
-                    skb,
-                    ts: now,
-                    dev: devkey,
-                    origin: devkey,
-                    head,
-                    net,
-                    hop,
-                    origin_hop: hop,
-                    _pad: 0,
-                    fp: start_fingerprint(skb, head),
+            match begin(flags, devkey, dev, skb, head) {
+                Begin::Follow(fp) => {
+                    *st = followed(skb, now, devkey, head, net, hop, fp);
+                    bump(counter::TRACK_STARTED);
+                    // (Sends the old journey, cut short, first.)
+                    journey_start(slot, skb, now, devkey, hop);
+                    return;
+                }
+                Begin::LeftOut => *st = left_out(skb, now, devkey, head, net, hop),
+                Begin::No => st.skb = 0,
+            }
+            journey_cut(slot);
+            return;
+        }
+        if st.excluded == 0 {
+            // The same packet, one hop on.
+            let key = PairKey {
+                origin: st.origin,
+                from_dev: st.dev,
+                to_dev: devkey,
+                from_hop: st.hop,
+                to_hop: hop,
+                origin_hop: st.origin_hop,
+                _pad: 0,
+                _pad2: 0,
+            };
+            aggregate(&key, gap, dev);
+            if config::tracing() {
+                journey_hop(slot, skb, now, devkey, hop, gap, flags & hop_flags::TERMINAL != 0);
+            }
+            if flags & hop_flags::DROP != 0 {
+                let drop = DropKey {
+                    origin: st.origin,
+                    last_dev: st.dev,
+                    reason,
+                    last_hop: st.hop,
+                    origin_hop: st.origin_hop,
+                    _pad: [0; 2],
                 };
-                bump(counter::TRACK_STARTED);
-                // (Sends the old journey, cut short, first.)
-                journey_start(slot, skb, now, devkey, hop);
-            } else {
+                count_drop(&drop);
+                if config::drop_stacks() {
+                    count_dropped(drop, stack());
+                }
+            }
+            if flags & hop_flags::TERMINAL != 0 {
                 st.skb = 0;
-                journey_cut(slot);
+                bump(counter::TRACK_ENDED);
+            } else {
+                st.ts = now;
+                st.hop = hop;
+                if devkey != 0 {
+                    st.dev = devkey;
+                    st.net = net;
+                }
             }
             return;
         }
-        let key = PairKey {
-            origin: st.origin,
-            from_dev: st.dev,
-            to_dev: devkey,
-            from_hop: st.hop,
-            to_hop: hop,
-            origin_hop: st.origin_hop,
-            _pad: 0,
-            _pad2: 0,
-        };
-        aggregate(&key, gap, dev);
-        if config::tracing() {
-            journey_hop(slot, skb, now, devkey, hop, gap, flags & hop_flags::TERMINAL != 0);
-        }
-        if flags & hop_flags::DROP != 0 {
-            let drop = DropKey {
-                origin: st.origin,
-                last_dev: st.dev,
-                reason,
-                last_hop: st.hop,
-                origin_hop: st.origin_hop,
-                _pad: [0; 2],
-            };
-            count_drop(&drop);
-            if config::drop_stacks() {
-                count_dropped(drop, stack());
+        // (A left-out packet whose sk_buff now holds another: decided
+        // afresh below.)
+    }
+    // Another followed packet's state, which a new one would evict.
+    let evicts = st.skb != 0 && st.excluded == 0;
+    match begin(flags, devkey, dev, skb, head) {
+        Begin::Follow(fp) => {
+            if evicts {
+                // Another packet's state: it loses its slot, counted.
+                bump(counter::TRACK_EVICTED);
             }
+            *st = followed(skb, now, devkey, head, net, hop, fp);
         }
-        if flags & hop_flags::TERMINAL != 0 {
-            st.skb = 0;
-            bump(counter::TRACK_ENDED);
-        } else {
-            st.ts = now;
-            st.hop = hop;
-            if devkey != 0 {
-                st.dev = devkey;
-                st.net = net;
-            }
+        // Remembered where no followed packet would lose its slot for it.
+        Begin::LeftOut if !evicts => {
+            *st = left_out(skb, now, devkey, head, net, hop);
+            return;
         }
-        return;
+        _ => return,
     }
-    if flags & hop_flags::START == 0 || devkey == 0 {
-        return;
-    }
-    if !passes_filter(dev, skb, head) {
-        return;
-    }
-    if st.skb != 0 {
-        // Another packet's state: it loses its slot, counted.
-        bump(counter::TRACK_EVICTED);
-    }
-    let fp = start_fingerprint(skb, head);
-    *st = TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, _pad: 0, fp };
     bump(counter::TRACK_STARTED);
     journey_start(slot, skb, now, devkey, hop);
 }
 
-/// The header fingerprint taken where tracking starts, when the check
-/// is on (`--fingerprint-gap`, not 0).
+/// What a hop where tracking may start does with a packet not followed.
+enum Begin {
+    /// Follow it, with this header fingerprint (0: not checked).
+    Follow(u32),
+    /// `--sample` leaves it out.
+    LeftOut,
+    /// Not a start hop, or the device or flow filter excludes it.
+    No,
+}
+
+/// Whether tracking starts here. The header fingerprint is read once,
+/// for the sample's decision and for the identity check after long gaps
+/// (`--fingerprint-gap`); the sample is decided before the filters, so a
+/// packet it leaves out costs no filter lookups, and a packet followed
+/// pays no second header read.
 #[inline(always)]
-fn start_fingerprint(skb: u64, head: u64) -> u32 {
-    if config::get(|c| &c.fingerprint_gap_ns) == 0 {
-        0
-    } else {
-        fingerprint(skb, head)
+fn begin(flags: u16, devkey: u64, dev: Dev<'_>, skb: u64, head: u64) -> Begin {
+    if flags & hop_flags::START == 0 || devkey == 0 {
+        return Begin::No;
     }
+    let every = config::get(|c| &c.sample_every);
+    let check = config::get(|c| &c.fingerprint_gap_ns) != 0;
+    let fp = if every > 1 || check { fingerprint(skb, head) } else { 0 };
+    if every > 1 && !sampled_in(fp, skb, head, every) {
+        return Begin::LeftOut;
+    }
+    if !passes_filter(dev, skb, head) {
+        return Begin::No;
+    }
+    Begin::Follow(if check { fp } else { 0 })
+}
+
+/// The state of a packet followed from this hop.
+#[inline(always)]
+fn followed(skb: u64, now: u64, devkey: u64, head: u64, net: u64, hop: u8, fp: u32) -> TrackState {
+    TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, excluded: 0, fp }
+}
+
+/// The state of a packet `--sample` left out, at its first hop.
+#[inline(always)]
+fn left_out(skb: u64, now: u64, devkey: u64, head: u64, net: u64, hop: u8) -> TrackState {
+    TrackState { skb, ts: now, dev: devkey, origin: devkey, head, net, hop, origin_hop: hop, excluded: 1, fp: 0 }
 }
 
 /// Whether a tracked packet seen again after a long gap carries other

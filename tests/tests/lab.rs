@@ -89,6 +89,31 @@ fn function_hops_use_fentry_or_kprobe_on_debians_kernel() {
     assert!(qeth["backend"].is_null() && qeth["notes"].to_string().contains("qeth_l2"), "{qeth}");
 }
 
+/// Every hop attaches under `--sample 64` with the backend it gets
+/// without: the verifier walks the sample's paths only when it is on
+/// (it prunes what the load-time configuration rules out), and on
+/// Linux 6.18 it once refused the sample's hash in every tp_btf program.
+fn sampling_keeps_every_backend(arch: &str) {
+    let (Some(p), Some(s)) = (arch_result(arch, "probes"), arch_result(arch, "probes-sample")) else { return };
+    let backends = |v: &Value| -> Vec<(String, Value)> {
+        v["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (format!("{}/{}", h["path"], h["hop"]), h["backend"].clone()))
+            .collect()
+    };
+    let (plain, sampled) = (backends(&p), backends(&s));
+    assert!(plain.iter().any(|(_, b)| !b.is_null()), "no hop attached on {arch}");
+    assert_eq!(plain, sampled, "{arch}: backends differ under --sample 64: {:#}", s["hops"]);
+}
+
+#[test]
+fn sampling_keeps_every_backend_on_debians_kernels() {
+    sampling_keeps_every_backend("amd64");
+    sampling_keeps_every_backend("s390x");
+}
+
 #[test]
 fn macvtap_tap_queue_and_macvlan_hops_are_measured_in_both_directions() {
     let Some(r) = lab_result("macvtap") else { return };

@@ -357,4 +357,28 @@ fn sample_follows_one_packet_in_n_and_scales_the_counts() {
     assert_eq!(first % 4, 0, "scaled counts are multiples of 4");
     let wrong = netprobe_tests::impossible_pairs(&r);
     assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
+    // Sampling attaches every hop with the backend an unsampled run gets:
+    // the verifier once refused the sample's hash in tp_btf programs, and
+    // every device hop fell back to a costlier raw_tp.
+    let out = std::process::Command::new(netprobe_tests::netprobe_bin())
+        .args(["probes", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "netprobe probes: {}", String::from_utf8_lossy(&out.stderr));
+    let probes: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unsampled: std::collections::BTreeMap<String, Value> = probes["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (format!("{}/{}", h["path"], h["hop"]), h["backend"].clone()))
+        .collect();
+    for c in r["coverage"].as_array().unwrap() {
+        let key = format!("{}/{}", c["path"], c["hop"]);
+        assert_eq!(
+            Some(&c["backend"]),
+            unsampled.get(&key),
+            "{key} attached with another backend under --sample 4: {:?}",
+            c["notes"]
+        );
+    }
 }

@@ -458,6 +458,11 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
     s += &format!(
         "echo '{BEGIN} probes'\n/usr/bin/netprobe probes --format json --save-facts /tmp/facts 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n"
     );
+    // The same under --sample: the sample's code paths, which the verifier
+    // prunes when sampling is off, must load with the same backends.
+    s += &format!(
+        "echo '{BEGIN} probes-sample'\n/usr/bin/netprobe probes --format json --sample 64 2>/tmp/probes-sample.err\necho '{END} probes-sample'\ncat /tmp/probes-sample.err\n"
+    );
     // This kernel's facts (kallsyms, BTF records, tracepoints, what a trial
     // load showed), the fixtures netprobe's planning tests use.
     for f in FACT_FILES {
@@ -651,7 +656,7 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         }
     }
     let mut failed = Vec::new();
-    let mut sections = vec!["probes".to_owned()];
+    let mut sections = vec!["probes".to_owned(), "probes-sample".to_owned()];
     sections.extend(scenarios.iter().cloned());
     for sc in &sections {
         let Some(json) = section(&text, sc) else {
@@ -673,7 +678,7 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
                 std::fs::write(work.join(format!("{name}.txt")), text)?;
             }
         }
-        if sc != "probes" {
+        if !sc.starts_with("probes") {
             eprintln!("\n===== lab {arch:?} scenario {sc} (Debian {release}) =====");
             let _ = Command::new(&host_bin).arg("report").arg(&out).status();
         }

@@ -426,18 +426,21 @@ mod tests {
             .filter(|&id| {
                 f.ip_id = id & 0xffff;
                 f.l4_words = [72 << 16, 0x1234];
-                f.sample_hash(0xffff_8880_1234_5000).is_multiple_of(n)
+                netprobe_common::sample_hash(f.fingerprint(), 0xffff_8880_1234_5000).is_multiple_of(n)
             })
             .count();
         f.ip_id = 0;
         let by_buffer = (0..64_000u64)
-            .filter(|&i| f.sample_hash(0xffff_8880_0000_0000 + (i % 4096) * 2048).is_multiple_of(n))
+            .filter(|&i| {
+                netprobe_common::sample_hash(f.fingerprint(), 0xffff_8880_0000_0000 + (i % 4096) * 2048)
+                    .is_multiple_of(n)
+            })
             .count();
         for (what, kept) in [("by IP ID", by_id), ("by buffer", by_buffer)] {
             assert!((700..=1300).contains(&kept), "{what}: kept {kept} of 64000 at 1 in 64 (expected about 1000)");
         }
-        let h = f.sample_hash(0xffff_8880_0000_8000);
-        assert_eq!(h, f.sample_hash(0xffff_8880_0000_8000));
+        let h = netprobe_common::sample_hash(f.fingerprint(), 0xffff_8880_0000_8000);
+        assert_eq!(h, netprobe_common::sample_hash(f.fingerprint(), 0xffff_8880_0000_8000));
     }
 
     /// The header fingerprint (packet identity): consecutive packets of a
