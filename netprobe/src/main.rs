@@ -125,9 +125,10 @@ struct ProbeArgs {
     #[arg(long, value_name = "LABELS", value_delimiter = ',')]
     hops: Option<Vec<String>>,
     /// Follow one packet in N, decided where its tracking would start from
-    /// a hash of its headers (so a flow's packets are neither all in nor all
-    /// out). Hops of packets not followed return after one lookup; packet
-    /// counts are scaled by N and the report says they are sampled.
+    /// a hash of its headers and data buffer (so a flow's packets are
+    /// neither all in nor all out). A packet left out is decided once: its
+    /// later hops only check it is still that packet. Packet counts are
+    /// scaled by N and the report says they are sampled.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     sample: u32,
     /// Also attach the tracepoints modules define (openvswitch's
