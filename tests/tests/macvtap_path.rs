@@ -382,3 +382,70 @@ fn sample_follows_one_packet_in_n_and_scales_the_counts() {
         );
     }
 }
+
+/// `--sample 8` between two full runs on the same steady traffic (UDP
+/// paced at 4 kpps through the MacVTap path): per hop pair, the sample's
+/// p50 and p90 against the full runs' mean. A sample that leaned toward
+/// some packets (the first of a batch, one skb address, a recycled
+/// buffer), or a measure that changed with sampling, would move them
+/// all: before hops were measured from the end of netprobe's own work,
+/// the sample's pairs came out up to 2.6 times the full runs'. The
+/// median over pairs is what is asserted, since one pair's latency can
+/// flip between two levels from run to run on this VM (the guest side's
+/// queue -> xmit: 280, 392 or 720 ns at p50, in full runs alike).
+/// (Two recordings at once would share the packets but not the cost:
+/// each one's gaps include the other's programs, which differ by hop.)
+#[test]
+fn sampled_percentiles_match_full_runs_on_a_steady_load() {
+    if !require_root("sampled_percentiles_match_full_runs_on_a_steady_load") {
+        return;
+    }
+    let t = Topology::create().unwrap();
+    let ifaces = t.ifaces();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--iface", &ifaces[0], "--iface", &ifaces[1]];
+        args.extend_from_slice(extra);
+        let rec = RunningRecord::start(&args);
+        t.udp_burst(demo::BLACKHOLE_ADDR, 9, 4000, Duration::from_micros(250)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        rec.interrupt()
+    };
+    let full1 = run(&[]);
+    let s = run(&["--sample", "8"]);
+    let full2 = run(&[]);
+    assert_eq!(s["sampled_one_in"], 8);
+    let ns = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    let mut ratios = Vec::new();
+    for (from, to, a) in netprobe_tests::pairs(&full1, "to-wire") {
+        if a["packets"].as_u64().unwrap() < 3000 {
+            continue;
+        }
+        let b = pair(&full2, "to-wire", &from, &to);
+        let sp = pair(&s, "to-wire", &from, &to);
+        for k in ["p50_ns", "p90_ns"] {
+            let r = ns(sp, k) / ((ns(a, k) + ns(b, k)) / 2.0);
+            eprintln!(
+                "{from} -> {to}: {k} sampled {} ns, full runs {} and {} ns: {r:.2}",
+                ns(sp, k),
+                ns(a, k),
+                ns(b, k)
+            );
+            assert!((0.5..=2.0).contains(&r), "{from} -> {to}: sampled {k} {r:.2} times the full runs'");
+            ratios.push(r);
+        }
+    }
+    assert!(
+        ratios.len() >= 8,
+        "only {} to-wire pairs carried 3000 packets: {:#}",
+        ratios.len() / 2,
+        full1["directions"]
+    );
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    // Measured on this VM: medians 1.09 to 1.19 (some +16% remains with
+    // sampling: README, "Sampling"); before the fix, pairs at 2.1 to 2.6.
+    assert!(
+        (0.8..=1.35).contains(&median),
+        "sampled percentiles are {median:.2} times the full runs' (median over pairs): {ratios:.2?}"
+    );
+}
