@@ -30,8 +30,9 @@ fn filter_key(dev: Dev<'_>) -> u64 {
 }
 
 /// Whether a packet first seen on `dev` may be followed: its device is
-/// among `--iface`'s and its headers pass `--filter` (the sample is
-/// [`sampled_in`]'s to decide, after this).
+/// among `--iface`'s and its headers pass `--filter`. (The sample is
+/// decided before this, by [`sampled_in`], so a packet it leaves out
+/// costs no filter lookup.)
 #[inline(always)]
 pub(crate) fn passes_filter(dev: Dev<'_>, skb: u64, head: u64) -> bool {
     let enabled = config::get(|c| &c.filter_enabled);
