@@ -360,10 +360,7 @@ fn sample_follows_one_packet_in_n_and_scales_the_counts() {
     // Sampling attaches every hop with the backend an unsampled run gets:
     // the verifier once refused the sample's hash in tp_btf programs, and
     // every device hop fell back to a costlier raw_tp.
-    let out = std::process::Command::new(netprobe_tests::netprobe_bin())
-        .args(["probes", "--format", "json"])
-        .output()
-        .unwrap();
+    let out = Command::new(netprobe_tests::netprobe_bin()).args(["probes", "--format", "json"]).output().unwrap();
     assert!(out.status.success(), "netprobe probes: {}", String::from_utf8_lossy(&out.stderr));
     let probes: Value = serde_json::from_slice(&out.stdout).unwrap();
     let unsampled: std::collections::BTreeMap<String, Value> = probes["hops"]
