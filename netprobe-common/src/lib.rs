@@ -177,6 +177,26 @@ pub mod hop_flags {
     /// hop reached more than `Config::direct_gap_ns` later is another
     /// packet.
     pub const DIRECT: u16 = 1 << 11;
+    /// Thread chains ([`ThreadChain`]), the steps of a journey where no
+    /// skb exists: the function's first argument is a wait-queue entry
+    /// woken by a kick (`vhost_poll_wakeup`); the time is kept in
+    /// `NP_KICKS` under the work item it queues.
+    pub const CHAIN_KICK: u16 = 1 << 12;
+    /// A worker runs a work item (its first argument: `handle_tx_kick`,
+    /// `handle_rx_net`): the kick's time is taken from `NP_KICKS` and the
+    /// thread's chain starts here.
+    pub const CHAIN_WORKER: u16 = 1 << 13;
+    /// The worker hands a frame to a socket (`tap_sendmsg`,
+    /// `tun_sendmsg`): the next packet whose tracking starts in the same
+    /// thread is this frame's skb.
+    pub const CHAIN_SEND: u16 = 1 << 14;
+    /// After the last skb hop of a frame the worker delivered (its
+    /// `consume_skb` after the copy to the guest): the completion and the
+    /// signal to the guest (`vhost_add_used_and_signal_n`,
+    /// `eventfd_signal`, KVM's `irqfd_wakeup`), in catalog id order.
+    pub const CHAIN_SIGNAL: u16 = 1 << 15;
+    /// Any of the chain flags.
+    pub const CHAIN: u16 = CHAIN_KICK | CHAIN_WORKER | CHAIN_SEND | CHAIN_SIGNAL;
 }
 
 /// Name prefix of the threads of a guest stand-in: a process that drives a
@@ -266,6 +286,10 @@ object_symbols! {
     /// `--drop-stacks`: drops counted per [`crate::DropStackKey`] (the drop's
     /// key and its stack id), per CPU.
     DROP_STACK_COUNTS = NP_DROP_STACK_COUNTS;
+    /// Kick times of work items not yet run: work item address -> ns.
+    KICKS = NP_KICKS;
+    /// Per-CPU [`crate::ThreadChain`]: a worker's steps where no skb exists.
+    CHAIN = NP_CHAIN;
 }
 
 /// `Config::bench` bits: what `cargo xtask bench` switches to separate
@@ -449,7 +473,11 @@ pub struct Config {
     /// Nonzero (`--drop-stacks`): each counted drop's kernel stack goes to
     /// `NP_DROP_STACKS`, its count to `NP_DROP_STACK_COUNTS`.
     pub drop_stacks: u32,
-    pub _pad: u32,
+    /// `struct vhost_poll`: offset of member `work` minus that of `wait`
+    /// (from the vhost module's BTF), which takes a kick's wait-queue
+    /// entry to the work item its worker runs (0: unknown, no kick is
+    /// timed).
+    pub vhost_wait_to_work: u32,
     /// The flow filter (`--filter`), applied where a packet's tracking
     /// would start.
     pub flow: FlowFilter,
@@ -461,6 +489,14 @@ pub struct Config {
     /// checked again ([`TrackState::fp`]); a different one is another
     /// packet in a recycled sk_buff (0: never checked, none taken).
     pub fingerprint_gap_ns: u32,
+    /// Nonzero: hops of thread chains ([`hop_flags::CHAIN`]) can be attached (kprobes),
+    /// so the hops where an skb's tracking starts, where it is delivered
+    /// and where it is freed after delivery look for the current thread's
+    /// [`ThreadChain`].
+    pub chains: u32,
+    /// The catalog's id of the kick hop (`CHAIN_KICK`), which the chain's
+    /// first pair starts from (0: none attached).
+    pub chain_kick_hop: u32,
 }
 
 impl Config {
@@ -488,10 +524,12 @@ impl Config {
             softirq_vec_off: 0,
             bench: 0,
             drop_stacks: 0,
-            _pad: 0,
+            vhost_wait_to_work: 0,
             flow: FlowFilter::zeroed(),
             sample_every: 0,
             fingerprint_gap_ns: 0,
+            chains: 0,
+            chain_kick_hop: 0,
         }
     }
 }
@@ -737,6 +775,47 @@ pub struct TrackState {
     pub fp: u32,
 }
 
+/// What a thread did where no skb exists (README, "Before the first skb
+/// and after the last"), one per CPU in `NP_CHAIN`: a vhost-net worker
+/// woken by a kick, taking a frame from the guest's ring and handing it to
+/// the tap's `sendmsg`, whose skb's tracking then starts in the same
+/// thread; or, after it delivered a frame to the guest, completing it and
+/// signalling the guest. Its steps become hop pairs of the device where
+/// the skb was, aggregated like the others.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadChain {
+    /// `bpf_get_current_pid_tgid` of the thread (0: no chain).
+    pub tid: u64,
+    /// When its work was kicked (0: no kick on record).
+    pub kick_ts: u64,
+    /// When the worker started the work.
+    pub worker_ts: u64,
+    /// Time of the chain's last hop.
+    pub ts: u64,
+    /// After an skb: its last device and origin.
+    pub dev: u64,
+    pub origin: u64,
+    /// The chain's last hop, and its worker hop (before an skb).
+    pub hop: u8,
+    pub worker_hop: u8,
+    /// [`ThreadChain::BEFORE`] or [`ThreadChain::AFTER`] (0: none).
+    pub mode: u8,
+    /// Before an skb: the first frame's skb was met, so the kick and the
+    /// worker's start were counted already.
+    pub joined: u8,
+    /// After an skb: the hop where its tracking started.
+    pub origin_hop: u8,
+    pub _pad: [u8; 3],
+}
+
+impl ThreadChain {
+    /// A worker's chain before its frame's skb exists.
+    pub const BEFORE: u8 = 1;
+    /// A worker's chain after its frame's skb was freed.
+    pub const AFTER: u8 = 2;
+}
+
 /// Key of the per-hop-pair latency aggregates in `NP_HOPS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -970,7 +1049,20 @@ pub mod counter {
     /// another packet in an sk_buff whose struct and data buffer both came
     /// back. Its journey starts anew; the old one ends unmeasured.
     pub const TRACK_FINGERPRINT: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// A worker ran a kicked work item whose kick is not on record (kicked
+    /// before the probes attached, or evicted from `NP_KICKS`): its
+    /// kick-to-worker step is not measured.
+    pub const CHAIN_KICK_MISSED: u32 = 17;
+    /// A worker's chain that sent a frame whose skb's tracking did not
+    /// start in the same thread soon after (the thread moved to another
+    /// CPU, another chain began on that CPU first, or the skb was not
+    /// followed): the frame's steps before its skb are not measured.
+    pub const CHAIN_LOST: u32 = 18;
+    /// A kicked worker run that moved no frame (the ring or the tap's
+    /// queue was empty by then: an earlier run took its frames): its kick
+    /// to worker time has no frame, so no device, to be counted at.
+    pub const CHAIN_EMPTY: u32 = 19;
+    pub const COUNT: u32 = 20;
     // (Samples per pair are the histograms' counts: no counter on the
     // per-hop fast path for them.)
     pub const NAMES: [&str; COUNT as usize] = [
@@ -991,6 +1083,9 @@ pub mod counter {
         "drop_stack_failed",
         "drop_stack_lost",
         "track_fingerprint",
+        "chain_kick_missed",
+        "chain_lost",
+        "chain_empty",
     ];
 }
 
@@ -1024,9 +1119,10 @@ const _: () = {
     assert!(core::mem::size_of::<FlowFilter>() == 8 + FLOW_TERMS + 36 * FLOW_TERMS * FLOW_LITS);
     assert!(
         core::mem::size_of::<Config>()
-            == 40 + 24 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 16 + core::mem::size_of::<FlowFilter>() + 8
+            == 40 + 24 + 2 * MAX_HOPS + 8 * MAX_HOPS + 4 * MAX_SLOTS + 16 + core::mem::size_of::<FlowFilter>() + 16
     );
     assert!(core::mem::size_of::<TrackState>() == 56);
+    assert!(core::mem::size_of::<ThreadChain>() == 56);
     assert!(core::mem::size_of::<PairKey>() == 32);
     assert!(core::mem::size_of::<DropKey>() == 24);
     assert!(core::mem::size_of::<DropStackKey>() == 32);
@@ -1046,6 +1142,7 @@ mod pod {
     // arrays of integers, and have no implicit padding (sizes asserted above).
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TrackState {}
+    unsafe impl aya::Pod for super::ThreadChain {}
     unsafe impl aya::Pod for super::PairKey {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropStackKey {}

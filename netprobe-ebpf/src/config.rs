@@ -75,6 +75,12 @@ pub(crate) fn tracing() -> bool {
     get(|c| &c.trace) != 0
 }
 
+/// Whether thread chains' hops are attached (`chain`).
+#[inline(always)]
+pub(crate) fn chains() -> bool {
+    get(|c| &c.chains) != 0
+}
+
 /// `--drop-stacks`: whether drops are also counted by kernel stack.
 #[inline(always)]
 pub(crate) fn drop_stacks() -> bool {

@@ -12,7 +12,10 @@ use aya_ebpf::{
 };
 use netprobe_common::{is_program_name, Backend, SlotConfig, MAX_SLOTS, SLOT_ARG};
 
-use crate::{aggregation::fn_returned, config::slot, tracking::slot_entry};
+use crate::{
+    config::slot,
+    tracking::{slot_entry, slot_return},
+};
 
 /// The skb of slot `n`'s function: argument `SLOT_ARG[n]`, a constant, so
 /// only that context read is compiled (the verifier accepts context reads
@@ -65,26 +68,26 @@ macro_rules! slots {
         #[fentry]
         fn $fentry(ctx: FEntryContext) -> u32 {
             let s = slot($n);
-            slot_entry::<true>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i)));
+            slot_entry::<true>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i)), || ctx.arg::<u64>(0));
             0
         }
 
         #[fexit]
         fn $fexit(_ctx: FExitContext) -> u32 {
-            fn_returned(slot($n).hop);
+            slot_return(slot($n).hop);
             0
         }
 
         #[kprobe]
         fn $kprobe(ctx: ProbeContext) -> u32 {
             let s = slot($n);
-            slot_entry::<false>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i).unwrap_or(0)));
+            slot_entry::<false>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i).unwrap_or(0)), || ctx.arg::<u64>(0).unwrap_or(0));
             0
         }
 
         #[kretprobe]
         fn $kretprobe(_ctx: RetProbeContext) -> u32 {
-            fn_returned(slot($n).hop);
+            slot_return(slot($n).hop);
             0
         }
     )*};

@@ -11,8 +11,9 @@
 //! By concern: [`config`] (the load-time configuration), [`maps`] (every
 //! map, named from `netprobe_common::names`), [`kernel`] (reads of kernel
 //! memory), [`flow`] (which packets are followed), [`tracking`] (the
-//! per-packet state machine), [`aggregation`] (histograms, drops, function
-//! times), [`journeys`] (trace mode), and the programs: [`programs`]
+//! per-packet state machine), [`chain`] (the steps of a journey where no
+//! skb exists: vhost-net's kick, worker and signal), [`aggregation`]
+//! (histograms, drops, function times), [`journeys`] (trace mode), and the programs: [`programs`]
 //! (tracepoint hops), [`functions`] (kernel-function hops), [`cpu`] (CPU
 //! accounting).
 //!
@@ -27,6 +28,7 @@
 #![allow(clippy::needless_borrows_for_generic_args, reason = "see above")]
 
 mod aggregation;
+mod chain;
 mod config;
 mod cpu;
 mod flow;

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use netprobe_common::{
     bpf_map, counter, hist::Hist, CpuTime, DevInfo, DropKey, DropStackKey, EntryKey, JourneyRecord, PairKey, PairSlot,
-    TrackState, DROP_STACK_COUNT_ENTRIES, DROP_STACK_ENTRIES, EVENTS_BYTES, PAIR_SLOTS, TRACK_SLOTS,
+    ThreadChain, TrackState, DROP_STACK_COUNT_ENTRIES, DROP_STACK_ENTRIES, EVENTS_BYTES, PAIR_SLOTS, TRACK_SLOTS,
 };
 
 bpf_map! {
@@ -106,6 +106,18 @@ bpf_map! {
 bpf_map! {
     /// Indices 0..16: softirq ns by vector; 16: entry time of the running one.
     pub(crate) SOFTIRQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(17, 0)
+}
+
+bpf_map! {
+    /// Thread chains: the first pending kick of each work item, by the
+    /// work item's address (bounded: LRU; a kick evicted before its worker
+    /// runs is counted as missed there).
+    pub(crate) KICKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0)
+}
+
+bpf_map! {
+    /// Thread chains: this CPU's (`chain`).
+    pub(crate) CHAIN: PerCpuArray<ThreadChain> = PerCpuArray::with_max_entries(1, 0)
 }
 
 /// Adds one to counter `idx` of `NP_COUNTERS` on this CPU.

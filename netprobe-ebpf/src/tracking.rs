@@ -17,8 +17,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::tracing::StackIdContext};
 use netprobe_common::{counter, hop, hop_flags, track_slot, DropKey, DropStackKey, PairKey, TrackState};
 
 use crate::{
-    aggregation::{aggregate, count_drop, count_drop_stack, fn_entered},
-    config,
+    aggregation::{aggregate, count_drop, count_drop_stack, fn_entered, fn_returned},
+    chain, config,
     flow::{fingerprint, passes_filter, sampled_in},
     journeys::{journey_cut, journey_hop, journey_start},
     kernel::{load_u64, scalar_of, Dev},
@@ -126,6 +126,9 @@ pub(crate) fn track(
                 Begin::Follow(fp) => {
                     *st = followed(skb, now, devkey, head, net, hop, fp);
                     bump(counter::TRACK_STARTED);
+                    if config::chains() {
+                        chain::skb_started(hop, devkey, dev, now);
+                    }
                     // (Sends the old journey, cut short, first.)
                     journey_start(slot, skb, now, devkey, hop);
                     st.ts = done();
@@ -167,6 +170,13 @@ pub(crate) fn track(
                     count_dropped(drop, stack());
                 }
             }
+            if config::chains() {
+                if flags & hop_flags::DELIVER != 0 {
+                    chain::delivered(devkey, st.origin, dev);
+                } else if flags & hop_flags::TERMINAL != 0 && prev & hop_flags::DELIVER != 0 {
+                    chain::freed_after_delivery(st.dev, st.origin, st.origin_hop, now);
+                }
+            }
             if flags & hop_flags::TERMINAL != 0 {
                 st.skb = 0;
                 bump(counter::TRACK_ENDED);
@@ -201,6 +211,9 @@ pub(crate) fn track(
         _ => return,
     }
     bump(counter::TRACK_STARTED);
+    if config::chains() {
+        chain::skb_started(hop, devkey, dev, now);
+    }
     journey_start(slot, skb, now, devkey, hop);
     st.ts = done();
 }
@@ -311,15 +324,42 @@ fn count_dropped(drop: DropKey, id: i64) {
 /// Entry of a function hop in slot `slot`, its skb already fetched (0 if
 /// the function has none): time inside, then the packet's hop.
 #[inline(always)]
-pub(crate) fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64) {
+pub(crate) fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64, arg0: impl FnOnce() -> u64) {
     let flags = config::hop_flags(hop);
     if flags & hop_flags::ENABLED == 0 {
         return;
     }
     fn_entered(hop);
+    if flags & hop_flags::CHAIN != 0 {
+        // (A chain hop's first argument is a pointer of another type than
+        // sk_buff: as a number, for the map key.)
+        if flags & hop_flags::CHAIN_KICK != 0 {
+            chain::kicked(scalar_of::<DIRECT>(arg0()));
+        } else if flags & hop_flags::CHAIN_WORKER != 0 {
+            chain::worker_runs(hop, scalar_of::<DIRECT>(arg0()));
+        } else if flags & hop_flags::CHAIN_SEND != 0 {
+            chain::sends(hop);
+        } else {
+            chain::signals(hop);
+        }
+    }
     if skb != 0 {
         // (No function hop is a drop: no stack is ever asked for.)
         ptr_hop::<DIRECT>(hop, skb, 0, 0, || -1);
+    }
+}
+
+/// Return of a function hop: its time inside, and the end of a send or
+/// of a worker's run for thread chains.
+#[inline(always)]
+pub(crate) fn slot_return(hop: u8) {
+    let flags = config::hop_flags(hop);
+    if flags & hop_flags::ENABLED == 0 {
+        return;
+    }
+    fn_returned(hop);
+    if flags & (hop_flags::CHAIN_SEND | hop_flags::CHAIN_WORKER) != 0 {
+        chain::returned(hop, flags);
     }
 }
 

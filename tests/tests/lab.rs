@@ -415,6 +415,62 @@ fn vhost_net_carries_the_guest_standins_frames_both_ways() {
     assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
 }
 
+/// The same scenario's steps where no skb exists (README, "Before the
+/// first skb and after the last"), as pairs at the guest's macvtap: to
+/// the wire the kick, the worker's wake-up and its first frame, then each
+/// frame's send until its skb's first hop; toward the guest the woken
+/// worker, and after the last skb the used ring's signal and the call
+/// eventfd. Without the thread chains (or with a kick matched to another
+/// work item, or a send to another thread's skb) these pairs are missing
+/// or fewer than the frames.
+#[test]
+fn vhost_steps_before_the_first_skb_and_after_the_last_carry_the_frames_both_ways() {
+    let Some(r) = lab_result("vhost") else { return };
+    let (to_wire, to_guest, _, _) = vhost_standin_counts();
+    for h in ["vhost_kick", "vhost_tx_kick", "vhost_rx_wake", "vhost_signal", "eventfd_signal"] {
+        let b = backend(&r["coverage"], h);
+        assert!(b == "fentry" || b == "kprobe", "{h}: {b}");
+    }
+    let kicks = pair(&r, "to-wire", "vhost_kick", "vhost_tx_kick");
+    let first = pair(&r, "to-wire", "vhost_tx_kick", "tap_sendmsg");
+    let sent = pair(&r, "to-wire", "tap_sendmsg", "queue");
+    let n = |p: &Value| p["packets"].as_u64().unwrap();
+    // Every frame the stand-in sent (less a ring's worth in flight when
+    // the probes attached) had its skb built after a send; a kick carries
+    // one frame or more, and its worker's first frame is one of them.
+    let in_flight = u64::from(netprobe_testbed::vhost::QUEUE_SIZE);
+    assert_measured(sent, to_wire.saturating_sub(in_flight).min(70), "to-wire tap_sendmsg -> queue");
+    assert!(n(sent) <= to_wire + in_flight, "{} sends timed for {to_wire} frames", n(sent));
+    assert_measured(kicks, 5, "to-wire vhost_kick -> vhost_tx_kick");
+    assert!(
+        n(first) <= n(sent) && n(kicks) <= n(first) + 1,
+        "kicks {} first frames {} frames {}",
+        n(kicks),
+        n(first),
+        n(sent)
+    );
+    // A frame's skb is built within the send: microseconds, never the
+    // gap to another frame.
+    assert!(sent["p50_ns"].as_u64().unwrap() < 1_000_000, "{sent:#}");
+    // Toward the guest: the worker the tap woke, and after its last skb
+    // the completion and the signal, for the frames the stand-in took.
+    assert_measured(pair(&r, "to-guest", "vhost_kick", "vhost_rx_wake"), 5, "to-guest vhost_kick -> vhost_rx_wake");
+    let signal = pair(&r, "to-guest", "consumed", "vhost_signal");
+    assert_measured(signal, 5, "to-guest consumed -> vhost_signal");
+    assert!(n(signal) <= to_guest + in_flight, "{} signals for {to_guest} frames", n(signal));
+    assert_measured(
+        pair(&r, "to-guest", "vhost_signal", "eventfd_signal"),
+        5,
+        "to-guest vhost_signal -> eventfd_signal",
+    );
+    // What could not be matched is counted, and it is not most of it.
+    let t = &r["tracking"];
+    let (missed, lost) = (t["chain_kick_missed"].as_u64().unwrap(), t["chain_lost"].as_u64().unwrap());
+    assert!(missed + lost < n(kicks), "{missed} kicks missed, {lost} chains lost, {} kicks timed", n(kicks));
+    let wrong = netprobe_tests::impossible_pairs(&r);
+    assert!(wrong.is_empty(), "hop pairs no packet takes: {wrong:#?}");
+}
+
 /// The seed's question: the lab's MacVTap scenario (A) against its OVS
 /// one (B), the same traffic through each, compared by `netprobe compare`
 /// after the VM ran. Each side's switch hops appear on its side only; the

@@ -723,6 +723,52 @@ pub(crate) mod tests {
         assert!(catalog::starts_toward_guest(hop::SKB_COPY_DATAGRAM_IOVEC, "macvtap"));
     }
 
+    /// The steps of vhost-net's thread chains (no skb: netprobe-ebpf's
+    /// `chain`) go the way of the worker that made them: the kick, the TX
+    /// worker and its send out of the guest at the guest's macvtap; the RX
+    /// worker's wake-up and the signal after the last skb toward it, from
+    /// the uplink the frame came in by.
+    #[test]
+    fn thread_chain_steps_go_the_way_of_their_worker() {
+        let id = |l: &str| catalog::HOPS.iter().find(|h| h.label == l).unwrap().id;
+        let mut rec = recording(vec![dev(0x10, "macvtap0", "macvtap"), dev(0x20, "eth0", "veth")], &[]);
+        let step = |origin, from: u8, from_dev, to: u8, origin_hop: u8| PairRec {
+            origin,
+            from_dev,
+            to_dev: 0x10,
+            from_hop: from,
+            to_hop: to,
+            origin_hop,
+            hist: HistRec::from(&hist(&[20_000])),
+        };
+        let (kick, tx, rx, send) = (id("vhost_kick"), id("vhost_tx_kick"), id("vhost_rx_wake"), id("tap_sendmsg"));
+        rec.pairs = vec![
+            step(0x10, kick, 0x10, tx, tx),
+            step(0x10, tx, 0x10, send, tx),
+            step(0x10, send, 0x10, hop::NET_DEV_QUEUE, tx),
+            step(0x20, kick, 0x10, rx, rx),
+            step(0x20, hop::CONSUME_SKB, 0, id("vhost_signal"), hop::NETIF_RECEIVE_SKB),
+        ];
+        let r = analyze(&rec).unwrap().report;
+        let names = |i: usize| -> Vec<String> {
+            r.directions[i].pairs.iter().map(|p| format!("{} -> {}", p.from_label(), p.to_label())).collect()
+        };
+        let mut wire = names(0);
+        wire.sort();
+        assert_eq!(
+            wire,
+            [
+                "tap_sendmsg@macvtap0 -> queue@macvtap0",
+                "vhost_kick@macvtap0 -> vhost_tx_kick@macvtap0",
+                "vhost_tx_kick@macvtap0 -> tap_sendmsg@macvtap0"
+            ]
+        );
+        let mut guest = names(1);
+        guest.sort();
+        assert_eq!(guest, ["consumed -> vhost_signal@macvtap0", "vhost_kick@macvtap0 -> vhost_rx_wake@macvtap0"]);
+        assert!(analyze(&rec).unwrap().pairs.iter().all(|p| p.path == "vhost-net"));
+    }
+
     /// A device whose kind the kernel side could not read is guest-facing
     /// only as the recording says (decided at record time), never by what
     /// this host's /sys shows now.

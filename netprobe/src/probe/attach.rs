@@ -369,12 +369,14 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     let mut global_notes = Vec::new();
     // btf-rs's parse (about 28 MB for a distribution kernel) is dropped here,
     // before aya parses the same BTF for loading.
+    let mut vhost_wait_to_work = Err(anyhow::anyhow!("the kernel has no BTF"));
     if let Some(btf) = kernel::load_btf(opts.btf_file.as_deref())? {
         match kernel::offsets(&btf) {
             Ok(o) => config.off = o,
             Err(e) => global_notes.push(format!("struct offsets unavailable from BTF: {e:#}")),
         }
         drop_reasons = kernel::drop_reasons_from_btf(&btf);
+        vhost_wait_to_work = kernel::vhost_wait_to_work(&btf);
     }
     if let Some(flow) = opts.flow {
         if config.off.valid == 0 {
@@ -396,6 +398,8 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
             pin_modules: opts.pin_modules,
         },
     );
+
+    chain_config(&mut config, &plans, opts, &facts, vhost_wait_to_work, &mut global_notes);
 
     // Per-hop configuration, and classic tracepoint fields, before loading.
     let mut slots: BTreeMap<u8, usize> = BTreeMap::new();
@@ -425,28 +429,16 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
                     }
                 }
             }
-            Site::Function { .. } => {
-                // A slot whose compiled-in argument position is the skb's;
-                // functions without an skb prefer slots that read none.
-                let want = match p.skb {
-                    SkbArg::None => SlotConfig::NO_SKB,
-                    SkbArg::Arg(i) | SkbArg::Indirect(i) => i,
-                };
-                let free = |n: &usize| !slots.values().any(|v| v == n);
-                let n = (0..MAX_SLOTS)
-                    .filter(free)
-                    .find(|&n| SLOT_ARG[n] == want)
-                    .or_else(|| (want == SlotConfig::NO_SKB).then(|| (0..MAX_SLOTS).find(free)).flatten());
-                let Some(n) = n else { continue };
-                slots.insert(h.id, n);
-                config.slots[n] = SlotConfig {
-                    hop: h.id,
-                    skb_arg: want,
-                    skb_indirect: matches!(p.skb, SkbArg::Indirect(_)) as u8,
-                    _pad: 0,
-                };
-            }
+            // Functions with an skb pick their slots first (below).
+            Site::Function { .. } if p.skb != SkbArg::None => assign_slot(p, &mut slots, &mut config),
+            Site::Function { .. } => {}
         }
+    }
+    // Then those without one: slots that read none, else any left. (In
+    // catalog order they took the slots the bridge's hops need: 23 hops
+    // without an skb for 14 such slots.)
+    for p in plans.iter().filter(|p| p.hop.is_function() && p.skb == SkbArg::None) {
+        assign_slot(p, &mut slots, &mut config);
     }
 
     if let Ok(fs) = &tracefs {
@@ -823,6 +815,55 @@ impl Probe {
 
 /// aya's parse of the BTF file given, or of the running kernel's (none
 /// where the kernel has no BTF).
+/// Gives function hop `p` a free slot whose compiled-in argument position
+/// is its skb's (functions without an skb: one that reads none, else any);
+/// none left, the hop gets no slot (and is not attached).
+fn assign_slot(p: &HopPlan, slots: &mut BTreeMap<u8, usize>, config: &mut Config) {
+    let want = match p.skb {
+        SkbArg::None => SlotConfig::NO_SKB,
+        SkbArg::Arg(i) | SkbArg::Indirect(i) => i,
+    };
+    let free = |n: &usize| !slots.values().any(|v| v == n);
+    let n = (0..MAX_SLOTS)
+        .filter(free)
+        .find(|&n| SLOT_ARG[n] == want)
+        .or_else(|| (want == SlotConfig::NO_SKB).then(|| (0..MAX_SLOTS).find(free)).flatten());
+    let Some(n) = n else { return };
+    slots.insert(p.hop.id, n);
+    config.slots[n] =
+        SlotConfig { hop: p.hop.id, skb_arg: want, skb_indirect: matches!(p.skb, SkbArg::Indirect(_)) as u8, _pad: 0 };
+}
+
+/// Thread chains (netprobe-ebpf's `chain`): on where a chain hop can be
+/// attached now, or later by a rescan (`--wait-for-modules`: vhost_net is
+/// loaded when the first guest starts). The kick is timed only where the
+/// vhost module's BTF gives `struct vhost_poll`'s layout now.
+fn chain_config(
+    config: &mut Config,
+    plans: &[HopPlan],
+    opts: &AttachOptions,
+    f: &KernelFacts,
+    vhost_wait_to_work: Result<u32>,
+    notes: &mut Vec<String>,
+) {
+    let chain_hops = || plans.iter().filter(|p| p.hop.flags & hop_flags::CHAIN != 0 && opts.hops.contains(p.hop.id));
+    // Only a trial load tells whether fentry is allowed, after the
+    // configuration is frozen: kprobes decide. (A kernel with fentry and
+    // no kprobes, like this development VM, which refuses fentry too,
+    // runs without chains: every hop where an skb's tracking starts would
+    // otherwise look for a chain that never comes.)
+    if !f.kprobes || !chain_hops().any(|p| p.candidates.contains(&Backend::Kprobe) || opts.rescan) {
+        return;
+    }
+    config.chains = 1;
+    let Some(kick) = chain_hops().find(|p| p.hop.flags & hop_flags::CHAIN_KICK != 0) else { return };
+    config.chain_kick_hop = u32::from(kick.hop.id);
+    match vhost_wait_to_work {
+        Ok(d) => config.vhost_wait_to_work = d,
+        Err(e) => notes.push(format!("vhost_kick: the kick is not timed: {e:#}")),
+    }
+}
+
 fn aya_btf(file: Option<&Path>) -> Result<Option<Btf>> {
     Ok(match file {
         Some(p) => Some(

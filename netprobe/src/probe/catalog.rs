@@ -144,7 +144,10 @@ const fn func(name: &'static str, module: Option<&'static str>, skb: SkbArg) -> 
     Site::Function { name, module, skb }
 }
 
-use hop_flags::{DELIVER, DEV_ARG1, DIRECT, DROP, NEXT_RECEIVE, NEXT_XMIT, RX, SKB_DEV, START, TERMINAL, TX};
+use hop_flags::{
+    CHAIN_KICK, CHAIN_SEND, CHAIN_SIGNAL, CHAIN_WORKER, DELIVER, DEV_ARG1, DIRECT, DROP, NEXT_RECEIVE, NEXT_XMIT, RX,
+    SKB_DEV, START, TERMINAL, TX,
+};
 use SkbArg::{Arg, Indirect, None as NoSkb};
 
 const F: u8 = hop::FIRST_FUNCTION;
@@ -361,8 +364,92 @@ pub const HOPS: &[Hop] = &[
         path: Path::VhostNet,
         way: Way::ToWire,
         site: func("tap_sendmsg", Some("tap"), NoSkb),
-        flags: 0,
+        flags: CHAIN_SEND,
         what: "vhost-net sends a guest frame into the macvtap (its tap_get_user follows)",
+    },
+    // vhost-net where no skb exists (README, "Before the first skb and
+    // after the last"): thread chains, in this id order.
+    Hop {
+        id: F + 36,
+        label: "vhost_kick",
+        path: Path::VhostNet,
+        way: Way::Both,
+        site: func("vhost_poll_wakeup", Some("vhost"), NoSkb),
+        flags: CHAIN_KICK,
+        what: "a virtqueue is kicked (the guest's ioeventfd, or a write of its kick eventfd) or the tap has data: \
+               vhost queues the work for its worker",
+    },
+    Hop {
+        id: F + 37,
+        label: "vhost_tx_kick",
+        path: Path::VhostNet,
+        way: Way::ToWire,
+        site: func("handle_tx_kick", Some("vhost_net"), NoSkb),
+        flags: CHAIN_WORKER | TX,
+        what: "the vhost worker runs a kicked TX queue (after its wake-up and scheduling delay)",
+    },
+    Hop {
+        id: F + 38,
+        label: "vhost_rx_wake",
+        path: Path::VhostNet,
+        way: Way::ToGuest,
+        site: func("handle_rx_net", Some("vhost_net"), NoSkb),
+        flags: CHAIN_WORKER | RX,
+        what: "the vhost worker runs the RX queue the tap woke (frames queued for the guest)",
+    },
+    Hop {
+        id: F + 43,
+        label: "vhost_tx_wake",
+        path: Path::VhostNet,
+        way: Way::ToWire,
+        site: func("handle_tx_net", Some("vhost_net"), NoSkb),
+        flags: CHAIN_WORKER | TX,
+        what: "the vhost worker resumes a TX queue when the tap's socket has room again",
+    },
+    Hop {
+        id: F + 44,
+        label: "vhost_rx_kick",
+        path: Path::VhostNet,
+        way: Way::ToGuest,
+        site: func("handle_rx_kick", Some("vhost_net"), NoSkb),
+        flags: CHAIN_WORKER | RX,
+        what: "the vhost worker runs the RX queue the guest kicked (buffers posted for frames)",
+    },
+    Hop {
+        id: F + 39,
+        label: "tun_sendmsg",
+        path: Path::VhostNet,
+        way: Way::ToWire,
+        site: func("tun_sendmsg", Some("tun"), NoSkb),
+        flags: CHAIN_SEND,
+        what: "vhost-net sends a guest frame into a tap (its tun_get_user follows)",
+    },
+    Hop {
+        id: F + 40,
+        label: "vhost_signal",
+        path: Path::VhostNet,
+        way: Way::ToGuest,
+        site: func("vhost_add_used_and_signal_n", Some("vhost"), NoSkb),
+        flags: CHAIN_SIGNAL,
+        what: "vhost puts the delivered buffers in the used ring and signals the guest if it asked",
+    },
+    Hop {
+        id: F + 41,
+        label: "eventfd_signal",
+        path: Path::VhostNet,
+        way: Way::ToGuest,
+        site: func("eventfd_signal", None, NoSkb),
+        flags: CHAIN_SIGNAL,
+        what: "the call eventfd is signalled (KVM's irqfd, or QEMU/the stand-in reading it)",
+    },
+    Hop {
+        id: F + 42,
+        label: "irqfd_wakeup",
+        path: Path::VhostNet,
+        way: Way::ToGuest,
+        site: func("irqfd_wakeup", Some("kvm"), NoSkb),
+        flags: CHAIN_SIGNAL,
+        what: "KVM's irqfd takes the signal and injects the guest's interrupt",
     },
     // Open vSwitch kernel datapath.
     Hop {
@@ -720,6 +807,28 @@ mod tests {
             if let Site::Function { skb, .. } = h.site {
                 assert_eq!(skb != SkbArg::None, h.flags & SKB_DEV != 0, "{}", h.label);
             }
+        }
+    }
+
+    /// netprobe-ebpf's `chain` relies on these: one kick hop; the signal
+    /// steps after the last skb follow `consumed` and each other in id
+    /// order; a worker hop says which way its frames go.
+    #[test]
+    fn thread_chain_hops_are_ordered_as_the_kernel_side_expects() {
+        let with = |f: u16| HOPS.iter().filter(move |h| h.flags & f != 0);
+        assert_eq!(with(CHAIN_KICK).count(), 1);
+        let signals: Vec<u8> = with(CHAIN_SIGNAL).map(|h| h.id).collect();
+        assert_eq!(
+            signals.iter().map(|&i| label(i)).collect::<Vec<_>>(),
+            ["vhost_signal", "eventfd_signal", "irqfd_wakeup"]
+        );
+        assert!(signals.windows(2).all(|w| w[0] < w[1]) && signals[0] > hop::CONSUME_SKB);
+        for h in with(CHAIN_WORKER) {
+            let way = if h.flags & TX != 0 { Way::ToWire } else { Way::ToGuest };
+            assert!(h.flags & (TX | RX) != 0 && h.way == way, "{}", h.label);
+        }
+        for h in with(hop_flags::CHAIN) {
+            assert!(matches!(h.site, Site::Function { skb: SkbArg::None, .. }), "{}: a chain hop has no skb", h.label);
         }
     }
 

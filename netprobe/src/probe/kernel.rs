@@ -86,6 +86,27 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32> {
     Ok(total)
 }
 
+/// `struct vhost_poll`: the offset of its `work` minus that of its `wait`
+/// (a kick's wait-queue entry to the work item the worker runs), from the
+/// BTF of the vhost module (split on `vmlinux`), which must be loaded.
+pub fn vhost_wait_to_work(vmlinux: &Btf) -> Result<u32> {
+    let mut last = None;
+    for m in ["vhost", "vhost_net"] {
+        let path = format!("/sys/kernel/btf/{m}");
+        match Btf::from_split_file(&path, vmlinux) {
+            Ok(btf) => {
+                let work = member_offset(&btf, "vhost_poll", &["work"])?;
+                let wait = member_offset(&btf, "vhost_poll", &["wait"])?;
+                return work.checked_sub(wait).filter(|d| *d > 0).with_context(|| {
+                    format!("{path}: struct vhost_poll has its work ({work}) before its wait ({wait})")
+                });
+            }
+            Err(e) => last = Some(format!("{path}: {e}")),
+        }
+    }
+    bail!("no BTF of the vhost module ({}): load vhost_net before recording", last.unwrap_or_default())
+}
+
 /// The struct offsets the kernel programs read, from BTF.
 pub fn offsets(btf: &Btf) -> Result<Offsets> {
     Ok(Offsets {

@@ -226,6 +226,16 @@ pub fn write(r: &Report, out: &mut dyn Write) -> Result<()> {
             String::new()
         },
     )?;
+    // Thread chains (vhost-net's steps where no skb exists): shown where
+    // any step was lost, so a recording without them reads as before.
+    let (missed, lost, empty) = (get("chain_kick_missed"), get("chain_lost"), get("chain_empty"));
+    if missed + lost + empty > 0 {
+        writeln!(
+            out,
+            "thread chains (before the first skb, after the last): {missed} worker runs whose kick was not on \
+             record, {empty} kicked runs that moved no frame; lost: {lost} sent frames whose skb was not met"
+        )?;
+    }
     Ok(())
 }
 
