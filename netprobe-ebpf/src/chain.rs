@@ -114,10 +114,9 @@ pub(crate) fn worker_runs(hop: u8, work: u64) {
     };
 }
 
-/// A chain replaced, or its send followed by another, before its steps
-/// were counted: a sent frame whose skb was not met (also counted in
-/// `skb_started` when it is met too late), or a kicked worker run that
-/// moved no frame.
+/// A chain replaced before its steps were counted: a sent frame whose
+/// skb was not met (also counted where a send returns or the next one
+/// comes), or a kicked worker run that moved no frame.
 #[inline(always)]
 fn abandon(c: &ThreadChain) {
     if c.mode != ThreadChain::BEFORE {
@@ -148,7 +147,12 @@ pub(crate) fn sends(hop: u8) {
     let now = now();
     let tid = bpf_get_current_pid_tgid();
     let Some(c) = chain() else { return };
-    if c.tid != tid || c.mode != ThreadChain::BEFORE || !(worker_is(c, hop_flags::TX) || c.worker_hop == 0) {
+    let ours = c.tid == tid && c.mode == ThreadChain::BEFORE;
+    // A sending worker's run still going on here (not one this thread
+    // left on this CPU when it moved), or a chain of sends alone.
+    let goes_on =
+        ours && (c.worker_hop == 0 || (worker_is(c, hop_flags::TX) && still_in(tid, c.worker_hop, c.worker_ts)));
+    if !goes_on {
         abandon(c);
         *c = ThreadChain { tid, ts: now, hop, mode: ThreadChain::BEFORE, joined: 1, ..ThreadChain::default() };
         return;
@@ -297,6 +301,8 @@ pub(crate) fn returned(hop: u8, flags: u16) {
         if c.mode == ThreadChain::BEFORE && c.hop == hop && c.ts != 0 {
             bump(counter::CHAIN_LOST);
             c.ts = 0;
+            // (The run's first frame lost: the next is not its first.)
+            c.joined = 1;
         }
     } else if flags & hop_flags::CHAIN_WORKER != 0 {
         abandon(c);

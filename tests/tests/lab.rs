@@ -64,6 +64,13 @@ fn function_hops_use_fentry_or_kprobe_on_debians_kernel() {
     let hops = &p["hops"];
     // ip_rcv is in vmlinux, whose BTF has it: fentry.
     assert_eq!(backend(hops, "ip_rcv"), "fentry", "{hops:#}");
+    // The tracepoint hops on BTF: tp_btf. A program the verifier refuses
+    // falls back to raw_tp, and would go unnoticed otherwise (seen: the
+    // thread chains' first pairs hashed a BTF-typed device pointer, and
+    // every skb tracepoint but the two terminal ones fell back).
+    for h in ["queue", "xmit", "netif_rx", "receive", "gro", "copy_out", "consumed", "dropped"] {
+        assert_eq!(backend(hops, h), "tp_btf", "{h}: {hops:#}");
+    }
     // Module functions: fentry where the loader can resolve them, else kprobe.
     for h in [
         "tap_enqueue",
