@@ -322,7 +322,8 @@ fn count_dropped(drop: DropKey, id: i64) {
 }
 
 /// Entry of a function hop in slot `slot`, its skb already fetched (0 if
-/// the function has none): time inside, then the packet's hop.
+/// the function has none): time inside, the thread chain's step for a
+/// chain hop (`arg0` reads its first argument), then the packet's hop.
 #[inline(always)]
 pub(crate) fn slot_entry<const DIRECT: bool>(hop: u8, skb: u64, arg0: impl FnOnce() -> u64) {
     let flags = config::hop_flags(hop);

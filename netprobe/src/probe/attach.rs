@@ -429,7 +429,8 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
                     }
                 }
             }
-            // Functions with an skb pick their slots first (below).
+            // Functions with an skb pick their slots first, here; those
+            // without one after this loop.
             Site::Function { .. } if p.skb != SkbArg::None => assign_slot(p, &mut slots, &mut config),
             Site::Function { .. } => {}
         }
