@@ -388,6 +388,14 @@ pub const SLOT_ARG: [u8; MAX_SLOTS] = {
     t
 };
 
+/// Slots `0..INDIRECT_SLOTS` (all reading argument 0) can also read a
+/// `struct sk_buff **` (the rx_handlers) under fentry: untyped, through
+/// bpf_get_func_arg, with the skb then read as a number. The other slots'
+/// fentry programs have only the typed read (each such path is a second
+/// inlined copy of the hop's code in the object).
+pub const INDIRECT_SLOTS: usize = 6;
+const _: () = assert!(SLOT_ARG[INDIRECT_SLOTS - 1] == 0, "indirect slots read argument 0");
+
 /// Where a function's `struct sk_buff *` is among its arguments.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

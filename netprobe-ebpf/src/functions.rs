@@ -9,8 +9,9 @@ use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    EbpfContext,
 };
-use netprobe_common::{is_program_name, Backend, SlotConfig, MAX_SLOTS, SLOT_ARG};
+use netprobe_common::{is_program_name, Backend, SlotConfig, INDIRECT_SLOTS, MAX_SLOTS, SLOT_ARG};
 
 use crate::{
     config::slot,
@@ -52,6 +53,16 @@ fn deref_skb(s: SlotConfig, raw: u64) -> u64 {
     }
 }
 
+/// Argument `i` of an fentry program's function as a number
+/// (bpf_get_func_arg, Linux 5.17), 0 if it has none.
+#[inline(always)]
+fn func_arg(ctx: &FEntryContext, i: u32) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: the helper writes one u64 to `v`, or fails and leaves it.
+    unsafe { aya_ebpf::helpers::bpf_get_func_arg(ctx.as_ptr(), i, &mut v) };
+    v
+}
+
 /// The slots' programs, named `<backend prefix>_<slot>` as the loader
 /// forms the names (checked at compile time against `Backend`'s prefixes).
 macro_rules! slots {
@@ -68,7 +79,19 @@ macro_rules! slots {
         #[fentry]
         fn $fentry(ctx: FEntryContext) -> u32 {
             let s = slot($n);
-            slot_entry::<true>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i)), || ctx.arg::<u64>(0));
+            // A `struct sk_buff **` parameter (the rx_handlers: tap,
+            // macvlan, bridge, OVS) is read untyped, in the first
+            // INDIRECT_SLOTS slots only: Linux 6.1's verifier refuses a
+            // typed context read of a pointer to a pointer ("invalid
+            // bpf_context access off=0 size=8"), and the skb read through
+            // it is a number, read as kprobes read it. The config is
+            // frozen, so only one of the two paths is verified.
+            if $n < INDIRECT_SLOTS && s.skb_indirect != 0 {
+                let read = |i: usize| func_arg(&ctx, i as u32);
+                slot_entry::<false>(s.hop, skb_arg!($n, s, read), || read(0));
+            } else {
+                slot_entry::<true>(s.hop, skb_arg!($n, s, |i| ctx.arg::<u64>(i)), || ctx.arg::<u64>(0));
+            }
             0
         }
 

@@ -21,7 +21,9 @@ use aya::{
     },
     Btf, Ebpf, EbpfLoader,
 };
-use netprobe_common::{hop, hop_flags, names, Backend, Config, SlotConfig, CPU_TRACEPOINTS, MAX_SLOTS, SLOT_ARG};
+use netprobe_common::{
+    hop, hop_flags, names, Backend, Config, SlotConfig, CPU_TRACEPOINTS, INDIRECT_SLOTS, MAX_SLOTS, SLOT_ARG,
+};
 use serde::Serialize;
 
 use super::{
@@ -29,6 +31,7 @@ use super::{
     collect::{self, Snapshot},
     facts::KernelFacts,
     kernel,
+    module_fentry::{self, ModuleLink},
     plan::{self, HopPlan, PlanOptions, SkbSource},
     trace::{Journeys, TraceReader, TraceStats},
 };
@@ -107,6 +110,18 @@ impl From<aya::programs::ProgramError> for AttachError {
                 }
             }
             other => AttachError::Program(other),
+        }
+    }
+}
+
+impl From<module_fentry::LoadError> for AttachError {
+    fn from(e: module_fentry::LoadError) -> Self {
+        use module_fentry::LoadError;
+        match e {
+            LoadError::Refused => AttachError::Refused { verifier_log: String::new() },
+            LoadError::Verifier { io_error, verifier_log } => AttachError::Verifier { io_error, verifier_log },
+            LoadError::MissingProgram(n) => AttachError::MissingProgram(n),
+            LoadError::Unavailable(why) => AttachError::Unavailable(why),
         }
     }
 }
@@ -241,6 +256,8 @@ pub struct Probe {
     /// `--drop-stacks`: names the stacks of drops (behind a lock: a
     /// snapshot takes `&self` and caches the names it made).
     stack_namer: Option<std::sync::Mutex<collect::StackNamer>>,
+    /// fentry on module functions, which aya cannot load.
+    module_fentry: module_fentry::Loader,
 }
 
 /// One attachment of a hop's program: the program's name and aya's link.
@@ -251,6 +268,9 @@ enum HopLink {
     TpBtf(String, BtfTracePointLinkId),
     RawTp(String, RawTracePointLinkId),
     Tracepoint(String, TracePointLinkId),
+    /// fentry or fexit on a module's function (`module_fentry`): dropping
+    /// it detaches and unloads it.
+    Module(ModuleLink),
 }
 
 impl HopLink {
@@ -280,6 +300,7 @@ impl HopLink {
                 p.detach(id)?;
                 p.unload()?;
             }
+            HopLink::Module(link) => drop(link),
         }
         Ok(())
     }
@@ -396,13 +417,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
             tracefs: tracefs.is_ok(),
             hops: opts.hops,
             pin_modules: opts.pin_modules,
+            follow_modules: opts.rescan,
         },
     );
 
     chain_config(&mut config, &plans, opts, &facts, vhost_wait_to_work, &mut global_notes);
 
     // Per-hop configuration, and classic tracepoint fields, before loading.
-    let mut slots: BTreeMap<u8, usize> = BTreeMap::new();
     for p in &plans {
         let h = p.hop;
         // Every hop is configured, attached or not, so one whose module
@@ -429,18 +450,10 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
                     }
                 }
             }
-            // Functions with an skb pick their slots first, here; those
-            // without one after this loop.
-            Site::Function { .. } if p.skb != SkbArg::None => assign_slot(p, &mut slots, &mut config),
             Site::Function { .. } => {}
         }
     }
-    // Then those without one: slots that read none, else any left. (In
-    // catalog order they took the slots the bridge's hops need: 23 hops
-    // without an skb for 14 such slots.)
-    for p in plans.iter().filter(|p| p.hop.is_function() && p.skb == SkbArg::None) {
-        assign_slot(p, &mut slots, &mut config);
-    }
+    let slots = assign_slots(&plans, &mut config);
 
     if let Ok(fs) = &tracefs {
         if let Ok(fmt) = kernel::read_format(fs, "irq", "softirq_entry") {
@@ -485,6 +498,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
                 e
             }
         })?;
+    // Before a map is taken out of the object: the module fentry loader
+    // points its programs at every one.
+    let module_fentry = module_fentry::Loader::new(BPF_OBJECT, module_fentry::MapFds::of(&ebpf));
     let trace = if opts.trace {
         let map = ebpf.take_map(names::EVENTS).context("map NP_EVENTS missing")?;
         let ring = aya::maps::RingBuf::try_from(map)?;
@@ -499,6 +515,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         tracefs: tracefs.is_ok(),
         hops: opts.hops,
         pin_modules: opts.pin_modules,
+        follow_modules: opts.rescan,
     };
     let modules = loaded_modules();
     let mut att = Probe {
@@ -520,11 +537,13 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         rescanned_modules: modules.clone(),
         modules,
         stack_namer,
+        module_fentry,
     };
     for p in &plans {
         let c = att.attach_hop(p);
         att.coverage.push(c);
     }
+    att.module_fentry.done();
     // CPU accounting (not a packet hop): the best backend that loads.
     // The softirq pair only when asked: at one softirq per packet it is a
     // third of the programs run per packet (see README, Performance).
@@ -687,7 +706,13 @@ impl Probe {
                 }
                 Site::Function { name, .. } => match self.slots.get(&p.hop.id) {
                     Some(&slot) => {
-                        attach_function(&mut self.ebpf, backend, slot, name, self.btf.as_ref()).map(|(entry, exit)| {
+                        let target = FunctionTarget {
+                            func: name,
+                            module: self.facts.symbols.get(name).cloned().flatten(),
+                            module_btf_id: self.facts.module_btf_ids.get(name).copied(),
+                        };
+                        let loaders = Loaders { btf: self.btf.as_ref(), module_fentry: &mut self.module_fentry };
+                        attach_function(&mut self.ebpf, backend, slot, &target, loaders).map(|(entry, exit)| {
                             let links = self.links.entry(p.hop.id).or_default();
                             links.push(entry);
                             time_inside = exit.is_ok();
@@ -706,6 +731,16 @@ impl Probe {
                 Ok(()) => {
                     if backend == Backend::Fentry {
                         self.fentry_allowed = Some(true);
+                        let in_module = match p.hop.site {
+                            Site::Function { name, .. } => self.facts.symbols.get(name).cloned().flatten(),
+                            Site::Tracepoint(_) => None,
+                        };
+                        if let Some(m) = in_module {
+                            notes.push(format!(
+                                "fentry: holds module {m} loaded while attached (rmmod {m} fails \"in use\" until \
+                                 netprobe exits; --wait-for-modules takes kprobes, which do not)"
+                            ));
+                        }
                     }
                     chosen = Some(backend);
                     break;
@@ -806,6 +841,7 @@ impl Probe {
         }
         self.facts = facts;
         self.btf = None;
+        self.module_fentry.done();
         Ok(added)
     }
 
@@ -816,6 +852,20 @@ impl Probe {
 
 /// aya's parse of the BTF file given, or of the running kernel's (none
 /// where the kernel has no BTF).
+/// The function hops' program slots (hop id -> slot), set in `config`:
+/// those with an skb pick first; then those without one take slots that
+/// read none, else any left. (In catalog order they took the slots the
+/// bridge's hops need: 23 hops without an skb for 14 such slots.)
+fn assign_slots(plans: &[HopPlan], config: &mut Config) -> BTreeMap<u8, usize> {
+    let mut slots = BTreeMap::new();
+    for with_skb in [true, false] {
+        for p in plans.iter().filter(|p| p.hop.is_function() && (p.skb != SkbArg::None) == with_skb) {
+            assign_slot(p, &mut slots, config);
+        }
+    }
+    slots
+}
+
 /// Gives function hop `p` a free slot whose compiled-in argument position
 /// is its skb's (functions without an skb: one that reads none, else any);
 /// none left, the hop gets no slot (and is not attached).
@@ -825,7 +875,13 @@ fn assign_slot(p: &HopPlan, slots: &mut BTreeMap<u8, usize>, config: &mut Config
         SkbArg::Arg(i) | SkbArg::Indirect(i) => i,
     };
     let free = |n: &usize| !slots.values().any(|v| v == n);
-    let n = (0..MAX_SLOTS)
+    // A `struct sk_buff **` takes a slot whose fentry program can read
+    // one (the first INDIRECT_SLOTS), and the others leave those to it.
+    let indirect = matches!(p.skb, SkbArg::Indirect(_));
+    let mut order: Vec<usize> = (0..MAX_SLOTS).collect();
+    order.sort_by_key(|&n| (n < INDIRECT_SLOTS) != indirect);
+    let n = order
+        .into_iter()
         .filter(free)
         .find(|&n| SLOT_ARG[n] == want)
         .or_else(|| (want == SlotConfig::NO_SKB).then(|| (0..MAX_SLOTS).find(free)).flatten());
@@ -924,17 +980,33 @@ fn no_btf() -> AttachError {
     AttachError::Unavailable("no BTF".into())
 }
 
-/// Attaches slot `slot`'s entry program to `func`; the outer result is the
-/// entry side (decides the backend), the inner one the return side. A
+/// A function hop's target: the function, its module (None: vmlinux) and
+/// its id in that module's BTF.
+struct FunctionTarget<'a> {
+    func: &'a str,
+    module: Option<String>,
+    module_btf_id: Option<u32>,
+}
+
+/// What loads fentry programs: aya, against vmlinux's BTF, and netprobe's
+/// own loader for module functions.
+struct Loaders<'a> {
+    btf: Option<&'a Btf>,
+    module_fentry: &'a mut module_fentry::Loader,
+}
+
+/// Attaches slot `slot`'s entry program to the target; the outer result is
+/// the entry side (decides the backend), the inner one the return side. A
 /// program still loaded from an earlier attach (a kprobe slot whose module
 /// was unloaded) is attached again as it is.
 fn attach_function(
     ebpf: &mut Ebpf,
     backend: Backend,
     slot: usize,
-    func: &str,
-    btf: Option<&Btf>,
+    target: &FunctionTarget,
+    loaders: Loaders,
 ) -> Result<(HopLink, Result<HopLink, String>), AttachError> {
+    let func = target.func;
     let entry = format!("{}_{slot}", backend.prefix());
     let Some(exit_prefix) = backend.exit_prefix() else {
         return Err(AttachError::Unavailable(format!("{} is not a function backend", backend.label())));
@@ -947,8 +1019,19 @@ fn attach_function(
     program(ebpf, &exit)?;
     let exit_side = |r: Result<HopLink, AttachError>| r.map_err(|e| e.brief());
     match backend {
+        // aya loads fentry against vmlinux's BTF only.
+        Backend::Fentry if target.module.is_some() => {
+            let module = target.module.as_deref().unwrap_or_default();
+            let id = target.module_btf_id.ok_or_else(|| {
+                AttachError::Unavailable(format!("no BTF record for {func} in module {module}'s BTF"))
+            })?;
+            let loader = loaders.module_fentry;
+            let link = HopLink::Module(loader.attach(&entry, module, func, id)?);
+            let exit = loader.attach(&exit, module, func, id).map(HopLink::Module).map_err(AttachError::from);
+            Ok((link, exit_side(exit)))
+        }
         Backend::Fentry => {
-            let btf = btf.ok_or_else(no_btf)?;
+            let btf = loaders.btf.ok_or_else(no_btf)?;
             let p: &mut FEntry = ebpf.program_mut(&entry).expect("checked above").try_into()?;
             if p.fd().is_err() {
                 p.load(func, btf)?;
@@ -1018,6 +1101,43 @@ fn page_size() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On Debian's amd64 kernel every function hop gets a slot that reads
+    /// its skb where it is, and each `struct sk_buff **` (the four
+    /// rx_handlers) one whose fentry program can read it.
+    #[test]
+    fn slots_read_each_skb_where_it_is_and_rx_handlers_get_indirect_ones() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/kernels/debian-6.1-amd64");
+        let f = KernelFacts::from_dir(&dir).unwrap();
+        let plans = plan::plan(
+            &f,
+            PlanOptions {
+                only: None,
+                offsets: true,
+                tracefs: true,
+                hops: HopSet::ALL,
+                pin_modules: false,
+                follow_modules: false,
+            },
+        );
+        let mut config = Config::zeroed();
+        let slots = assign_slots(&plans, &mut config);
+        let mut indirect = Vec::new();
+        for p in plans.iter().filter(|p| p.hop.is_function() && !p.candidates.is_empty()) {
+            let n = *slots.get(&p.hop.id).unwrap_or_else(|| panic!("{} has no slot", p.hop.label));
+            match p.skb {
+                SkbArg::Arg(i) => assert_eq!(SLOT_ARG[n], i, "{}", p.hop.label),
+                SkbArg::Indirect(i) => {
+                    assert!(n < INDIRECT_SLOTS && SLOT_ARG[n] == i, "{}: slot {n}", p.hop.label);
+                    assert_eq!(config.slots[n].skb_indirect, 1);
+                    indirect.push(p.hop.label);
+                }
+                SkbArg::None => {}
+            }
+        }
+        indirect.sort();
+        assert_eq!(indirect, ["br_rx", "macvlan_rx", "ovs_rx_hook", "tap_enqueue"]);
+    }
 
     #[test]
     fn the_verifier_logs_reason_not_its_statistics() {

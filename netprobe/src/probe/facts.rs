@@ -34,6 +34,10 @@ pub struct KernelFacts {
     pub btf_funcs: BTreeMap<String, SkbArg>,
     /// Tracepoints present, as `category:name`.
     pub tracepoints: BTreeSet<String>,
+    /// Catalog functions of modules: name -> the id of its FUNC record in
+    /// the module's BTF (split on vmlinux's, so above vmlinux's ids), which
+    /// an fentry load names. Read from the running kernel only.
+    pub module_btf_ids: BTreeMap<String, u32>,
 }
 
 impl KernelFacts {
@@ -86,6 +90,9 @@ impl KernelFacts {
                         },
                     };
                     for n in names {
+                        if let Some(id) = btf.split().and_then(|s| module_func_id(btf, s, &n)) {
+                            f.module_btf_ids.insert(n.clone(), id);
+                        }
                         if let Some(skb) = btf_skb_arg(btf, &n) {
                             f.btf_funcs.insert(n, skb);
                         }
@@ -208,6 +215,16 @@ impl KernelFacts {
 
 fn read_trim(p: &str) -> String {
     std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// The id of function `name`'s FUNC record in a module's own part of its
+/// split BTF.
+fn module_func_id(btf: &Btf, module: &btf_rs::BtfSection, name: &str) -> Option<u32> {
+    module
+        .resolve_ids_by_name(name)
+        .ok()?
+        .into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Func(_))))
 }
 
 /// Position of the first `struct sk_buff *` (or `**`) parameter of BTF

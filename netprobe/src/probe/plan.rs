@@ -45,17 +45,22 @@ pub struct PlanOptions {
     /// candidate and say why.
     pub hops: catalog::HopSet,
     /// Also attach tracepoints defined in modules (`--pin-modules`), which
-    /// hold their module loaded while attached.
+    /// hold their module loaded while attached, and fentry on module
+    /// functions where modules are followed.
     pub pin_modules: bool,
+    /// The run follows modules unloaded and loaded again (`serve`, `record
+    /// --wait-for-modules`): nothing it attaches may hold a module loaded
+    /// unless `pin_modules`.
+    pub follow_modules: bool,
 }
 
 pub fn plan(facts: &KernelFacts, opts: PlanOptions) -> Vec<HopPlan> {
     let mut plans: Vec<HopPlan> = catalog::HOPS.iter().map(|h| plan_hop(h, facts, opts)).collect();
     if !opts.pin_modules {
         // A program on a module's tracepoint holds the module loaded. Where
-        // the module's function hops can attach (kprobes or fentry; they
-        // do not hold it, and see the same packets), its tracepoints are
-        // left out. Where they cannot (a tracepoint-only kernel), the
+        // the module's function hops can attach (they see the same
+        // packets; by kprobe they do not hold it, by fentry they already
+        // do), its tracepoints are left out. Where they cannot (a tracepoint-only kernel), the
         // tracepoints are the only view of that path: attached, and said.
         let functions_attach = |m: &str| {
             plans.iter().any(|p| {
@@ -111,8 +116,16 @@ fn plan_hop(hop: &'static Hop, f: &KernelFacts, opts: PlanOptions) -> HopPlan {
                     skb = *b;
                     skb_from = SkbSource::Btf;
                 }
-                // fentry: BTF function record and a kernel that allows it.
-                if !f.btf {
+                // fentry: BTF function record and a kernel that allows it;
+                // on a module's function it holds the module loaded (the
+                // kernel's trampoline takes a reference).
+                let in_module = f.symbols.get(name).and_then(|m| m.as_deref());
+                if let Some(m) = in_module.filter(|_| opts.follow_modules && !opts.pin_modules) {
+                    notes.push(format!(
+                        "fentry: not tried: it would hold module {m} loaded, and this run follows modules \
+                         unloaded and loaded again (--pin-modules allows it)"
+                    ));
+                } else if !f.btf {
                     notes.push("fentry: the kernel has no BTF".to_owned());
                 } else if !f.btf_funcs.contains_key(name) {
                     notes.push(format!("fentry: no BTF record for {name}"));
@@ -205,7 +218,14 @@ mod tests {
     }
 
     fn with_btf(f: &KernelFacts) -> PlanOptions {
-        PlanOptions { only: None, offsets: f.btf, tracefs: true, hops: catalog::HopSet::ALL, pin_modules: false }
+        PlanOptions {
+            only: None,
+            offsets: f.btf,
+            tracefs: true,
+            hops: catalog::HopSet::ALL,
+            pin_modules: false,
+            follow_modules: false,
+        }
     }
 
     #[test]
@@ -261,6 +281,26 @@ mod tests {
                 "{notes:?}"
             );
         }
+    }
+
+    /// fentry on a module's function holds the module loaded: a run that
+    /// follows modules (serve, --wait-for-modules) takes kprobes there,
+    /// unless --pin-modules; vmlinux's functions keep fentry.
+    #[test]
+    fn following_modules_keeps_fentry_off_module_functions_unless_pinned() {
+        let f = fixture("debian-6.1-amd64");
+        let follow = PlanOptions { follow_modules: true, ..with_btf(&f) };
+        let plans = plan(&f, follow);
+        let p = |plans: &[HopPlan], h: &str| plans.iter().find(|p| p.hop.label == h).unwrap().clone();
+        for h in ["tap_enqueue", "ovs_upcall", "vhost_tx"] {
+            let hp = p(&plans, h);
+            assert_eq!(hp.candidates, vec![Backend::Kprobe], "{h}: {:?}", hp.notes);
+            assert!(hp.notes.iter().any(|n| n.contains("would hold module") && n.contains("--pin-modules")), "{h}");
+            let pinned = plan(&f, PlanOptions { pin_modules: true, ..follow });
+            assert_eq!(p(&pinned, h).candidates, vec![Backend::Fentry, Backend::Kprobe], "{h} pinned");
+            assert_eq!(p(&plan(&f, with_btf(&f)), h).candidates, vec![Backend::Fentry, Backend::Kprobe], "{h}");
+        }
+        assert_eq!(p(&plans, "ip_rcv").candidates, vec![Backend::Fentry, Backend::Kprobe]);
     }
 
     #[test]
