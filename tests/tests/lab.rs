@@ -536,3 +536,35 @@ fn macvtap_against_ovs_compare_shows_where_the_paths_differ_and_cpu_per_packet()
         "the HTML lacks its charts or CPU rows"
     );
 }
+
+/// Item 5 of issue 16: kprobe against fentry on the same module functions
+/// (the bridge's three hops), in one VM run, under the same ping flood.
+/// Each mode attached every hop with its backend, the programs ran about
+/// as often per ping under both (the same hops seeing the same packets),
+/// and the figures the lab printed are there to read.
+#[test]
+fn kprobe_against_fentry_on_the_bridges_hops_in_one_run() {
+    let Some(s) = lab_result("backends-summary") else { return };
+    for mode in ["kprobe", "fentry"] {
+        let m = &s[mode];
+        let rounds = m["rounds"].as_array().unwrap();
+        assert!(rounds.len() >= 3, "{mode}: {m:#}");
+        for r in rounds {
+            let b: Vec<&str> = r["backends"].as_array().unwrap().iter().map(|b| b.as_str().unwrap()).collect();
+            for h in ["br_rx", "br_forward", "br_xmit"] {
+                assert!(b.contains(&format!("{h}={mode}").as_str()), "{mode} round {}: {b:?}", r["round"]);
+            }
+        }
+        // A ping's request and reply each cross the bridge: three hops,
+        // an entry and a return program each, at least once a crossing.
+        let runs = m["runs_per_ping"].as_f64().unwrap();
+        assert!((6.0..=30.0).contains(&runs), "{mode}: {runs} program runs per ping");
+        assert!(m["bpf_ns_per_run"].as_f64().unwrap() > 0.0, "{mode}: {m:#}");
+    }
+    let (k, f) = (s["kprobe"]["runs_per_ping"].as_f64().unwrap(), s["fentry"]["runs_per_ping"].as_f64().unwrap());
+    assert!((k / f - 1.0).abs() < 0.25, "runs per ping: kprobe {k}, fentry {f}");
+    eprintln!(
+        "kprobe / fentry: {:.2}x the host CPU added per run, {:.2}x the program's own time",
+        s["kprobe_over_fentry_added"], s["kprobe_over_fentry_bpf"]
+    );
+}

@@ -70,7 +70,9 @@ pub(crate) struct LabOpts {
     /// runs the macvtap scenario. `unload`: openvswitch unloaded and
     /// loaded again while `record` and `serve` run (see [`UNLOAD`]).
     /// `vhost`: the macvtap demo with the guest stand-in on vhost-net.
-    #[arg(long, value_delimiter = ',', default_value = "macvtap,bridge,ovs,unload,vhost")]
+    /// `backends`: kprobe against fentry on the bridge's hops (see
+    /// [`BACKENDS`]).
+    #[arg(long, value_delimiter = ',', default_value = "macvtap,bridge,ovs,unload,vhost,backends")]
     pub(crate) scenarios: Vec<String>,
     /// Give up on the VM after this many seconds.
     #[arg(long, default_value_t = 900)]
@@ -212,6 +214,72 @@ done
 sleep 1
 refcnt pin_released >> $L
 rmmod openvswitch 2>>$L; echo "rmmod_after_pin_rc=$?" >> $L
+"#;
+
+/// The bridge's function hops, which the `backends` scenario attaches by
+/// kprobe and by fentry in turn.
+const BACKEND_HOPS: &str = "br_rx,br_forward,br_xmit";
+/// Pings of one measured round, and rounds per mode.
+const BACKEND_PINGS: u32 = 10000;
+const BACKEND_ROUNDS: u32 = 3;
+
+/// The `backends` scenario (issue 16, item 5): kprobe against fentry on
+/// the same module functions, in one VM run. A bridge between two veths
+/// (198.18.1.0/24); in each round, untraced, then `record --backend
+/// kprobe`, then `record --backend fentry`, on the bridge's three hops,
+/// each under the same ping flood. For each it brings back the host's busy
+/// CPU (/proc/stat: user, nice, system, irq, softirq, in USER_HZ ticks)
+/// over the flood, netprobe's own (its /proc/PID/stat utime and stime),
+/// the pings sent and their mean round trip, the report, and bpftool's program list with bpf_stats
+/// on, as one JSON document.
+const BACKENDS: &str = r#"IP=/usr/sbin/ip
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+for n in npb-h npb-a npb-b; do $IP netns add $n; $IP -n $n link set lo up; done
+$IP -n npb-h link add npbbr type bridge; $IP -n npb-h link set npbbr up
+$IP -n npb-h link add npba type veth peer name npbav netns npb-a
+$IP -n npb-h link add npbb type veth peer name npbbv netns npb-b
+$IP -n npb-h link set npba master npbbr up; $IP -n npb-h link set npbb master npbbr up
+$IP -n npb-a addr add 198.18.1.1/24 dev npbav; $IP -n npb-a link set npbav up
+$IP -n npb-b addr add 198.18.1.2/24 dev npbbv; $IP -n npb-b link set npbbv up
+$IP netns exec npb-a ping -q -c 3 -W 5 198.18.1.2 > /dev/null
+sysctl -qw kernel.bpf_stats_enabled=1
+O=/tmp/backends.json
+echo '{"pings_asked": {PINGS}, "rounds": [' > $O
+sep=
+for r in $(seq {ROUNDS}); do
+  for mode in none kprobe fentry; do
+    RP=
+    if [ $mode != none ]; then
+      /usr/bin/netprobe record --backend $mode --hops {HOPS} --quiet --format json > /tmp/bk-rec.json 2>/tmp/bk-rec.err &
+      RP=$!
+      for i in $(seq 300); do grep -q recording /tmp/bk-rec.err && break; sleep 1; done
+      n0=$(ticks $RP)
+    fi
+    b0=$(busy)
+    $IP netns exec npb-a ping -f -q -c {PINGS} 198.18.1.2 > /tmp/bk-ping.txt
+    b1=$(busy)
+    sent=$(grep transmitted /tmp/bk-ping.txt | cut -d' ' -f1)
+    rtt=$(grep rtt /tmp/bk-ping.txt | cut -d= -f2 | cut -d/ -f2)
+    nt=0
+    if [ -n "$RP" ]; then
+      nt=$(( $(ticks $RP) - n0 ))
+      bpftool prog show -j > /tmp/bk-progs.json
+      kill -INT $RP; wait $RP
+    else
+      echo '[]' > /tmp/bk-progs.json; echo '{}' > /tmp/bk-rec.json
+    fi
+    echo "$sep{\"mode\": \"$mode\", \"round\": $r, \"busy_ticks\": $((b1 - b0)), \"netprobe_ticks\": $nt, \"pings\": ${sent:-0}, \"rtt_avg_ms\": ${rtt:-0}, \"progs\": " >> $O
+    cat /tmp/bk-progs.json >> $O
+    echo ', "record": ' >> $O
+    cat /tmp/bk-rec.json >> $O
+    echo '}' >> $O
+    sep=,
+  done
+done
+echo ']}' >> $O
+sysctl -qw kernel.bpf_stats_enabled=0
+for n in npb-h npb-a npb-b; do $IP netns del $n; done
 "#;
 
 const BEGIN: &str = "=== NETPROBE-LAB BEGIN";
@@ -475,6 +543,14 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
             s += &unload_scenario(release, modules);
             continue;
         }
+        if sc == "backends" {
+            s += &BACKENDS
+                .replace("{HOPS}", BACKEND_HOPS)
+                .replace("{PINGS}", &BACKEND_PINGS.to_string())
+                .replace("{ROUNDS}", &BACKEND_ROUNDS.to_string());
+            s += &format!("echo '{BEGIN} backends'\ncat /tmp/backends.json\necho '{END} backends'\n");
+            continue;
+        }
         // `vhost`: the macvtap topology, the guest stand-in on vhost-net;
         // its log (with the frames the stand-in moved) comes back too.
         let args = if sc == "vhost" { "macvtap --vhost".to_owned() } else { format!("{sc} --drop-stacks") };
@@ -685,6 +761,7 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
     }
     if failed.is_empty() {
         compare_macvtap_ovs(&host_bin, &work)?;
+        backends_summary(&work)?;
     }
     eprintln!(
         "\nxtask lab: {arch:?} VM ran {:.0} s, whole {arch:?} lab {:.0} s; results in {}",
@@ -717,6 +794,98 @@ fn compare_macvtap_ovs(bin: &Path, work: &Path) -> Result<()> {
             eprintln!("\n===== MacVTap (A) against OVS (B), the same traffic =====\n{text}");
         }
     }
+    Ok(())
+}
+
+/// The `backends` scenario's figures: per mode (kprobe, fentry) and round,
+/// the hop programs' runs per ping and their own time per run (bpf_stats),
+/// and the host CPU each run adds to the flood (busy CPU less netprobe's
+/// own process, less the untraced round's, per run); the medians, and
+/// kprobe's over fentry's as ratios. Printed, and written as
+/// `backends-summary.json`.
+fn backends_summary(work: &Path) -> Result<()> {
+    let path = work.join("backends.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let rounds = v["rounds"].as_array().context("backends.json: no rounds")?;
+    // USER_HZ ticks of /proc/stat and /proc/PID/stat.
+    const TICK_NS: f64 = 10_000_000.0;
+    let cpu_per_ping = |r: &serde_json::Value| {
+        let busy = r["busy_ticks"].as_f64().unwrap_or(0.0) - r["netprobe_ticks"].as_f64().unwrap_or(0.0);
+        busy * TICK_NS / r["pings"].as_f64().unwrap_or(0.0).max(1.0)
+    };
+    let mut summary = serde_json::Map::new();
+    for (mode, prefixes) in [("kprobe", ["kprobe_", "kretprobe_"]), ("fentry", ["fentry_", "fexit_"])] {
+        let mut per_round = Vec::new();
+        for r in rounds.iter().filter(|r| r["mode"] == mode) {
+            let Some(base) = rounds.iter().find(|b| b["mode"] == "none" && b["round"] == r["round"]) else { continue };
+            let (mut runs, mut ns) = (0.0, 0.0);
+            for p in r["progs"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap_or_default();
+                if prefixes.iter().any(|x| name.starts_with(x)) {
+                    runs += p["run_cnt"].as_f64().unwrap_or(0.0);
+                    ns += p["run_time_ns"].as_f64().unwrap_or(0.0);
+                }
+            }
+            let pings = r["pings"].as_f64().unwrap_or(0.0).max(1.0);
+            let runs_per_ping = runs / pings;
+            per_round.push(serde_json::json!({
+                "round": r["round"],
+                "runs_per_ping": runs_per_ping,
+                "bpf_ns_per_run": ns / runs.max(1.0),
+                "added_ns_per_run": (cpu_per_ping(r) - cpu_per_ping(base)) / runs_per_ping.max(1e-9),
+                // Every program run of a ping is on its round trip.
+                "rtt_added_ns_per_run": (r["rtt_avg_ms"].as_f64().unwrap_or(0.0)
+                    - base["rtt_avg_ms"].as_f64().unwrap_or(0.0))
+                    * 1e6
+                    / runs_per_ping.max(1e-9),
+                "rtt_avg_ms": r["rtt_avg_ms"],
+                "untraced_rtt_avg_ms": base["rtt_avg_ms"],
+                "backends": r["record"]["coverage"].as_array().into_iter().flatten()
+                    .map(|c| format!("{}={}", c["hop"].as_str().unwrap_or("?"), c["backend"].as_str().unwrap_or("-")))
+                    .collect::<Vec<_>>(),
+            }));
+        }
+        let median = |k: &str| {
+            let mut x: Vec<f64> = per_round.iter().filter_map(|r| r[k].as_f64()).collect();
+            x.sort_by(f64::total_cmp);
+            x.get(x.len() / 2).copied().unwrap_or(0.0)
+        };
+        summary.insert(
+            mode.to_owned(),
+            serde_json::json!({
+                "runs_per_ping": median("runs_per_ping"),
+                "bpf_ns_per_run": median("bpf_ns_per_run"),
+                "added_ns_per_run": median("added_ns_per_run"),
+                "rtt_added_ns_per_run": median("rtt_added_ns_per_run"),
+                "rounds": per_round,
+            }),
+        );
+    }
+    let ratio = |k: &str| summary["kprobe"][k].as_f64().unwrap_or(0.0) / summary["fentry"][k].as_f64().unwrap_or(0.0);
+    let (added, bpf, rtt) = (ratio("added_ns_per_run"), ratio("bpf_ns_per_run"), ratio("rtt_added_ns_per_run"));
+    summary.insert("kprobe_over_fentry_added".into(), added.into());
+    summary.insert("kprobe_over_fentry_bpf".into(), bpf.into());
+    summary.insert("kprobe_over_fentry_rtt".into(), rtt.into());
+    eprintln!(
+        "\n===== kprobe against fentry on the bridge's hops ({BACKEND_HOPS}), medians of {BACKEND_ROUNDS} rounds ====="
+    );
+    for mode in ["kprobe", "fentry"] {
+        let m = &summary[mode];
+        eprintln!(
+            "{mode:>7}: {:.2} program runs per ping, {:.0} ns in the program per run (bpf_stats), {:.0} ns of host \
+             CPU and {:.0} ns of round trip added per run",
+            m["runs_per_ping"].as_f64().unwrap_or(0.0),
+            m["bpf_ns_per_run"].as_f64().unwrap_or(0.0),
+            m["added_ns_per_run"].as_f64().unwrap_or(0.0),
+            m["rtt_added_ns_per_run"].as_f64().unwrap_or(0.0)
+        );
+    }
+    eprintln!(
+        "kprobe / fentry: {added:.2}x the CPU added per run, {rtt:.2}x the round trip added per run, {bpf:.2}x the \
+         program's own time per run"
+    );
+    std::fs::write(work.join("backends-summary.json"), serde_json::to_string_pretty(&summary)?)?;
     Ok(())
 }
 

@@ -117,7 +117,14 @@ fn test(no_lint: bool, no_cross: bool, no_lab: bool, args: &[String]) -> Result<
         let _ = std::fs::remove_dir_all(build::workspace_root().join("target/lab"));
         lab::lab(&lab::LabOpts {
             arch: vec![lab::Arch::X86_64, lab::Arch::S390x],
-            scenarios: vec!["macvtap".into(), "bridge".into(), "ovs".into(), "unload".into(), "vhost".into()],
+            scenarios: vec![
+                "macvtap".into(),
+                "bridge".into(),
+                "ovs".into(),
+                "unload".into(),
+                "vhost".into(),
+                "backends".into(),
+            ],
             timeout: 900,
         })?;
     }
