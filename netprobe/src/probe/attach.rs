@@ -816,8 +816,10 @@ impl Probe {
             return Ok(Vec::new());
         }
         self.rescanned_modules = modules;
-        let facts = KernelFacts::live()?;
-        let plans = plan::plan(&facts, self.plan_opts);
+        // The new facts before attaching: a module loaded since has its
+        // functions' module and BTF ids only there (fentry needs both).
+        self.facts = KernelFacts::live()?;
+        let plans = plan::plan(&self.facts, self.plan_opts);
         let mut added = Vec::new();
         if plans.iter().any(|p| !p.candidates.is_empty() && !self.attached(p.hop.label)) {
             self.btf = aya_btf(self.btf_file.as_deref())?;
@@ -839,7 +841,6 @@ impl Probe {
             }
             self.coverage[i] = c;
         }
-        self.facts = facts;
         self.btf = None;
         self.module_fentry.done();
         Ok(added)
