@@ -302,6 +302,10 @@ pub mod bench {
     /// Launder the skb pointer with `bpf_probe_read_kernel` (a helper call
     /// per hop; `--bench-probe-launder`), as before the scratch word.
     pub const PROBE_LAUNDER: u32 = 1 << 1;
+    /// One clock read per hop (`--bench-one-clock`): a followed packet's
+    /// next hop measures from this hop's entry, not from the end of its
+    /// work, which is what the second read costs.
+    pub const ONE_CLOCK: u32 = 1 << 2;
 }
 
 /// How a kernel program is attached; also the prefix of its program name.

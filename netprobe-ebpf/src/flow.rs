@@ -5,6 +5,7 @@
 //! fingerprint (packet identity) read; the decision itself is `FlowFilter::passes` in netprobe-common,
 //! the one the loader's tests run too.
 
+use aya_ebpf::helpers::generated as gen;
 use netprobe_common::{counter, header_fingerprint, sample_hash, FlowFields};
 
 use crate::{
@@ -143,53 +144,107 @@ fn flow_fields(skb: u64, head: u64) -> FlowFields {
     f
 }
 
+/// `mac` for [`fingerprint`] when the hop could not load
+/// `skb->mac_header` directly (kprobe and raw tracepoint hops): read it
+/// then, only if a fingerprint is wanted.
+pub(crate) const MAC_UNREAD: u32 = u32::MAX;
+
+/// Bytes of the header block [`fingerprint`] reads from the EtherType
+/// on: EtherType (2), an IPv4 header without options (20), and the first
+/// 12 bytes of the L4 header.
+const BLOCK: usize = 34;
+
 /// The packet's header fingerprint ([`FlowFields::fingerprint`]; 0 where
 /// the headers cannot be read). It reads only the fields the fingerprint
 /// takes, not a whole `FlowFields`: it is called from every hop program,
-/// whose stack and its callees' share 512 bytes. Inlined: as a
-/// call of its own it made the receive hops' call chain 9 frames deep,
-/// one more than the verifier allows (Debian 6.1 refused them).
+/// whose stack and its callees' share 512 bytes (one buffer, read in
+/// place: with a second one for a VLAN's headers, Debian 6.1 counted 544
+/// and refused every tracepoint hop). Inlined: as a call of its own it
+/// made the receive hops' call chain 9 frames deep, one more than the
+/// verifier allows (Debian 6.1 refused them).
+///
+/// `mac` is `skb->mac_header` as the hop loaded it, or [`MAC_UNREAD`].
+/// An IPv4 packet's headers come in one `bpf_probe_read_kernel` of
+/// [`BLOCK`] bytes from the EtherType on; a VLAN tag, IPv4 options and
+/// IPv6 take a second read. (It was four reads, one per header, and a
+/// fingerprint is taken where tracking starts and again after every long
+/// gap: some 110 ns of a veth flood's start hop, by bpf_stats.) Reading
+/// past a short packet's end stays inside its buffer (the tail room and
+/// `skb_shared_info` follow the data), and gives the bytes the
+/// per-header reads did.
 #[inline(always)]
-pub(crate) fn fingerprint(skb: u64, head: u64) -> u32 {
+pub(crate) fn fingerprint(skb: u64, head: u64, mac: u32) -> u32 {
     let c = config::reader();
     let mac_off = c.get(|c| &c.off.skb_mac_header) as u64;
     let head = if head != 0 { head } else { read_u64(skb + c.get(|c| &c.off.skb_head) as u64) };
     if mac_off == 0 || head == 0 {
         return 0;
     }
-    let Some(mac) = read_bytes::<2>(skb + mac_off) else { return 0 };
-    let mac = u16::from_ne_bytes(mac);
+    let mac = if mac != MAC_UNREAD {
+        mac as u16
+    } else {
+        let Some(mac) = read_bytes::<2>(skb + mac_off) else { return 0 };
+        u16::from_ne_bytes(mac)
+    };
     if mac == 0xffff {
         return 0;
     }
+    let mut b = [0u8; BLOCK];
     let mut l3 = head + mac as u64 + 14;
-    let Some(eth) = read_bytes::<4>(l3 - 2) else { return 0 };
-    let mut ethertype = u16::from_be_bytes([eth[0], eth[1]]);
-    if ethertype == 0x8100 || ethertype == 0x88a8 {
-        let Some(tag) = read_bytes::<4>(l3) else { return 0 };
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 += 4;
+    if !read_into(&mut b, BLOCK, l3 - 2) {
+        return 0;
     }
+    let mut ethertype = u16::from_be_bytes([b[0], b[1]]);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        ethertype = u16::from_be_bytes([b[4], b[5]]);
+        l3 += 4;
+        if !read_into(&mut b, BLOCK, l3 - 2) {
+            return 0;
+        }
+    }
+    // (`b[2..]` is the L3 header; `l4`: where to read the L4 words if
+    // they are not in `b`, 0 if they are.)
     let (ip_id, proto, l4) = if ethertype == 0x0800 {
-        let Some(ip) = read_bytes::<12>(l3) else { return 0 };
-        let (ip_id, proto) = (u16::from_be_bytes([ip[4], ip[5]]) as u32, ip[9] as u32);
-        if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        let (ip_id, proto) = (u16::from_be_bytes([b[6], b[7]]) as u32, b[11] as u32);
+        if u16::from_be_bytes([b[8], b[9]]) & 0x1fff != 0 {
             return header_fingerprint(ip_id, proto, [0, 0]); // a later fragment: no L4 header
         }
-        (ip_id, proto, l3 + ((ip[0] & 0x0f) as u64) * 4)
+        let ihl = (b[2] & 0x0f) as u64;
+        (ip_id, proto, if ihl == 5 { 0 } else { l3 + ihl * 4 })
     } else if ethertype == 0x86dd {
-        let Some(ip) = read_bytes::<8>(l3) else { return 0 };
-        (word(&ip, 0), ip[6] as u32, l3 + 40)
+        (word(&b, 2), b[8] as u32, l3 + 40)
     } else {
         return 0;
     };
-    let mut l4_words = [0, 0];
-    if matches!(proto, 1 | 6 | 17 | 58 | 132) {
-        if let Some(p) = read_bytes::<12>(l4) {
-            l4_words = [word(&p, 4), word(&p, 8)];
-        }
+    if !matches!(proto, 1 | 6 | 17 | 58 | 132) {
+        return header_fingerprint(ip_id, proto, [0, 0]);
     }
+    // The L4 header's 12 bytes at `b[22..]`: read there when elsewhere.
+    let l4_words = if l4 == 0 || read_l4(&mut b, l4) { [word(&b, 26), word(&b, 30)] } else { [0, 0] };
     header_fingerprint(ip_id, proto, l4_words)
+}
+
+/// Reads `len` bytes at `addr` into the start of `buf` (fault-safe);
+/// false where they cannot be read.
+#[inline(always)]
+fn read_into(buf: &mut [u8; BLOCK], len: usize, addr: u64) -> bool {
+    if addr < 4096 || len > BLOCK {
+        return false;
+    }
+    // SAFETY: writes at most `len <= BLOCK` bytes into `buf`; the source
+    // is copied through the kernel's fault-safe read (a bad address fails).
+    unsafe { gen::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), len as u32, addr as *const _) == 0 }
+}
+
+/// Reads the 12 bytes of an L4 header at `addr` into `b[22..34]`.
+#[inline(always)]
+fn read_l4(b: &mut [u8; BLOCK], addr: u64) -> bool {
+    if addr < 4096 {
+        return false;
+    }
+    let dst = &mut b[22..BLOCK];
+    // SAFETY: writes exactly 12 bytes, the length of `dst`, fault-safely.
+    unsafe { gen::bpf_probe_read_kernel(dst.as_mut_ptr().cast(), 12, addr as *const _) == 0 }
 }
 
 /// The flow filter (`NP_CONFIG.flow`, disjunctive normal form) on one

@@ -26,6 +26,21 @@ pub(crate) fn load_u64<const DIRECT: bool>(addr: u64) -> u64 {
     }
 }
 
+/// A 16-bit field, as [`load_u64`].
+#[inline(always)]
+pub(crate) fn load_u16<const DIRECT: bool>(addr: u64) -> u16 {
+    if DIRECT {
+        if addr < 4096 {
+            return 0;
+        }
+        // SAFETY: as in `load_u64`: a field of a BTF-typed pointer, checked
+        // by the verifier, made fault-safe by the JIT.
+        unsafe { core::ptr::read_volatile(addr as *const u16) }
+    } else {
+        read_bytes::<2>(addr).map(u16::from_ne_bytes).unwrap_or(0)
+    }
+}
+
 #[inline(always)]
 pub(crate) fn read_u64(addr: u64) -> u64 {
     if addr < 4096 {

@@ -146,6 +146,9 @@ struct ProbeArgs {
     /// Benchmarks only: launder the skb pointer with a helper call per hop.
     #[arg(long, hide = true)]
     bench_probe_launder: bool,
+    /// Benchmarks only: one clock read per hop (what the second costs).
+    #[arg(long, hide = true)]
+    bench_one_clock: bool,
     /// Benchmarks only: no CPU-accounting program (sched_switch).
     #[arg(long, hide = true)]
     bench_no_cpu: bool,
@@ -360,6 +363,7 @@ fn options(p: &ProbeArgs, ifaces: Vec<String>, wait_for_modules: bool) -> Result
         bench: BenchSwitches {
             empty_programs: p.bench_empty_programs,
             probe_launder: p.bench_probe_launder,
+            one_clock: p.bench_one_clock,
             no_cpu: p.bench_no_cpu,
             ring_bytes: p.bench_ring_bytes,
             reader_pause: p.bench_pause_reader.unwrap_or_default(),

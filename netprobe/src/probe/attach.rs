@@ -177,6 +177,8 @@ pub struct BenchSwitches {
     pub empty_programs: bool,
     /// The skb pointer laundered with a helper call per hop, as before.
     pub probe_launder: bool,
+    /// One clock read per hop instead of two.
+    pub one_clock: bool,
     /// No CPU-accounting program (sched_switch).
     pub no_cpu: bool,
 }
@@ -376,6 +378,9 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
     }
     if opts.bench.probe_launder {
         config.bench |= netprobe_common::bench::PROBE_LAUNDER;
+    }
+    if opts.bench.one_clock {
+        config.bench |= netprobe_common::bench::ONE_CLOCK;
     }
     let stack_namer = if opts.drop_stacks {
         if let Some(why) = stack_depth_refused() {
