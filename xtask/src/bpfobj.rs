@@ -10,7 +10,8 @@
 //!
 //! So the DWARF sections go, and `.BTF.ext` keeps its function info and
 //! CO-RE relocations but declares no line info (its header's line-info
-//! length is set to 0). What is lost: source lines in a verifier log; the
+//! length is set to 0, and its bytes are cut off where they end the
+//! section). What is lost: source lines in a verifier log; the
 //! BTF types, function info and instruction stream are unchanged.
 
 use std::path::Path;
@@ -58,6 +59,7 @@ pub(crate) fn slim(path: &Path) -> Result<(usize, usize)> {
             u64::from(u32_at(&ext, HDR_LEN_AT, big_endian)) + u64::from(u32_at(&ext, LINE_INFO_OFF_AT, big_endian));
         let len = u64::from(u32_at(&ext, LINE_INFO_LEN_AT, big_endian));
         ext[LINE_INFO_LEN_AT..LINE_INFO_LEN_AT + 4].fill(0);
+        drop_tail(&mut ext, start, len, big_endian);
         s.data = SectionData::Data(ext.into());
         line_info = Some((s.id(), start..start + len));
     }
@@ -88,6 +90,36 @@ pub(crate) fn slim(path: &Path) -> Result<(usize, usize)> {
     Ok((data.len(), out.len()))
 }
 
+/// Where the line info is the data's last part (nothing but empty parts
+/// after it), its bytes go too, not only its length: 8.5 MB of netprobe's
+/// 21 MB object, embedded in the binary and copied by aya-obj into every
+/// parse of the object (its `BtfExt` keeps the section's bytes). Empty
+/// parts are pointed at the new end, so every offset stays in bounds.
+fn drop_tail(ext: &mut Vec<u8>, start: u64, len: u64, big_endian: bool) {
+    let hdr = u32_at(ext, HDR_LEN_AT, big_endian) as usize;
+    // (func_info, line_info and, with a 32-byte header, core_relo: each an
+    // offset from the header's end and a length.)
+    let parts: Vec<usize> = [8usize, 16, 24].into_iter().filter(|at| at + 8 <= hdr).collect();
+    let start = start as usize;
+    if start + len as usize != ext.len() || start < hdr {
+        return;
+    }
+    for &at in parts.iter().filter(|&&at| at != LINE_INFO_OFF_AT) {
+        let (off, n) = (u32_at(ext, at, big_endian) as usize, u32_at(ext, at + 4, big_endian) as usize);
+        if n != 0 && hdr + off + n > start {
+            return;
+        }
+    }
+    let end = ((start - hdr) as u32).to_le_bytes();
+    let end = if big_endian { ((start - hdr) as u32).to_be_bytes() } else { end };
+    for &at in &parts {
+        if u32_at(ext, at + 4, big_endian) == 0 && u32_at(ext, at, big_endian) as usize > start - hdr {
+            ext[at..at + 4].copy_from_slice(&end);
+        }
+    }
+    ext.truncate(start);
+}
+
 fn u16_at(v: &[u8], at: usize, big_endian: bool) -> u16 {
     let b = [v[at], v[at + 1]];
     if big_endian {
@@ -103,5 +135,53 @@ fn u32_at(v: &[u8], at: usize, big_endian: bool) -> u32 {
         u32::from_be_bytes(b)
     } else {
         u32::from_le_bytes(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `.BTF.ext` of a 32-byte header and parts at these (offset, len)
+    /// from the header's end: func_info, line_info, core_relo.
+    fn ext(parts: [(u32, u32); 3], body: usize, big_endian: bool) -> Vec<u8> {
+        let put = |v: &mut Vec<u8>, x: u32| v.extend(if big_endian { x.to_be_bytes() } else { x.to_le_bytes() });
+        let mut v = if big_endian { BTF_EXT_MAGIC.to_be_bytes() } else { BTF_EXT_MAGIC.to_le_bytes() }.to_vec();
+        v.extend([1, 0]);
+        put(&mut v, 32);
+        for (off, len) in parts {
+            put(&mut v, off);
+            put(&mut v, len);
+        }
+        v.resize(32 + body, 0xaa);
+        v
+    }
+
+    #[test]
+    fn line_info_at_the_end_is_cut_off_and_empty_parts_point_at_the_end() {
+        for big_endian in [false, true] {
+            // func_info 0..100, line_info 100..1100, no core_relo (its
+            // offset past the line info).
+            let mut e = ext([(0, 100), (100, 1000), (1100, 0)], 1100, big_endian);
+            drop_tail(&mut e, 32 + 100, 1000, big_endian);
+            assert_eq!(e.len(), 32 + 100, "big_endian {big_endian}");
+            assert_eq!(u32_at(&e, 24, big_endian), 100, "core_relo's offset moved to the new end");
+            assert_eq!(u32_at(&e, 8, big_endian), 0, "func_info untouched");
+            assert_eq!(u32_at(&e, 12, big_endian), 100);
+        }
+    }
+
+    #[test]
+    fn line_info_before_other_data_is_left_in_place() {
+        // core_relo after the line info: cutting would lose it.
+        let mut e = ext([(0, 100), (100, 1000), (1100, 40)], 1140, false);
+        let before = e.clone();
+        drop_tail(&mut e, 32 + 100, 1000, false);
+        assert_eq!(e, before);
+        // func_info after the line info.
+        let mut e = ext([(1000, 100), (0, 1000), (1100, 0)], 1100, false);
+        let before = e.clone();
+        drop_tail(&mut e, 32, 1000, false);
+        assert_eq!(e, before);
     }
 }
