@@ -11,46 +11,53 @@ use crate::{config, maps::NP_SCRATCH};
 /// A kernel read: a plain load where the verifier knows the pointer's BTF
 /// type (tp_btf and fentry arguments: it checks the field and the JIT
 /// makes the load fault-safe, no helper call), else bpf_probe_read_kernel.
-/// An address below 4096 reads as 0.
 #[inline(always)]
-fn load<const DIRECT: bool, T: Copy + Default>(addr: u64) -> T {
-    if addr < 4096 {
-        return T::default();
-    }
+pub(crate) fn load_u64<const DIRECT: bool>(addr: u64) -> u64 {
     if DIRECT {
+        if addr < 4096 {
+            return 0;
+        }
         // SAFETY: with DIRECT, `addr` is a BTF-typed pointer plus the
         // offset of a field of that type: the verifier checks the access
         // against the type and the JIT turns a fault into a 0 (PROBE_MEM).
-        unsafe { core::ptr::read_volatile(addr as *const T) }
+        unsafe { core::ptr::read_volatile(addr as *const u64) }
     } else {
-        // SAFETY: bpf_probe_read_kernel copies through the kernel's
-        // fault-safe read: a bad address fails (then 0), it never faults.
-        unsafe { bpf_probe_read_kernel(addr as *const T) }.unwrap_or_default()
+        read_u64(addr)
     }
 }
 
-/// A 64-bit field (see [`load`]).
-#[inline(always)]
-pub(crate) fn load_u64<const DIRECT: bool>(addr: u64) -> u64 {
-    load::<DIRECT, u64>(addr)
-}
-
-/// A 16-bit field (see [`load`]).
+/// A 16-bit field, as [`load_u64`].
 #[inline(always)]
 pub(crate) fn load_u16<const DIRECT: bool>(addr: u64) -> u16 {
-    load::<DIRECT, u16>(addr)
+    if DIRECT {
+        if addr < 4096 {
+            return 0;
+        }
+        // SAFETY: as in `load_u64`: a field of a BTF-typed pointer, checked
+        // by the verifier, made fault-safe by the JIT.
+        unsafe { core::ptr::read_volatile(addr as *const u16) }
+    } else {
+        read_bytes::<2>(addr).map(u16::from_ne_bytes).unwrap_or(0)
+    }
 }
 
-/// A read through `bpf_probe_read_kernel` (see [`load`]).
 #[inline(always)]
 pub(crate) fn read_u64(addr: u64) -> u64 {
-    load::<false, u64>(addr)
+    if addr < 4096 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-safe
+    // read: a bad address fails (then 0), it never faults.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
 }
 
-/// As [`read_u64`].
 #[inline(always)]
 pub(crate) fn read_u32(addr: u64) -> u32 {
-    load::<false, u32>(addr)
+    if addr < 4096 {
+        return 0;
+    }
+    // SAFETY: as in `read_u64`: a fault-safe copy, failures give 0.
+    unsafe { bpf_probe_read_kernel(addr as *const u32) }.unwrap_or(0)
 }
 
 #[inline(always)]
@@ -58,7 +65,7 @@ pub(crate) fn read_bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
     if addr < 4096 {
         return None;
     }
-    // SAFETY: as in `load`: a fault-safe copy, failures give `None`.
+    // SAFETY: as in `read_u64`: a fault-safe copy, failures give `None`.
     unsafe { bpf_probe_read_kernel(addr as *const [u8; N]) }.ok()
 }
 
