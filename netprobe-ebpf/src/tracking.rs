@@ -396,7 +396,6 @@ pub(crate) fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u6
     } else {
         0
     };
-    let dev = if dev == 0 { Dev::None } else { Dev::Ptr(dev) };
     let reason = if flags & hop_flags::DROP != 0 { arg2 as u32 } else { 0 };
     let head_off = config::get(|c| &c.off.skb_head) as u64;
     let head = if head_off == 0 { 0 } else { load_u64::<DIRECT>(skb + head_off) };
@@ -404,10 +403,13 @@ pub(crate) fn ptr_hop<const DIRECT: bool>(hop: u8, skb: u64, arg1: u64, arg2: u6
     // helper call, made only where a fingerprint is taken.
     let mac_off = config::get(|c| &c.off.skb_mac_header) as u64;
     let mac = if DIRECT && mac_off != 0 && head != 0 { load_u16::<DIRECT>(skb + mac_off) as u32 } else { MAC_UNREAD };
-    let net = match dev {
-        Dev::Ptr(p) => load_u64::<DIRECT>(p + config::get(|c| &c.off.dev_nd_net) as u64),
-        _ => 0,
-    };
+    // From the plain number, not from a `Dev`: a `Dev::None` has no
+    // payload, and LLVM may load a variant's payload before testing the
+    // variant. The s390x build did here, reading a stack slot that no
+    // store on this path wrote, and Debian's 6.1 refused every kprobe hop
+    // ("invalid read from stack R10 off=-128 size=8").
+    let net = if dev == 0 { 0 } else { load_u64::<DIRECT>(dev + config::get(|c| &c.off.dev_nd_net) as u64) };
+    let dev = if dev == 0 { Dev::None } else { Dev::Ptr(dev) };
     track(hop, flags, scalar_of::<DIRECT>(skb), head, mac, net, dev, reason, stack);
 }
 

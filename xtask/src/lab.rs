@@ -525,7 +525,7 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
     // (Same script for both architectures: busybox provides the basics.)
     let mut s = init_prologue(release, modules);
     s += &format!(
-        "echo '{BEGIN} probes'\n/usr/bin/netprobe probes --format json --save-facts /tmp/facts 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n"
+        "echo '{BEGIN} probes'\nNETPROBE_VERIFIER_LOG=/tmp/verifier.log /usr/bin/netprobe probes --format json --save-facts /tmp/facts 2>/tmp/probes.err\necho '{END} probes'\ncat /tmp/probes.err\n[ -f /tmp/verifier.log ] && tail -n 150 /tmp/verifier.log\n"
     );
     // The same under --sample: the sample's code paths, which the verifier
     // prunes when sampling is off, must load with the same backends.

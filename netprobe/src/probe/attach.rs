@@ -106,7 +106,9 @@ impl From<aya::programs::ProgramError> for AttachError {
                 if io_error.raw_os_error() == Some(libc::EPERM) {
                     AttachError::Refused { verifier_log: verifier_log.to_string() }
                 } else {
-                    AttachError::Verifier { io_error, verifier_log: verifier_log.to_string() }
+                    let verifier_log = verifier_log.to_string();
+                    keep_verifier_log(&verifier_log);
+                    AttachError::Verifier { io_error, verifier_log }
                 }
             }
             other => AttachError::Program(other),
@@ -149,6 +151,22 @@ impl AttachError {
 /// The verifier log's last non-empty line that says what it rejected
 /// (not its closing statistics: "processed N insns ...", "verification
 /// time ...", "stack depth ...").
+/// With `NETPROBE_VERIFIER_LOG=FILE`, every rejected program's whole
+/// verifier log is appended to FILE: a hop's note keeps only the last
+/// line, and where the verifier got lost is in the lines before it.
+fn keep_verifier_log(log: &str) {
+    let Some(path) = std::env::var_os("NETPROBE_VERIFIER_LOG") else { return };
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "--- a rejected program's verifier log\n{log}"));
+    if let Err(e) = written {
+        eprintln!("netprobe: NETPROBE_VERIFIER_LOG={}: {e}", std::path::Path::new(&path).display());
+    }
+}
+
 fn last_line(log: &str) -> &str {
     log.lines()
         .rev()
