@@ -203,16 +203,20 @@ pub(crate) fn skb_started(at: u8, devkey: u64, dev: Dev<'_>, now: u64) {
 }
 
 /// A followed packet is delivered (`DELIVER` hop at `devkey`; it came
-/// from `origin`) by this thread: a woken receiving worker's first
-/// delivery counts its kick.
+/// from `origin`) by this thread: a receiving worker's run notes the
+/// device it delivers at, and its first delivery counts its kick.
 #[inline(always)]
 pub(crate) fn delivered(devkey: u64, origin: u64, dev: Dev<'_>) {
     let Some(c) = chain() else { return };
-    if c.mode != ThreadChain::BEFORE || c.joined != 0 || c.kick_ts == 0 || devkey == 0 {
+    if c.mode != ThreadChain::BEFORE || devkey == 0 {
         return;
     }
     let tid = bpf_get_current_pid_tgid();
     if c.tid != tid || !worker_is(c, hop_flags::RX) || !still_in(tid, c.worker_hop, c.worker_ts) {
+        return;
+    }
+    c.dev = devkey;
+    if c.joined != 0 || c.kick_ts == 0 {
         return;
     }
     let kick = kick_hop();
@@ -224,7 +228,8 @@ pub(crate) fn delivered(devkey: u64, origin: u64, dev: Dev<'_>) {
 
 /// A followed packet delivered by this thread is freed (`consumed` after
 /// a `DELIVER` hop at `last_dev`): if the thread is a receiving worker's
-/// (a chain of its run, or of a delivery before in the same run), the
+/// (a chain of its run, or of a delivery before in the same run) and
+/// delivers at `last_dev`, the
 /// completion and signal that follow in it are this frame's. Any other
 /// thread's deliveries, and those a softirq makes on a worker's stack
 /// while it sends, have no such steps.
@@ -237,6 +242,14 @@ pub(crate) fn freed_after_delivery(last_dev: u64, origin: u64, origin_hop: u8, n
         return;
     }
     if c.worker_hop == 0 || !still_in(tid, c.worker_hop, c.worker_ts) {
+        return;
+    }
+    // Delivered at the device this worker's run delivers at: an skb
+    // another thread delivered can be freed here too, by a softirq on
+    // the worker's stack (skbs are freed on the CPU that allocated them,
+    // which is often the worker's: seen in the amd64 lab as one to-wire
+    // "consumed -> vhost_signal" at the peer's device).
+    if last_dev != c.dev {
         return;
     }
     // (The receiving worker's own chain was counted at its first
