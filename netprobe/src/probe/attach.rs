@@ -148,9 +148,6 @@ impl AttachError {
     }
 }
 
-/// The verifier log's last non-empty line that says what it rejected
-/// (not its closing statistics: "processed N insns ...", "verification
-/// time ...", "stack depth ...").
 /// With `NETPROBE_VERIFIER_LOG=FILE`, every rejected program's whole
 /// verifier log is appended to FILE: a hop's note keeps only the last
 /// line, and where the verifier got lost is in the lines before it.
@@ -167,6 +164,9 @@ fn keep_verifier_log(log: &str) {
     }
 }
 
+/// The verifier log's last non-empty line that says what it rejected
+/// (not its closing statistics: "processed N insns ...", "verification
+/// time ...", "stack depth ...").
 fn last_line(log: &str) -> &str {
     log.lines()
         .rev()
