@@ -121,7 +121,10 @@ impl From<module_fentry::LoadError> for AttachError {
         use module_fentry::LoadError;
         match e {
             LoadError::Refused => AttachError::Refused { verifier_log: String::new() },
-            LoadError::Verifier { io_error, verifier_log } => AttachError::Verifier { io_error, verifier_log },
+            LoadError::Verifier { io_error, verifier_log } => {
+                keep_verifier_log(&verifier_log);
+                AttachError::Verifier { io_error, verifier_log }
+            }
             LoadError::MissingProgram(n) => AttachError::MissingProgram(n),
             LoadError::Unavailable(why) => AttachError::Unavailable(why),
         }
