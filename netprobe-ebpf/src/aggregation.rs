@@ -75,7 +75,11 @@ fn note_dev_name(name: &[u8; 16]) {
 }
 
 /// Adds one hop-pair sample (`gap` ns) to the pair's histogram on this CPU.
-#[inline(always)]
+///
+/// A BPF subprogram, not inlined: every hop program reaches it from many
+/// paths, and inlined it was most of each program's instructions (and of
+/// what the loader holds in memory while it links them).
+#[inline(never)]
 pub(crate) fn aggregate(key: &PairKey, gap: u64, dev: Dev<'_>) {
     // The per-CPU pair cache first: an inlined array lookup.
     if let Some(slot) = NP_PAIRS.get_ptr_mut(pair_slot(key.origin, key.from_dev, key.from_hop, key.to_hop)) {
