@@ -180,7 +180,8 @@ pub(crate) fn fn_returned(hop: u8) {
 }
 
 /// Slow path of [`aggregate`]: the first sample of a hop pair on this CPU.
-/// Returns null when the map is full. (Kept out of line: it is cold.)
+/// Returns null when the map is full. (Inlined into [`aggregate`], which
+/// is itself out of line: one copy per program.)
 #[inline(always)]
 fn new_pair(key: &PairKey, dev: Dev<'_>) -> *mut Hist {
     let Some(zero) = NP_ZERO.get_ptr(0) else {
