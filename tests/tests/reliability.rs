@@ -235,7 +235,8 @@ fn an_output_that_cannot_be_written_is_refused_before_recording() {
 }
 
 /// Trace mode's ring made to overflow on purpose: one page of ring and a
-/// reader that starts two seconds late, under 2000 datagrams. Every
+/// reader that starts two seconds late, under 2000 datagrams, and a
+/// trickle that goes on while the recording ends. Every
 /// hop-pair event is delivered, counted lost (the kernel could not
 /// reserve it in the ring) or still being gathered when the recording
 /// stopped; the report shows the loss; and the per-hop aggregates, which
@@ -261,7 +262,15 @@ fn a_forced_ring_overflow_is_counted_and_the_aggregates_stay_complete() {
     let sent = 2000;
     t.udp_burst(netprobe_testbed::topology::PEER_ADDR, 9, sent, Duration::from_micros(200)).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    let r = rec.interrupt();
+    // A trickle goes on while the recording ends: the cut between the
+    // aggregates, the ring and the journeys in flight must still add up.
+    let r = std::thread::scope(|s| {
+        let trickle = s.spawn(|| t.udp_burst(netprobe_testbed::topology::PEER_ADDR, 9, 1000, Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(300));
+        let r = rec.interrupt();
+        trickle.join().unwrap().unwrap();
+        r
+    });
     let m = t.macvtap.clone();
     drop(t);
     let count = |k: &str| r["tracking"][k].as_u64().unwrap_or_else(|| panic!("no {k} in {}", r["tracking"]));

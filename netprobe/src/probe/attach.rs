@@ -706,10 +706,23 @@ impl Probe {
         Ok(())
     }
 
-    /// Trace mode: stops the journey ring's reader after it drained the
-    /// ring, so the aggregates read after this see no later event; its
-    /// totals, plus the events still being gathered in the kernel.
+    /// Trace mode, at the end of a recording: detaches every hop, waits
+    /// out the runs already under way, then stops the journey ring's
+    /// reader after it drained the ring. The aggregates, the ring and the
+    /// journeys in flight are then one cut: a packet that came after the
+    /// last drain (an IPv6 router solicitation, say) would otherwise add
+    /// hop-pair samples whose events are counted nowhere. Returns the
+    /// reader's totals, plus the events still being gathered in the kernel.
     pub fn finish_trace(&mut self) -> Option<(TraceStats, Option<u64>)> {
+        self.trace.as_ref()?;
+        for link in std::mem::take(&mut self.links).into_values().flatten() {
+            // Best effort: what is not detached here is when the programs
+            // are unloaded.
+            let _ = link.detach(&mut self.ebpf);
+        }
+        // A program already running when it was detached finishes within
+        // an RCU grace period.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let stats = self.trace.as_mut()?.finish();
         Some((stats, collect::journey_events_in_flight(&self.ebpf).ok()))
     }
