@@ -406,7 +406,7 @@ struct Window {
 }
 
 pub(crate) fn bench(opts: &BenchOpts) -> Result<()> {
-    tools::ensure_debs(&["iproute2", "iperf3", "bpftrace", "bpftool"])?;
+    tools::ensure_debs(&["iproute2", "iperf3", "bpftrace", "bpftool", "sockperf"])?;
     let bin = build::build_all(&build::BuildOpts::default())?;
     let script = build::workspace_root().join("bench/hops.bt");
     let out_dir = build::workspace_root().join("target/bench");
