@@ -19,7 +19,13 @@ use crate::bench::{median, mode_label, mode_tracer, Path2};
 
 /// The modes whose effect on a benchmark is reported: "empty" (netprobe's
 /// programs returning at once) is the floor the others are judged above.
-const MODES: [&str; 5] = ["untraced", "empty", "aggregate", "trace", "bpftrace"];
+const MODES: &[&str] = &["untraced", "empty", "aggregate", "trace", "bpftrace"];
+
+/// The carried flood's modes: also netprobe on only the hops the
+/// bpftrace script times (`--hops`), the fair match for the script's
+/// cost, and `--sample 64`.
+const CARRIED_MODES: &[&str] =
+    &["untraced", "empty", "aggregate", "aggregate_bt_hops", "sample64", "trace", "bpftrace"];
 
 /// A background server in the receiver's namespace, killed when dropped.
 struct Server(Child);
@@ -73,11 +79,15 @@ pub(crate) struct Runs<'a> {
 }
 
 /// Runs `f` under each mode, `rounds` times, the order rotated per round.
-fn rounds<T>(runs: &Runs<'_>, mut f: impl FnMut() -> Result<T>) -> Result<BTreeMap<&'static str, Vec<T>>> {
+fn rounds<T>(
+    runs: &Runs<'_>,
+    modes: &[&'static str],
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<BTreeMap<&'static str, Vec<T>>> {
     let mut by_mode: BTreeMap<&'static str, Vec<T>> = BTreeMap::new();
     for r in 0..runs.rounds {
-        for i in 0..MODES.len() {
-            let mode = MODES[(i + r) % MODES.len()];
+        for i in 0..modes.len() {
+            let mode = modes[(i + r) % modes.len()];
             let tracer = match mode_tracer(mode).flatten() {
                 Some(start) => Some(start(runs.bin, runs.script)?),
                 None => None,
@@ -98,7 +108,7 @@ pub(crate) fn benchmark_effect(runs: &Runs<'_>, p: &Path2, table: &mut Vec<Strin
     let (n, t) = (runs.rounds, runs.secs.to_string());
     let rtt = {
         let _server = Server::start(p, &["sockperf", "server", "-i", &p.to_addr, "-p", "11111"])?;
-        rounds(runs, || {
+        rounds(runs, MODES, || {
             let out = client(p, &["sockperf", "ping-pong", "-i", &p.to_addr, "-p", "11111", "-t", &t, "--full-rtt"])?;
             match (percentile(&out, "50.000"), percentile(&out, "99.000")) {
                 (Some(p50), Some(p99)) => Ok((p50, p99)),
@@ -108,7 +118,7 @@ pub(crate) fn benchmark_effect(runs: &Runs<'_>, p: &Path2, table: &mut Vec<Strin
     };
     let stream = {
         let _server = Server::start(p, &["iperf3", "-s", "-B", &p.to_addr])?;
-        rounds(runs, || {
+        rounds(runs, MODES, || {
             let out = client(p, &["iperf3", "-c", &p.to_addr, "-t", &t, "-J"])?;
             let v: Value = serde_json::from_str(&out[..out.rfind('}').map_or(0, |i| i + 1)])
                 .context("iperf3 -J printed no JSON")?;
@@ -119,7 +129,7 @@ pub(crate) fn benchmark_effect(runs: &Runs<'_>, p: &Path2, table: &mut Vec<Strin
     let p50: BTreeMap<&str, Vec<f64>> = rtt.iter().map(|(m, v)| (*m, v.iter().map(|x| x.0).collect())).collect();
     let p99: BTreeMap<&str, Vec<f64>> = rtt.iter().map(|(m, v)| (*m, v.iter().map(|x| x.1).collect())).collect();
     let mut out = serde_json::Map::new();
-    for mode in MODES {
+    for &mode in MODES {
         let (a, b, s) = (median(&p50[mode]), median(&p99[mode]), median(&stream[mode]));
         let pct = |x: f64, base: f64| (x / base - 1.0) * 100.0;
         table.push(format!(
@@ -232,7 +242,7 @@ pub(crate) fn cpu_per_packet(
     // per delivered packet, exact where the CPU figure is not.
     let stats_on = crate::run(Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]));
     let res = stats_on.and_then(|()| {
-        rounds(runs, || {
+        rounds(runs, CARRIED_MODES, || {
             std::thread::sleep(Duration::from_millis(300));
             let (c0, b0, r0, t0) =
                 (busy_cpu_s()?.0, tracing_program_ns()?, rx_packets(&p.to_ns, to_dev)?, Instant::now());
@@ -252,40 +262,43 @@ pub(crate) fn cpu_per_packet(
     };
     let (cpu, bpf): (Pick, Pick) = (|x| x.0, |x| x.1);
     let mut out = serde_json::Map::new();
-    let base = per_packet("untraced", cpu);
-    for mode in MODES {
+    let (base, floor) = (per_packet("untraced", cpu), per_packet("empty", cpu));
+    for &mode in CARRIED_MODES {
         let (ns, bpf_ns) = (per_packet(mode, cpu), per_packet(mode, bpf));
         let delivered = median(&res[mode].iter().map(|x| x.2).collect::<Vec<_>>());
+        // "Of the floor" as the flood's rates give it: for a load bound by
+        // CPU, the rate kept is the floor's CPU per packet over the mode's.
         table.push(format!(
-            "{:<8} {:<20} {ns:>7.0} ns host CPU per delivered packet ({:.2}x untraced), {bpf_ns:>5.0} ns in BPF programs, at {delivered:.0} of {pps} pps offered",
+            "{:<8} {:<20} {ns:>7.0} ns host CPU per delivered packet ({:.2}x untraced, of the floor {:.2}), {bpf_ns:>5.0} ns in BPF programs, at {delivered:.0} of {pps} pps offered",
             p.name,
             mode_label(mode),
             ns / base,
+            floor / ns,
         ));
         out.insert(
             mode.into(),
-            json!({"cpu_ns_per_packet": ns, "bpf_ns_per_packet": bpf_ns, "delivered_pps": delivered, "ratio_to_untraced": ns / base}),
+            json!({"cpu_ns_per_packet": ns, "bpf_ns_per_packet": bpf_ns, "delivered_pps": delivered, "ratio_to_untraced": ns / base, "of_the_floor": floor / ns}),
         );
     }
     // netprobe's cost above the floor against bpftrace's, at a load both
     // carry to the end (what the overdriven flood cannot tell: there
     // netprobe follows the dropped packets, the script does not).
-    for (what, pick) in [("host CPU", cpu), ("BPF time", bpf)] {
+    for (what, key, pick) in [("host CPU", "cpu", cpu), ("BPF time", "bpf", bpf)] {
         let above = |m: &str| per_packet(m, pick) - per_packet("empty", pick);
-        if above("bpftrace") > 0.0 {
-            let r = above("aggregate") / above("bpftrace");
+        if above("bpftrace") <= 0.0 {
+            continue;
+        }
+        // All of netprobe's hops, and only the script's (the fair match).
+        for mode in ["aggregate", "aggregate_bt_hops"] {
+            let r = above(mode) / above("bpftrace");
             table.push(format!(
-                "{:<8} {what} per delivered packet above the floor: aggregate {:.0} ns, bpftrace {:.0} ns: {r:.2} of it (target 0.40)",
+                "{:<8} {what} per delivered packet above the floor: {} {:.0} ns, bpftrace {:.0} ns: {r:.2} of it (target 0.40)",
                 p.name,
-                above("aggregate"),
+                mode_label(mode),
+                above(mode),
                 above("bpftrace"),
             ));
-            let key = if what == "host CPU" {
-                "cpu_above_floor_aggregate_over_bpftrace"
-            } else {
-                "bpf_above_floor_aggregate_over_bpftrace"
-            };
-            out.insert(key.into(), json!(r));
+            out.insert(format!("{key}_above_floor_{mode}_over_bpftrace"), json!(r));
         }
     }
     let source = busy_cpu_s()?.1;
