@@ -562,6 +562,13 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
             s += &format!("echo '{BEGIN} vhost-log'\ncat /tmp/vhost.err\necho '{END} vhost-log'\n");
         }
     }
+    // fentry on module functions, asked for: not offered by default
+    // before Linux 6.6 (netprobe's plan::MODULE_FENTRY_FROM: after it,
+    // unloading and loading openvswitch again crashed this kernel). Last,
+    // since no module is unloaded after it.
+    s += &format!(
+        "echo '{BEGIN} probes-module-fentry'\nNETPROBE_MODULE_FENTRY=1 /usr/bin/netprobe probes --format json 2>/tmp/probes-mf.err\necho '{END} probes-module-fentry'\ncat /tmp/probes-mf.err\n"
+    );
     s += "echo 'lab: done'\npoweroff -f\n";
     s
 }
@@ -733,7 +740,7 @@ fn lab_arch(arch: Arch, opts: &LabOpts) -> Result<()> {
         }
     }
     let mut failed = Vec::new();
-    let mut sections = vec!["probes".to_owned(), "probes-sample".to_owned()];
+    let mut sections = vec!["probes".to_owned(), "probes-sample".to_owned(), "probes-module-fentry".to_owned()];
     sections.extend(scenarios.iter().cloned());
     for sc in &sections {
         let Some(json) = section(&text, sc) else {

@@ -151,6 +151,12 @@ impl AttachError {
     }
 }
 
+/// `NETPROBE_MODULE_FENTRY=1`: fentry offered on module functions on a
+/// kernel before [`plan::MODULE_FENTRY_FROM`].
+fn module_fentry_asked() -> bool {
+    std::env::var_os("NETPROBE_MODULE_FENTRY").is_some_and(|v| v == "1")
+}
+
 /// With `NETPROBE_VERIFIER_LOG=FILE`, every rejected program's whole
 /// verifier log is appended to FILE: a hop's note keeps only the last
 /// line, and where the verifier got lost is in the lines before it.
@@ -444,6 +450,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
             hops: opts.hops,
             pin_modules: opts.pin_modules,
             follow_modules: opts.rescan,
+            module_fentry: module_fentry_asked(),
         },
     );
 
@@ -542,6 +549,7 @@ pub fn attach(opts: &AttachOptions) -> Result<Probe> {
         hops: opts.hops,
         pin_modules: opts.pin_modules,
         follow_modules: opts.rescan,
+        module_fentry: module_fentry_asked(),
     };
     let modules = loaded_modules();
     let mut att = Probe {
@@ -1158,6 +1166,7 @@ mod tests {
                 hops: HopSet::ALL,
                 pin_modules: false,
                 follow_modules: false,
+                module_fentry: true,
             },
         );
         let mut config = Config::zeroed();
