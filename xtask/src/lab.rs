@@ -566,6 +566,11 @@ fn init_script(release: &str, modules: &[String], scenarios: &[String]) -> Strin
     // before Linux 6.6 (netprobe's plan::MODULE_FENTRY_FROM: after it,
     // unloading and loading openvswitch again crashed this kernel). Last,
     // since no module is unloaded after it.
+    // (openvswitch, unloaded and loaded again by `unload`, is loaded here
+    // if a scenario left it out.)
+    if let Some(ko) = modules.iter().find(|m| m.ends_with("/openvswitch.ko")) {
+        s += &format!("grep -q '^openvswitch ' /proc/modules || insmod /lib/modules/{release}/{ko}\n");
+    }
     s += &format!(
         "echo '{BEGIN} probes-module-fentry'\nNETPROBE_MODULE_FENTRY=1 /usr/bin/netprobe probes --format json 2>/tmp/probes-mf.err\necho '{END} probes-module-fentry'\ncat /tmp/probes-mf.err\n"
     );
