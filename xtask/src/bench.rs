@@ -318,16 +318,24 @@ fn held_ids(pid: u32, key: &str) -> BTreeSet<u64> {
 /// fds' `prog_id`), by program name.
 fn held_program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
     let ids = held_ids(pid, "prog_id:");
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output()?;
-    let v: Value = serde_json::from_slice(&out.stdout)?;
     let mut by_name = BTreeMap::new();
-    for p in v.as_array().into_iter().flatten().filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id))) {
+    for p in loaded_programs()?.iter().filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id))) {
         let e: &mut (u64, u64) =
             by_name.entry(format!("{}#{}", p["name"].as_str().unwrap_or("?"), p["id"])).or_default();
         e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
         e.1 += p["run_cnt"].as_u64().unwrap_or(0);
     }
     Ok(by_name)
+}
+
+/// Every loaded BPF program, as `bpftool prog show -j` lists them (with
+/// `run_time_ns` and `run_cnt` while kernel.bpf_stats_enabled is on).
+pub(crate) fn loaded_programs() -> Result<Vec<Value>> {
+    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().context("bpftool prog show")?;
+    match serde_json::from_slice(&out.stdout).context("bpftool prog show -j printed no JSON")? {
+        Value::Array(progs) => Ok(progs),
+        _ => bail!("bpftool prog show -j printed no list"),
+    }
 }
 
 /// A program's name, run time (ns) and runs over a window.

@@ -195,11 +195,8 @@ fn busy_cpu_s() -> Result<(f64, &'static str)> {
 /// ns: netprobe's or bpftrace's hops, whichever is attached; not the
 /// cgroup and socket programs a service manager may have loaded.
 fn tracing_program_ns() -> Result<u64> {
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().context("bpftool prog show")?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show -j printed no JSON")?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
+    Ok(crate::bench::loaded_programs()?
+        .iter()
         .filter(|p| {
             matches!(p["type"].as_str(), Some("tracing" | "raw_tracepoint" | "tracepoint" | "kprobe" | "perf_event"))
         })
